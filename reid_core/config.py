@@ -1,0 +1,265 @@
+"""`TrainConfig`: every knob of the training job, in one frozen dataclass.
+
+A config is built from a dict, a JSON/YAML file, or ``key=value`` overrides
+(the ``--set`` syntax of every command). Unknown keys are an error that names
+the closest field; values are coerced to the field's type and validated, so a
+bad value fails before any data is loaded or any trial is launched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import yaml
+
+from reid_core.errors import UserError
+
+
+class ConfigError(UserError, ValueError):
+    """A config value or key that breaks a rule; the message names both."""
+
+
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # --- data -------------------------------------------------------------
+    data: str = "synthetic"  # 'synthetic' (built-in, generated in memory) or a data set folder/annotation file
+    data_format: Optional[str] = None  # format of `data`; None = detected from what is there
+    num_classes: Optional[int] = None  # identity classes of the head; None = number of training identities
+    synthetic_identities: int = 400  # synthetic only: training identities (= classes); test identities are a quarter more
+    synthetic_images_per_identity: int = 8  # synthetic only: images rendered per identity
+    image_size: tuple[int, int] = (64, 32)  # (height, width) in pixels the images are resized to
+    context_length: Optional[int] = None  # caption length in tokens; None = the model's own
+
+    # --- model --------------------------------------------------------------
+    model: str = "reid-tiny"  # open_clip model name; 'reid-tiny' is the shipped 2-layer CPU model
+    pretrained: Optional[str] = None  # None = random init, an open_clip tag (e.g. 'openai'), or a local weights file
+
+    # --- optimisation ---------------------------------------------------------
+    batch_size: int = 32  # images per micro-batch (one forward/backward)
+    grad_accum_steps: int = 1  # micro-batches per optimizer step; images per step = batch_size * grad_accum_steps
+    max_steps: int = 300  # optimizer steps to train for
+    head_lr: float = 1e-2  # learning rate of the new modules (BNNeck, identity classifier)
+    lr_backbone: float = 1e-5  # learning rate of the open_clip image and text encoders
+    weight_decay: float = 4e-5  # AdamW decoupled weight decay; never applied to biases and norm weights
+    lr_warmup_steps: int = 10  # optimizer steps of linear LR warm-up before the cosine decay to 0
+    grad_clip: float = 0.0  # max global gradient norm; 0 = no clipping
+
+    # --- losses ----------------------------------------------------------------
+    warmup_steps: int = 50  # CE-only optimizer steps: SDM weight is 0 and the text encoder is not run
+    sdm_weight: float = 1.0  # target weight of the SDM image-text loss after the ramp
+    sdm_ramp_steps: int = 50  # optimizer steps over which the SDM weight rises linearly from 0 to sdm_weight
+    logit_scale: float = 50.0  # SDM similarity scale (1 / temperature 0.02), fixed as in IRRA
+    label_smoothing: float = 0.0  # identity cross-entropy label smoothing (0.1 is the usual ReID value)
+    ce_ema_beta: float = 0.95  # smoothing of ce_ema, the CE decisions use; time constant 1/(1-beta) steps
+
+    # --- evaluation ------------------------------------------------------------
+    eval_every: int = 0  # optimizer steps between retrieval evaluations; 0 = only at the end of the run
+
+    # --- runtime ---------------------------------------------------------------
+    seed: int = 0  # seeds data order, augmentation and initialisation
+    device: str = "auto"  # 'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'
+    amp: str = "auto"  # mixed precision: 'auto' (bf16 on CUDA when supported, else fp16; off on CPU), 'off', 'bf16', 'fp16'
+    threads: int = 1  # torch CPU threads; 0 = torch's default. Part of the config so a re-run reproduces the trial
+
+    def __post_init__(self) -> None:
+        for problem in _problems(self):
+            raise ConfigError(problem)
+
+    # --- construction ------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], base: Optional["TrainConfig"] = None) -> "TrainConfig":
+        """Build a config from ``values`` on top of ``base`` (default: the defaults)."""
+        base = base if base is not None else cls()
+        coerced = {key: _coerce(key, value) for key, value in values.items()}
+        return dataclasses.replace(base, **coerced)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "TrainConfig":
+        """Load a JSON or YAML config; an exported ``{"config": {...}, ...}`` file works too."""
+        return cls.from_dict(read_config_file(path))
+
+    def with_overrides(self, overrides: Sequence[str]) -> "TrainConfig":
+        """Apply ``key=value`` strings (the ``--set`` syntax)."""
+        return TrainConfig.from_dict(parse_overrides(overrides), base=self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict; ``TrainConfig.from_dict(cfg.to_dict()) == cfg``."""
+        out = dataclasses.asdict(self)
+        out["image_size"] = list(self.image_size)
+        return out
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @property
+    def images_per_step(self) -> int:
+        return self.batch_size * self.grad_accum_steps
+
+
+FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_HINTS = typing.get_type_hints(TrainConfig)
+
+
+def check_field_name(key: str) -> None:
+    """Raise `ConfigError` naming the closest field when ``key`` is not a field."""
+    if key in FIELDS:
+        return
+    close = difflib.get_close_matches(key, FIELDS, n=1, cutoff=0.5)
+    hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(FIELDS)}"
+    raise ConfigError(f"unknown config key '{key}'; {hint}")
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a JSON/YAML config file into a dict of field values (safe loaders only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist; pass an existing .json or .yaml file")
+    text = path.read_text()
+    try:
+        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        first = str(err).splitlines()[0]
+        raise ConfigError(f"cannot parse config file '{path}': {first}; fix the syntax") from None
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of field: value, not {type(values).__name__}")
+    # An exported best config keeps its provenance beside the fields.
+    if isinstance(values.get("config"), dict):
+        values = values["config"]
+    return values
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """Turn ``["head_lr=1e-3", "image_size=64,32"]`` into a dict; values are parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"override '{item}' is not key=value; write e.g. --set head_lr=1e-3")
+        check_field_name(key)
+        try:
+            out[key] = yaml.safe_load(raw) if raw.strip() else raw
+        except yaml.YAMLError:
+            out[key] = raw
+    return out
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Convert ``value`` to the type of field ``key`` or raise a `ConfigError` naming both."""
+    check_field_name(key)
+    hint = _HINTS[key]
+    optional = type(None) in typing.get_args(hint)
+    if optional:
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
+            return None
+
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"config key '{key}' must be {expected}, got {value!r}")
+
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad("true or false")
+    if hint is int:
+        if isinstance(value, bool):
+            raise bad("an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise bad("an integer")
+    if hint is float:
+        if isinstance(value, bool):
+            raise bad("a number")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads '1e-3' as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise bad("a number")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise bad("a string")
+    if typing.get_origin(hint) is tuple:  # image_size: (height, width)
+        if isinstance(value, str):
+            value = [v for v in value.replace("x", ",").split(",") if v.strip()]
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = [value, value]
+        if isinstance(value, (list, tuple)) and len(value) == 2:
+            try:
+                return tuple(_coerce_int(v) for v in value)
+            except ValueError:
+                pass
+        raise bad("[height, width] in pixels, e.g. 64,32")
+    raise TypeError(f"no coercion for field {key} of type {hint}")  # a bug, not a user error
+
+
+def _coerce_int(v: Any) -> int:
+    if isinstance(v, bool):
+        raise ValueError(v)
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return int(v)
+
+
+def _problems(cfg: TrainConfig):
+    """Yield one message per broken rule, naming the value and the rule."""
+
+    def rule(name: str, ok: bool, text: str):
+        if not ok:
+            return f"config key '{name}' is {getattr(cfg, name)!r}, but must be {text}"
+        return None
+
+    checks = [
+        rule("batch_size", cfg.batch_size >= 2, ">= 2 (BatchNorm needs two samples)"),
+        rule("grad_accum_steps", cfg.grad_accum_steps >= 1, ">= 1"),
+        rule("max_steps", cfg.max_steps >= 1, ">= 1"),
+        rule("head_lr", math.isfinite(cfg.head_lr) and cfg.head_lr > 0, "> 0"),
+        rule("lr_backbone", math.isfinite(cfg.lr_backbone) and cfg.lr_backbone >= 0, ">= 0"),
+        rule("weight_decay", cfg.weight_decay >= 0, ">= 0"),
+        rule("lr_warmup_steps", cfg.lr_warmup_steps >= 0, ">= 0"),
+        rule("grad_clip", cfg.grad_clip >= 0, ">= 0 (0 turns clipping off)"),
+        rule("warmup_steps", cfg.warmup_steps >= 0, ">= 0"),
+        rule("sdm_weight", cfg.sdm_weight >= 0, ">= 0"),
+        rule("sdm_ramp_steps", cfg.sdm_ramp_steps >= 0, ">= 0"),
+        rule("logit_scale", cfg.logit_scale > 0, "> 0"),
+        rule("label_smoothing", 0 <= cfg.label_smoothing < 1, "in [0, 1)"),
+        rule("ce_ema_beta", 0 <= cfg.ce_ema_beta < 1, "in [0, 1)"),
+        rule("eval_every", cfg.eval_every >= 0, ">= 0 (0 evaluates only at the end)"),
+        rule("threads", cfg.threads >= 0, ">= 0 (0 keeps torch's default)"),
+        rule("num_classes", cfg.num_classes is None or cfg.num_classes >= 2, ">= 2 or unset"),
+        rule("synthetic_identities", cfg.synthetic_identities >= 2, ">= 2"),
+        rule("synthetic_images_per_identity", cfg.synthetic_images_per_identity >= 2, ">= 2"),
+        rule("image_size", min(cfg.image_size) >= 8, "at least 8 pixels on each side"),
+        rule("amp", cfg.amp in AMP_MODES, f"one of {', '.join(AMP_MODES)}"),
+        rule(
+            "device",
+            cfg.device in ("auto", "cpu", "cuda") or (cfg.device.startswith("cuda:") and cfg.device[5:].isdigit()),
+            "'auto', 'cpu', 'cuda' or 'cuda:N'",
+        ),
+        rule("data", bool(cfg.data), "'synthetic' or a path"),
+        rule("model", bool(cfg.model), "an open_clip model name or 'reid-tiny'"),
+    ]
+    yield from (c for c in checks if c is not None)

@@ -1,0 +1,132 @@
+"""The re-identification model: an open_clip backbone plus a BNNeck identity head.
+
+The identity head follows the ReID "bag of tricks" (Luo et al., 2019) as used
+on CLIP features by IRRA-style models: the classifier sees the *raw* projected
+image features (``encode_image(normalize=False)``), passed through a BatchNorm1d
+whose bias is frozen (the BNNeck), then a bias-free Linear initialised with
+std 0.001. A classifier on L2-normalised features without a scale has logits
+bounded in [-|w|, |w|] and cannot leave chance, which is why the raw features
+matter here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+import open_clip
+import torch
+from torch import nn
+
+from reid_core.config import TrainConfig
+from reid_core.errors import UserError
+
+# Ship our CPU-sized model as an ordinary open_clip config ('reid-tiny').
+open_clip.add_model_config(Path(__file__).parent / "model_configs")
+
+
+class ReIDModel(nn.Module):
+    """open_clip CLIP + BNNeck + identity classifier."""
+
+    def __init__(self, clip: nn.Module, num_classes: int):
+        super().__init__()
+        self.clip = clip
+        # SDM uses a fixed scale (IRRA); CLIP's learned one is not trained here.
+        clip.logit_scale.requires_grad_(False)
+        embed_dim = _output_dim(clip)
+        self.num_classes = num_classes
+        self.bnneck = nn.BatchNorm1d(embed_dim)
+        self.bnneck.bias.requires_grad_(False)  # BNNeck: no shift, so the feature space stays centred
+        self.classifier = nn.Linear(embed_dim, num_classes, bias=False)
+        nn.init.normal_(self.classifier.weight, std=0.001)
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Raw (un-normalised) projected image features, the input of the identity head."""
+        return self.clip.encode_image(images, normalize=False)
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.clip.encode_text(tokens, normalize=False)
+
+    def identity_logits(self, image_features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.bnneck(image_features))
+
+    def head_modules(self) -> list[nn.Module]:
+        """The new modules that train at ``head_lr``."""
+        return [self.bnneck, self.classifier]
+
+
+def _output_dim(clip: nn.Module) -> int:
+    """Width of the image embedding (the BNNeck's input)."""
+    if isinstance(getattr(clip.visual, "output_dim", None), int):
+        return clip.visual.output_dim
+    with torch.no_grad():  # towers that do not say (e.g. timm): ask them
+        size = clip.visual.image_size
+        return clip.encode_image(torch.zeros(1, 3, *size)).shape[-1]
+
+
+def build_model(cfg: TrainConfig, num_classes: int) -> ReIDModel:
+    """Create the open_clip backbone named by ``cfg.model`` and wrap it with the identity head."""
+    known = open_clip.list_models()
+    if cfg.model not in known and not cfg.model.startswith(("hf-hub:", "local-dir:")):
+        import difflib
+
+        close = difflib.get_close_matches(cfg.model, known, n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else "see open_clip.list_models()"
+        raise UserError(f"unknown model '{cfg.model}'; {hint}")
+    pretrained = cfg.pretrained
+    if pretrained is not None and ("/" in pretrained or Path(pretrained).suffix) and not Path(pretrained).is_file():
+        raise UserError(f"pretrained weights file '{pretrained}' does not exist; pass an existing file or an open_clip tag")
+    kwargs = {}
+    if cfg.context_length is not None:
+        kwargs["force_context_length"] = cfg.context_length
+    try:
+        clip = open_clip.create_model(
+            cfg.model,
+            pretrained=pretrained,
+            force_image_size=tuple(cfg.image_size),
+            weights_only=True,  # never unpickle arbitrary objects from a user's file
+            **kwargs,
+        )
+    except (RuntimeError, OSError, ValueError) as err:
+        if pretrained is None:
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"cannot load pretrained weights '{pretrained}' for model '{cfg.model}': {first}; "
+            "offline, pass a local weights file with --pretrained PATH"
+        ) from None
+    return ReIDModel(clip, num_classes)
+
+
+def context_length(cfg: TrainConfig) -> int:
+    """Caption length in tokens: ``cfg.context_length`` or the model config's own."""
+    if cfg.context_length is not None:
+        return cfg.context_length
+    model_cfg = open_clip.get_model_config(cfg.model) or {}
+    return int(model_cfg.get("text_cfg", {}).get("context_length", 77))
+
+
+def parameter_groups(model: ReIDModel, cfg: TrainConfig) -> list[dict]:
+    """AdamW groups: backbone at ``lr_backbone``, head at ``head_lr``; no decay on biases and norms.
+
+    Every trainable parameter lands in exactly one group (pre-flight checks it):
+    a head parameter left out of the optimizer is one way a trial sits at chance.
+    """
+    head_ids = {id(p) for m in model.head_modules() for p in m.parameters()}
+    groups: dict[str, dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        part = "head" if id(param) in head_ids else "backbone"
+        # open_clip's rule: 1-D tensors (biases, norm gains) and the embedding tables' scalars skip decay
+        no_decay = param.ndim < 2 or "bn" in name or "ln" in name or "bias" in name
+        key = f"{part}_no_decay" if no_decay else part
+        if key not in groups:
+            groups[key] = {
+                "name": key,
+                "params": [],
+                "lr": cfg.head_lr if part == "head" else cfg.lr_backbone,
+                "base_lr": cfg.head_lr if part == "head" else cfg.lr_backbone,
+                "weight_decay": 0.0 if no_decay else cfg.weight_decay,
+            }
+        groups[key]["params"].append(param)
+    return list(groups.values())
+
