@@ -83,6 +83,7 @@ def build_model(cfg: TrainConfig, num_classes: int) -> ReIDModel:
             pretrained=pretrained,
             force_image_size=tuple(cfg.image_size),
             weights_only=True,  # never unpickle arbitrary objects from a user's file
+            require_pretrained=pretrained is not None,  # a tag or file that fails to load is an error, not random init
             **kwargs,
         )
     except (RuntimeError, OSError, ValueError) as err:

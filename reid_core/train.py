@@ -115,6 +115,108 @@ def evaluate(model: ReIDModel, data: ReIDData, device: torch.device, dtype: Opti
 # --- training ----------------------------------------------------------------------
 
 
+class Trainer:
+    """The state of one training run and its optimizer step, separated from the loop so that
+    tests, pre-flight checks and checkpoints can drive it one step at a time."""
+
+    def __init__(self, cfg: TrainConfig, data: Optional[ReIDData] = None):
+        self.cfg = cfg
+        seed_everything(cfg.seed, cfg.threads)
+        self.device = resolve_device(cfg)
+        self.dtype = amp_dtype(cfg, self.device)
+        self.data = data if data is not None else load_data(cfg, context_length(cfg))
+        self.model = build_model(cfg, num_classes=self.data.num_classes).to(self.device).train()
+        self.chance_ce = math.log(self.data.num_classes)
+        self.optimizer = _adamw(parameter_groups(self.model, cfg))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.stream = batches(self.data, cfg.batch_size, cfg.seed, self.device)
+        self.head_weight_start = self.model.classifier.weight.detach().clone()
+        self.step = 0  # optimizer steps taken
+        self.ce_ema: Optional[float] = None
+        self.skipped_steps = 0
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else contextlib.nullcontext()
+
+    def backward(self, sdm_weight: float) -> torch.Tensor:
+        """Run one optimizer step's micro-batches forward and backward; gradients are left in ``.grad``.
+
+        Each micro-batch loss is divided by ``grad_accum_steps``, so the accumulated gradient is
+        that of the mean loss over all the step's images. Returns the micro-batch means of
+        (ce, sdm, loss, feature_norm, logit_std).
+        """
+        cfg, model = self.cfg, self.model
+        sums = torch.zeros(5)
+        for _ in range(cfg.grad_accum_steps):
+            images, labels, tokens = next(self.stream)
+            with self._autocast():
+                features = model.encode_image(images)  # raw features: the BNNeck needs them unnormalised
+                logits = model.identity_logits(features)
+                ce = id_loss(logits, labels, cfg.label_smoothing)
+                sdm = torch.zeros((), device=self.device)
+                if sdm_weight > 0:  # CE-only warm-up: the text encoder is not even run
+                    sdm = sdm_loss(features, model.encode_text(tokens), labels, cfg.logit_scale)
+                loss = ce + sdm_weight * sdm
+            self.scaler.scale(loss / cfg.grad_accum_steps).backward()
+            with torch.no_grad():
+                stats = [ce, sdm, loss, features.float().norm(dim=1).mean(), logits.float().std()]
+                sums += torch.stack(stats).float().cpu()
+        return sums / cfg.grad_accum_steps
+
+    def train_step(self) -> dict[str, Any]:
+        """One optimizer step; returns its metrics (the ``STEP_METRICS``)."""
+        cfg, optimizer, scaler = self.cfg, self.optimizer, self.scaler
+        started = time.perf_counter()
+        factor = lr_factor(self.step, cfg.lr_warmup_steps, cfg.max_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+        sdm_weight = sdm_weight_at(self.step, cfg.warmup_steps, cfg.sdm_ramp_steps, cfg.sdm_weight)
+
+        ce, sdm, loss, feature_norm, logit_std = self.backward(sdm_weight).tolist()
+
+        scaler.unscale_(optimizer)  # no-op without fp16; makes grad norms real numbers
+        head_weight = self.model.classifier.weight
+        head_grad_norm = head_weight.grad.norm().item() if head_weight.grad is not None else 0.0
+        if cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        scale_before = scaler.get_scale() if scaler.is_enabled() else 1.0
+        scaler.step(optimizer)
+        scaler.update()
+        if scaler.is_enabled() and scaler.get_scale() < scale_before:
+            self.skipped_steps += 1  # GradScaler found inf/nan gradients and skipped the update
+        optimizer.zero_grad(set_to_none=True)  # None, not 0: AdamW leaves grad-less params (idle text tower) alone
+        self.step += 1
+
+        finite = math.isfinite(ce) and math.isfinite(loss)
+        self.ce_ema = ema(self.ce_ema, ce, cfg.ce_ema_beta) if finite else float("nan")
+        with torch.no_grad():
+            weight_norm = head_weight.norm().item()
+            weight_change = (head_weight - self.head_weight_start).norm().item()
+        return {
+            "step": self.step,
+            "samples": self.step * cfg.images_per_step,
+            "ce": ce,
+            "ce_ema": self.ce_ema,
+            "sdm": sdm,
+            "loss": loss,
+            "sdm_weight": sdm_weight,
+            "lr_head": cfg.head_lr * factor,
+            "lr_backbone": cfg.lr_backbone * factor,
+            "head_weight_norm": weight_norm,
+            "head_weight_change": weight_change,
+            "head_grad_norm": head_grad_norm,
+            "feature_norm": feature_norm,
+            "logit_std": logit_std,
+            "loss_scale": scaler.get_scale() if scaler.is_enabled() else 1.0,
+            "skipped_steps": self.skipped_steps,
+            "chance_ce": self.chance_ce,
+            "images_per_s": cfg.images_per_step / max(time.perf_counter() - started, 1e-9),
+        }
+
+    def evaluate(self) -> dict[str, float]:
+        return evaluate(self.model, self.data, self.device, self.dtype)
+
+
 def train(cfg: TrainConfig, report: Optional[Report] = None, *, log: Callable[[str], None] = lambda s: None) -> dict:
     """Train ``cfg`` and return a summary; ``report(metrics)`` is called once per optimizer step.
 
@@ -123,107 +225,32 @@ def train(cfg: TrainConfig, report: Optional[Report] = None, *, log: Callable[[s
     for bad data or config before the first step, so nothing is reported then.
     """
     started = time.perf_counter()
-    seed_everything(cfg.seed, cfg.threads)
-    device = resolve_device(cfg)
-    dtype = amp_dtype(cfg, device)
-
-    data = load_data(cfg, context_length(cfg))
-    model = build_model(cfg, num_classes=data.num_classes).to(device).train()
-    chance_ce = math.log(data.num_classes)
+    trainer = Trainer(cfg)
+    data = trainer.data
     log(
-        f"training {cfg.model} on {data.name}: {len(data.labels)} images, {data.num_classes} identities "
-        f"(chance CE {chance_ce:.3f}), {cfg.max_steps} steps of {cfg.images_per_step} images on {device}"
+        f"training {cfg.model} ({cfg.pretrained or 'random init'}) on {data.name}: {len(data.labels)} images, {data.num_classes} identities "
+        f"(chance CE {trainer.chance_ce:.3f}), {cfg.max_steps} steps of {cfg.images_per_step} images "
+        f"on {trainer.device}"
     )
-
-    optimizer = _adamw(parameter_groups(model, cfg), device)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-    stream = batches(data, cfg.batch_size, cfg.seed, device)
-    head_weight = model.classifier.weight
-    head_weight_start = head_weight.detach().clone()
-
-    ce_ema: Optional[float] = None
     best_ce_ema = math.inf
-    skipped = 0
     metrics: dict[str, Any] = {}
     end_reason, message = "completed", ""
-    for step in range(cfg.max_steps):
-        step_started = time.perf_counter()
-        factor = lr_factor(step, cfg.lr_warmup_steps, cfg.max_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = group["base_lr"] * factor
-        sdm_weight = sdm_weight_at(step, cfg.warmup_steps, cfg.sdm_ramp_steps, cfg.sdm_weight)
-
-        # Accumulate grad_accum_steps micro-batches into one optimizer step. Each loss is divided
-        # by the number of micro-batches so the step equals one big batch's mean-loss step.
-        sums = torch.zeros(5)  # ce, sdm, loss, feature_norm, logit_std over micro-batches
-        for _ in range(cfg.grad_accum_steps):
-            images, labels, tokens = next(stream)
-            with autocast:
-                features = model.encode_image(images)  # raw features: the BNNeck needs them unnormalised
-                logits = model.identity_logits(features)
-                ce = id_loss(logits, labels, cfg.label_smoothing)
-                sdm = torch.zeros((), device=device)
-                if sdm_weight > 0:  # CE-only warm-up: the text encoder is not even run
-                    sdm = sdm_loss(features, model.encode_text(tokens), labels, cfg.logit_scale)
-                loss = ce + sdm_weight * sdm
-            scaler.scale(loss / cfg.grad_accum_steps).backward()
-            with torch.no_grad():
-                sums += torch.stack(
-                    [ce, sdm, loss, features.float().norm(dim=1).mean(), logits.float().std()]
-                ).detach().float().cpu()
-
-        scaler.unscale_(optimizer)  # no-op without fp16; makes grad norms real numbers
-        head_grad_norm = head_weight.grad.norm().item() if head_weight.grad is not None else 0.0
-        if cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        scale_before = scaler.get_scale() if scaler.is_enabled() else 1.0
-        scaler.step(optimizer)
-        scaler.update()
-        if scaler.is_enabled() and scaler.get_scale() < scale_before:
-            skipped += 1  # GradScaler found inf/nan and skipped this step
-        optimizer.zero_grad(set_to_none=True)  # None, not 0: AdamW leaves grad-less params (idle text tower) alone
-
-        ce_v, sdm_v, loss_v, feat_norm, logit_std = (sums / cfg.grad_accum_steps).tolist()
-        finite = math.isfinite(ce_v) and math.isfinite(loss_v)
-        ce_ema = ema(ce_ema, ce_v, cfg.ce_ema_beta) if finite else float("nan")
-        with torch.no_grad():
-            weight_norm = head_weight.norm().item()
-            weight_change = (head_weight - head_weight_start).norm().item()
-        metrics = {
-            "step": step + 1,
-            "samples": (step + 1) * cfg.images_per_step,
-            "ce": ce_v,
-            "ce_ema": ce_ema,
-            "sdm": sdm_v,
-            "loss": loss_v,
-            "sdm_weight": sdm_weight,
-            "lr_head": cfg.head_lr * factor,
-            "lr_backbone": cfg.lr_backbone * factor,
-            "head_weight_norm": weight_norm,
-            "head_weight_change": weight_change,
-            "head_grad_norm": head_grad_norm,
-            "feature_norm": feat_norm,
-            "logit_std": logit_std,
-            "loss_scale": scaler.get_scale() if scaler.is_enabled() else 1.0,
-            "skipped_steps": skipped,
-            "chance_ce": chance_ce,
-            "images_per_s": cfg.images_per_step / max(time.perf_counter() - step_started, 1e-9),
-        }
-        if not finite:
+    while trainer.step < cfg.max_steps:
+        metrics = trainer.train_step()
+        diverged = not math.isfinite(metrics["loss"])
+        if diverged:
             end_reason = "diverged"
             message = (
-                f"loss became {'nan' if math.isnan(loss_v) else 'inf'} at step {step + 1}; "
+                f"loss became {metrics['loss']} at step {metrics['step']}; "
                 "lower head_lr or lr_backbone, or set grad_clip"
             )
         else:
-            best_ce_ema = min(best_ce_ema, ce_ema)
-            last = step + 1 == cfg.max_steps
-            if last or (cfg.eval_every and (step + 1) % cfg.eval_every == 0):
-                metrics.update(evaluate(model, data, device, dtype))
+            best_ce_ema = min(best_ce_ema, metrics["ce_ema"])
+            if trainer.step == cfg.max_steps or (cfg.eval_every and trainer.step % cfg.eval_every == 0):
+                metrics.update(trainer.evaluate())
         if report is not None:
             report(metrics)
-        if not finite:
+        if diverged:
             log(f"diverged: {message}")
             break
 
@@ -233,14 +260,14 @@ def train(cfg: TrainConfig, report: Optional[Report] = None, *, log: Callable[[s
         "steps": metrics.get("step", 0),
         "samples": metrics.get("samples", 0),
         "num_classes": data.num_classes,
-        "chance_ce": chance_ce,
+        "chance_ce": trainer.chance_ce,
         "best_ce_ema": best_ce_ema if math.isfinite(best_ce_ema) else None,
         "final": metrics,
         "wall_s": time.perf_counter() - started,
     }
 
 
-def _adamw(groups: list[dict], device: torch.device) -> torch.optim.Optimizer:
+def _adamw(groups: list[dict]) -> torch.optim.Optimizer:
     # Fused AdamW: the 49408-row token embedding is most of a small CLIP's parameters and the
     # per-parameter foreach update cost ~40% of a CPU step; fused does it in one pass.
     try:
