@@ -81,7 +81,7 @@ class TrainConfig:
     def from_dict(cls, values: Mapping[str, Any], base: Optional["TrainConfig"] = None) -> "TrainConfig":
         """Build a config from ``values`` on top of ``base`` (default: the defaults)."""
         base = base if base is not None else cls()
-        coerced = {key: _coerce(key, value) for key, value in values.items()}
+        coerced = {key: coerce_value(key, value) for key, value in values.items()}
         return dataclasses.replace(base, **coerced)
 
     @classmethod
@@ -157,7 +157,7 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _coerce(key: str, value: Any) -> Any:
+def coerce_value(key: str, value: Any) -> Any:
     """Convert ``value`` to the type of field ``key`` or raise a `ConfigError` naming both."""
     check_field_name(key)
     hint = _HINTS[key]

@@ -1,0 +1,102 @@
+"""What the user sees: a concise line per finished trial and a status line now and then, then the summary."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from tuner.plots import curves_png
+from tuner.results import compute_account, end_reason, read_search, read_trials, write_exports
+
+
+class ProgressPrinter(Callback):
+    """Prints one line when a trial ends (with why) and a status line every ``every_s`` seconds."""
+
+    def __init__(self, stopper, search: dict[str, Any], quiet: bool = False, every_s: float = 15.0):
+        self._stopper = stopper
+        self._search = search
+        self._quiet = quiet
+        self._every_s = every_s
+        self._last_status = time.monotonic()
+        self._latest: dict[str, dict[str, Any]] = {}
+        self._ended = 0
+
+    def _say(self, text: str) -> None:
+        if not self._quiet:
+            print(text, flush=True)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._latest[trial.trial_id] = result
+        now = time.monotonic()
+        if now - self._last_status >= self._every_s:
+            self._last_status = now
+            running = [t for t in trials if t.status == "RUNNING"]
+            best = min((r["ce_ema"] for r in self._latest.values() if math.isfinite(r.get("ce_ema", math.nan))), default=None)
+            best_txt = f"best ce_ema {best:.3f}" if best is not None else "no result yet"
+            self._say(f"[{len(trials)} started, {self._ended} ended, {len(running)} running] {best_txt}")
+
+    def _ended_line(self, trial, reason: str) -> None:
+        self._ended += 1
+        last = self._latest.get(trial.trial_id, {})
+        params = ", ".join(f"{k}={_fmt(trial.config.get(k))}" for k in self._search["space"])
+        where = f"step {last.get('step', 0)}, ce_ema {last.get('ce_ema', math.nan):.3f}" if last else "no step"
+        self._say(f"trial {trial.trial_id} {reason:<15} {where}  ({params})")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        reason = self._stopper.reasons.get(trial.trial_id)
+        if reason is None:
+            last = self._latest.get(trial.trial_id, {})
+            budget = self._search["max_samples"]
+            reason = "completed" if last.get("samples", 0) >= budget * 0.999 or last.get("done") else "asha"
+        self._ended_line(trial, reason)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._ended_line(trial, "error")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def summarise(exp_dir: Path, wall_s: float) -> int:
+    """Write the exports, print the summary; exit code 1 when some trials failed, else 0."""
+    exports = write_exports(exp_dir)
+    frame, search, best = exports["frame"], exports["search"], exports["best"]
+    trials = read_trials(exp_dir)
+    reasons = {t.trial_id: end_reason(t, search) for t in trials}
+    curves_png(trials, reasons, search, exp_dir / "curves.png")
+
+    counts = frame["end_reason"].value_counts().to_dict() if not frame.empty else {}
+    print(
+        f"\n{len(frame)} trials in {wall_s:.0f}s: {counts.get('completed', 0)} completed, "
+        f"{counts.get('asha', 0)} cut by ASHA, {counts.get('stuck_at_chance', 0)} stuck at chance, "
+        f"{counts.get('diverged', 0)} diverged, {counts.get('error', 0)} errored"
+        + (f", {counts['unfinished']} unfinished" if counts.get("unfinished") else "")
+    )
+    if best is not None:
+        params = ", ".join(f"{k}={_fmt(best[k])}" for k in search["space"])
+        metric = search["metric"]
+        print(f"best: trial {best['trial_id']} ({params}): {metric} {best[f'final_{metric}']:.3f}, {best['end_reason']}")
+    else:
+        print("best: none (no trial produced a finite objective)")
+    account = compute_account(frame, search)
+    print(
+        f"compute: {account['spent']:,} of {account['budget']:,} trial-images "
+        f"({account['saved_fraction']:.0%} saved by early stops)"
+    )
+    errors = frame[frame["end_reason"] == "error"] if not frame.empty else frame
+    for _, row in errors.iterrows():
+        print(f"trial {row['trial_id']} failed: {row['error']}")
+    written = [exp_dir / "results.csv", exp_dir / "curves.png"]
+    if exports["best_config"] is not None:
+        written.append(exports["best_config"])
+    print("wrote " + ", ".join(str(p) for p in written))
+    if exports["best_config"] is not None:
+        print(f"re-run the winner: python -m reid_core.train --config {exports['best_config']} --out DIR")
+    return 1 if len(errors) else 0

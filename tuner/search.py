@@ -1,0 +1,291 @@
+"""The search: Optuna proposes, ASHA ranks, the chance-level rule kills trials stuck at log(C).
+
+    python -m tuner.search                                  # the embedded default, minutes on a laptop CPU
+    python -m tuner.search --space head_lr --num-samples 20 --max-steps 600
+    python -m tuner.search --address ray://head:10001 --gpus-per-trial 0.5 --set data=/data/CUHK-PEDES
+
+Everything a user can get wrong (space, config, budgets, paths) is checked
+before Ray starts, with a one-line error and exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from reid_core.cli import ArgumentParser, add_config_arguments
+from reid_core.config import TrainConfig
+from reid_core.errors import UserError, cli_exit
+from reid_core.io import write_json_atomic
+from reid_core.train import load_cli_config
+from search_spaces import load_space, to_tune
+from tuner.results import SEARCH_FILE
+
+PROG = "python -m tuner.search"
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    add_config_arguments(p)
+    g = p.add_argument_group("what to search")
+    g.add_argument("--space", default="default", help="shipped space name or a YAML file (default: default)")
+    g.add_argument("--data", help="shortcut for --set data=...: 'synthetic' or a data set path")
+    g.add_argument("--model", help="shortcut for --set model=...: an open_clip model name")
+    g.add_argument("--pretrained", help="shortcut for --set pretrained=...: an open_clip tag or a weights file")
+    g.add_argument("--points-to-evaluate", metavar="FILE", help="JSON/YAML list of configs Optuna tries first")
+    b = p.add_argument_group("budget and stopping")
+    b.add_argument("--num-samples", type=int, default=10, help="trials (default 10)")
+    b.add_argument(
+        "--max-steps",
+        type=int,
+        default=450,
+        help="optimizer steps per trial at grad_accum_steps=1; a trial with accumulation k runs max_steps/k "
+        "steps, so all trials see the same images (default 450)",
+    )
+    b.add_argument("--grace-steps", type=int, default=300, help="grace window in steps at accumulation 1 (default 300)")
+    b.add_argument("--chance-margin", type=float, default=0.39, help="Go line = log(C) - margin (default 0.39: 5.6 for 400 ids)")
+    b.add_argument("--reduction-factor", type=float, default=2.0, help="ASHA reduction factor (default 2)")
+    b.add_argument("--metric", default="ce_ema", help="objective reported by trials (default ce_ema)")
+    b.add_argument("--mode", choices=("min", "max"), default="min", help="minimise or maximise --metric")
+    b.add_argument("--seed", type=int, default=0, help="seeds Optuna's sampler (trial seeds come from the config)")
+    r = p.add_argument_group("resources and cluster")
+    r.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default 1)")
+    r.add_argument("--gpus-per-trial", type=float, default=None, help="GPUs per trial, fractions allowed (default 1 when CUDA is present, else 0)")
+    r.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: what resources allow)")
+    r.add_argument("--address", help="connect to an existing Ray cluster (e.g. ray://head:10001 or auto)")
+    r.add_argument("--auth-token-file", metavar="FILE", help="token file for a cluster with RAY_AUTH_MODE=token")
+    o = p.add_argument_group("where results go")
+    o.add_argument("--storage-path", default="tune_results", help="experiments folder (default ./tune_results)")
+    o.add_argument("--name", help="experiment name (default search-TIMESTAMP)")
+    o.add_argument("--resume", action="store_true", help="continue the interrupted experiment --name")
+    o.add_argument("--quiet", action="store_true", help="only the final summary")
+    return p
+
+
+def _check_args(args) -> None:
+    def positive(flag: str, value: Optional[float], allow_zero: bool = False) -> None:
+        if value is None:
+            return
+        if not (value > 0 or (allow_zero and value == 0)) or not math.isfinite(value):
+            rule = ">= 0" if allow_zero else "> 0"
+            raise UserError(f"{flag} is {value}, but must be {rule}")
+
+    positive("--num-samples", args.num_samples)
+    positive("--max-steps", args.max_steps)
+    positive("--grace-steps", args.grace_steps)
+    positive("--chance-margin", args.chance_margin)
+    positive("--cpus-per-trial", args.cpus_per_trial)
+    positive("--gpus-per-trial", args.gpus_per_trial, allow_zero=True)
+    positive("--max-concurrent", args.max_concurrent)
+    if args.reduction_factor <= 1:
+        raise UserError(f"--reduction-factor is {args.reduction_factor}, but must be > 1")
+    if args.grace_steps > args.max_steps:
+        raise UserError(
+            f"--grace-steps {args.grace_steps} exceeds --max-steps {args.max_steps}: the chance-level rule would "
+            "never fire; lower --grace-steps or raise --max-steps"
+        )
+    if args.auth_token_file and not Path(args.auth_token_file).is_file():
+        raise UserError(f"--auth-token-file '{args.auth_token_file}' does not exist; pass the cluster's token file")
+
+
+def _base_config(args) -> TrainConfig:
+    overrides = list(args.overrides)
+    for key in ("data", "model", "pretrained"):
+        if getattr(args, key) is not None:
+            overrides.append(f"{key}={getattr(args, key)}")
+    overrides.append(f"max_steps={args.max_steps}")
+    if not any(o.startswith("threads=") for o in overrides):
+        overrides.append(f"threads={max(1, int(args.cpus_per_trial))}")  # one torch thread per CPU the trial holds
+    return load_cli_config(args.config, overrides)
+
+
+def _read_points(path: Optional[str], space: dict) -> list[dict[str, Any]]:
+    if path is None:
+        return []
+    import yaml
+
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"--points-to-evaluate file '{path}' does not exist")
+    try:
+        points = yaml.safe_load(file.read_text())  # JSON is YAML
+    except yaml.YAMLError as err:
+        raise UserError(f"cannot parse --points-to-evaluate '{path}': {str(err).splitlines()[0]}") from None
+    if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
+        raise UserError(f"--points-to-evaluate '{path}' must hold a list of {{field: value}} mappings")
+    for point in points:
+        for key in point:
+            if key not in space:
+                raise UserError(f"--points-to-evaluate names '{key}', which the space does not search ({', '.join(space)})")
+        TrainConfig.from_dict(point)  # each value must be valid for its field
+    return points
+
+
+def _experiment_dir(args) -> Path:
+    name = args.name or f"search-{datetime.now():%Y%m%d-%H%M%S}"
+    exp_dir = Path(args.storage_path).expanduser().resolve() / name
+    if args.resume:
+        if not args.name:
+            raise UserError("--resume needs --name: the experiment to continue")
+        if not (exp_dir / SEARCH_FILE).is_file():
+            raise UserError(f"--resume: '{exp_dir}' holds no reid-tune experiment; check --storage-path and --name")
+    elif exp_dir.exists() and any(exp_dir.iterdir()):
+        raise UserError(f"experiment '{exp_dir}' already exists; pass --resume to continue it or a new --name")
+    return exp_dir
+
+
+def _connect(args) -> bool:
+    """Start or join Ray; returns whether we started it (and so should shut it down)."""
+    import ray
+
+    if ray.is_initialized():  # e.g. a notebook or a test session that already holds one
+        return False
+    if args.auth_token_file:
+        # Ray reads the token from this file itself; it never passes through our logs or exports.
+        os.environ["RAY_AUTH_TOKEN_PATH"] = str(Path(args.auth_token_file).resolve())
+    kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": True, "logging_level": logging.WARNING}
+    if args.address:
+        try:
+            ray.init(address=args.address, **kwargs)
+        except Exception as err:  # ConnectionError, RuntimeError, auth failures: all the user's to fix
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise UserError(
+                f"cannot connect to the Ray cluster at '{args.address}': {first}; check the address, and for a "
+                "cluster with RAY_AUTH_MODE=token pass its token with --auth-token-file"
+            ) from None
+    else:
+        ray.init(include_dashboard=False, **kwargs)  # no dashboard: nothing listens beyond this process
+    return True
+
+
+def run_search(args) -> int:
+    space = load_space(args.space)
+    base = _base_config(args)
+    points = _read_points(args.points_to_evaluate, space)
+    for key in space:  # every sampled value must make a valid config on top of the base
+        if key == "max_steps":
+            raise UserError("search space: max_steps is the budget; set it with --max-steps, not in the space")
+    exp_dir = _experiment_dir(args)
+    _preflight_data(base)
+
+    grace_samples = args.grace_steps * base.images_per_step
+    max_samples = args.max_steps * base.images_per_step
+    search = {
+        "base": base.to_dict(),
+        "space": {k: d.describe() for k, d in space.items()},
+        "metric": args.metric,
+        "mode": args.mode,
+        "grace_samples": grace_samples,
+        "chance_margin": args.chance_margin,
+        "trend_samples": None,
+        "max_samples": max_samples,
+        "num_samples": args.num_samples,
+        "seed": args.seed,
+    }
+
+    started_ray = _connect(args)
+    try:
+        return _fit(args, space, base, points, search, exp_dir)
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def _preflight_data(base: TrainConfig) -> None:
+    """Load the data once in the driver: a bad data set fails here, once, not in every trial."""
+    from reid_core.data import load_data
+    from reid_core.model import context_length
+
+    load_data(base, context_length(base))
+
+
+def _fit(args, space, base: TrainConfig, points, search: dict, exp_dir: Path) -> int:
+    import optuna
+    import torch
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from tuner.progress import ProgressPrinter, summarise
+    from tuner.stoppers import ChanceLevelStopper
+    from tuner.trainable import train_trial
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created" is not news
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Ray's legacy reporter honours verbose=0; ours prints instead
+    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (1.0 if torch.cuda.is_available() else 0.0)
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, base=search["base"]), {"cpu": args.cpus_per_trial, "gpu": gpus}
+    )
+    stopper = ChanceLevelStopper(search["grace_samples"], search["chance_margin"])
+    progress = ProgressPrinter(stopper, search, quiet=args.quiet)
+    run_config = tune.RunConfig(
+        name=exp_dir.name,
+        storage_path=str(exp_dir.parent),
+        stop=stopper,
+        callbacks=[progress],
+        verbose=0,
+    )
+    t0 = time.perf_counter()
+    if args.resume:
+        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(exp_dir / SEARCH_FILE, search)
+        searcher = OptunaSearch(
+            metric=args.metric,
+            mode=args.mode,
+            points_to_evaluate=points or None,
+            seed=args.seed,
+        )
+        scheduler = ASHAScheduler(
+            time_attr="samples",  # images seen: trials with different accumulation compare at equal compute
+            grace_period=search["grace_samples"],
+            max_t=search["max_samples"],
+            reduction_factor=args.reduction_factor,
+        )
+        tuner = tune.Tuner(
+            trainable,
+            param_space=to_tune(space),
+            tune_config=tune.TuneConfig(
+                metric=args.metric,
+                mode=args.mode,
+                search_alg=searcher,
+                scheduler=scheduler,
+                num_samples=args.num_samples,
+                max_concurrent_trials=args.max_concurrent,
+                reuse_actors=True,
+            ),
+            run_config=run_config,
+        )
+    if not args.quiet:
+        print(
+            f"searching {', '.join(search['space'])} over {args.num_samples} trials of up to "
+            f"{search['max_samples']} images each; grace window {search['grace_samples']} images; "
+            f"results in {exp_dir}",
+            flush=True,
+        )
+    tuner.fit()
+    return summarise(exp_dir, time.perf_counter() - t0)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        _check_args(args)
+        return run_search(args)
+    except UserError as err:
+        return cli_exit(err, PROG)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
