@@ -115,7 +115,10 @@ def check_field_name(key: str) -> None:
     """Raise `ConfigError` naming the closest field when ``key`` is not a field."""
     if key in FIELDS:
         return
-    close = difflib.get_close_matches(key, FIELDS, n=1, cutoff=0.5)
+    # Same words in another order first: the metric 'lr_head' is the field 'head_lr' (difflib says 'threads').
+    words = sorted(key.split("_"))
+    close = [name for name in FIELDS if sorted(name.split("_")) == words]
+    close = close or difflib.get_close_matches(key, FIELDS, n=1, cutoff=0.5)
     hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(FIELDS)}"
     raise ConfigError(f"unknown config key '{key}'; {hint}")
 
