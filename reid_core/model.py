@@ -62,8 +62,12 @@ def _output_dim(clip: nn.Module) -> int:
         return clip.encode_image(torch.zeros(1, 3, *size)).shape[-1]
 
 
-def build_model(cfg: TrainConfig, num_classes: int) -> ReIDModel:
-    """Create the open_clip backbone named by ``cfg.model`` and wrap it with the identity head."""
+def check_model(cfg: TrainConfig) -> None:
+    """Raise `UserError` for an unknown model name or a missing weights file.
+
+    Called before the data is loaded: tokenising captions for an unknown model name
+    makes open_clip log a warning, which would put a second line beside the error.
+    """
     known = open_clip.list_models()
     if cfg.model not in known and not cfg.model.startswith(("hf-hub:", "local-dir:")):
         import difflib
@@ -74,6 +78,12 @@ def build_model(cfg: TrainConfig, num_classes: int) -> ReIDModel:
     pretrained = cfg.pretrained
     if pretrained is not None and ("/" in pretrained or Path(pretrained).suffix) and not Path(pretrained).is_file():
         raise UserError(f"pretrained weights file '{pretrained}' does not exist; pass an existing file or an open_clip tag")
+
+
+def build_model(cfg: TrainConfig, num_classes: int) -> ReIDModel:
+    """Create the open_clip backbone named by ``cfg.model`` and wrap it with the identity head."""
+    check_model(cfg)
+    pretrained = cfg.pretrained
     kwargs = {}
     if cfg.context_length is not None:
         kwargs["force_context_length"] = cfg.context_length

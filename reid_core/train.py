@@ -30,7 +30,7 @@ from reid_core.errors import UserError, cli_exit
 from reid_core.io import write_json_atomic
 from reid_core.losses import id_loss, sdm_loss
 from reid_core.metrics import retrieval_metrics
-from reid_core.model import ReIDModel, build_model, context_length, parameter_groups
+from reid_core.model import ReIDModel, build_model, check_model, context_length, parameter_groups
 from reid_core.schedule import ema, lr_factor, sdm_weight_at
 
 Report = Callable[[dict[str, Any]], None]
@@ -124,6 +124,7 @@ class Trainer:
         seed_everything(cfg.seed, cfg.threads)
         self.device = resolve_device(cfg)
         self.dtype = amp_dtype(cfg, self.device)
+        check_model(cfg)  # before the data: a bad model name is one error line, not tokenizer warnings too
         self.data = data if data is not None else load_data(cfg, context_length(cfg))
         self.model = build_model(cfg, num_classes=self.data.num_classes).to(self.device).train()
         self.chance_ce = math.log(self.data.num_classes)
