@@ -17,8 +17,6 @@ import torch
 
 from reid_core.config import TrainConfig
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
 # The project's convention (TrainConfig.threads = 1), for the tests that call torch directly too:
 # on a 2-core machine shared with a running search, two OpenMP threads make each small op ~500x slower.
 torch.set_num_threads(1)
