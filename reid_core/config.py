@@ -72,6 +72,8 @@ class TrainConfig:
     threads: int = 1  # torch CPU threads; 0 = torch's default. Part of the config so a re-run reproduces the trial
 
     def __post_init__(self) -> None:
+        if isinstance(self.image_size, (list, int)):  # TrainConfig(image_size=[64, 32]) from Python code
+            object.__setattr__(self, "image_size", coerce_value("image_size", self.image_size))
         for problem in _problems(self):
             raise ConfigError(problem)
 

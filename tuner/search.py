@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import socket
 import sys
 import time
 from datetime import datetime
@@ -93,6 +94,8 @@ def _check_args(args) -> None:
         )
     if args.auth_token_file and not Path(args.auth_token_file).is_file():
         raise UserError(f"--auth-token-file '{args.auth_token_file}' does not exist; pass the cluster's token file")
+    if args.address:
+        _probe(args.address)
 
 
 def _base_config(args) -> TrainConfig:
@@ -163,6 +166,23 @@ def _connect(args) -> bool:
     else:
         ray.init(include_dashboard=False, **kwargs)  # no dashboard: nothing listens beyond this process
     return True
+
+
+def _probe(address: str) -> None:
+    """Fail in seconds on an address nothing listens at (ray.init itself retries for minutes)."""
+    if address == "auto":
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--address '{address}' is not HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as err:
+        raise UserError(
+            f"cannot reach the Ray cluster at '{address}': {err.strerror or err}; check that the head node is "
+            "running and the address and port are right"
+        ) from None
 
 
 def run_search(args) -> int:

@@ -1,0 +1,100 @@
+"""End-to-end searches on real Ray (CPU), made deterministic with points_to_evaluate.
+
+Each search is sized to run in seconds: CE-only training (SDM warm-up longer
+than the run), 150 steps at most, a 60-step grace window.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from reid_core.train import main as train_main
+from tuner.search import main as search_main
+
+pytestmark = pytest.mark.ray
+
+MAX_STEPS, GRACE_STEPS, BATCH = 150, 60, 32
+GO_LINE = math.log(400) - 0.39  # 5.6
+
+
+def run_search(tmp_path, name, points, extra=(), space="head_lr: {loguniform: [1.0e-6, 1.0e-1]}\n"):
+    (tmp_path / f"{name}-space.yaml").write_text(space)
+    (tmp_path / f"{name}-points.json").write_text(json.dumps(points))
+    code = search_main(
+        [
+            "--space", str(tmp_path / f"{name}-space.yaml"),
+            "--points-to-evaluate", str(tmp_path / f"{name}-points.json"),
+            "--num-samples", str(len(points)),
+            "--max-steps", str(MAX_STEPS),
+            "--grace-steps", str(GRACE_STEPS),
+            "--storage-path", str(tmp_path / "results"),
+            "--name", name,
+            "--set", "warmup_steps=1000", f"batch_size={BATCH}",
+            *extra,
+        ]
+    )
+    return code, tmp_path / "results" / name
+
+
+@pytest.fixture(scope="module")
+def learner_and_stuck(ray_session, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("search")
+    code, exp = run_search(tmp, "mixed", [{"head_lr": 1e-2}, {"head_lr": 1e-6}])
+    return code, exp, pd.read_csv(exp / "results.csv")
+
+
+def test_search_exits_0_and_writes_one_results_row_per_trial(learner_and_stuck):
+    code, exp, table = learner_and_stuck
+    assert code == 0
+    assert len(table) == 2
+    assert {"trial_id", "head_lr", "end_reason", "steps", "samples", "final_ce_ema", "best_ce_ema", "go_samples", "wall_s"} <= set(table.columns)
+
+
+def test_head_lr_1e_6_is_stopped_at_chance_within_one_report_of_the_grace_window(learner_and_stuck):
+    _, _, table = learner_and_stuck
+    stuck = table[table.head_lr == 1e-6].iloc[0]
+    assert stuck.end_reason == "stuck_at_chance"
+    grace = GRACE_STEPS * BATCH
+    assert grace <= stuck.samples <= grace + BATCH
+    assert pd.isna(stuck.go_samples)
+
+
+def test_head_lr_1e_2_completes_below_the_go_line(learner_and_stuck):
+    _, _, table = learner_and_stuck
+    learner = table[table.head_lr == 1e-2].iloc[0]
+    assert learner.end_reason == "completed"
+    assert learner.steps == MAX_STEPS
+    assert learner.final_ce_ema < GO_LINE
+    assert learner.go_samples > 0
+
+
+def test_best_config_is_the_learner_and_reruns_without_ray(learner_and_stuck, tmp_path):
+    _, exp, _ = learner_and_stuck
+    best = json.loads((exp / "best_config.json").read_text())
+    assert best["config"]["head_lr"] == 1e-2
+    assert best["end_reason"] == "completed"
+    assert best["metrics"]["ce_ema"] < GO_LINE
+    out = tmp_path / "rerun"
+    assert train_main(["--config", str(exp / "best_config.json"), "--out", str(out), "--log-every", "60"]) == 0
+    rerun = pd.read_csv(out / "metrics.csv")
+    assert len(rerun) == MAX_STEPS and rerun.ce_ema.iloc[-1] < GO_LINE
+
+
+def test_curves_picture_is_written(learner_and_stuck):
+    _, exp, _ = learner_and_stuck
+    png = exp / "curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_when_every_trial_is_stuck_every_trial_is_stopped_at_chance(ray_session, tmp_path):
+    # ASHA alone would promote the first trial to reach its rung and keep the best of the stuck.
+    points = [{"head_lr": 1e-6}, {"head_lr": 2e-6}, {"head_lr": 4e-6}]
+    code, exp = run_search(tmp_path, "all-stuck", points, extra=["--max-concurrent", "2"])
+    table = pd.read_csv(exp / "results.csv")
+    assert code == 0
+    assert list(table.end_reason) == ["stuck_at_chance"] * 3
+    assert (table.samples <= GRACE_STEPS * BATCH + BATCH).all()

@@ -1,0 +1,130 @@
+"""The chance-level rule on plain metric sequences: no Ray session needed."""
+
+import math
+import pickle
+
+import pytest
+
+from tuner.stoppers import ChanceLevelRule, ChanceLevelStopper
+
+CHANCE = math.log(400)  # 5.99
+GRACE = 300 * 32  # the seed's smoke window: 300 steps of 32 images
+
+
+def results(ce_emas, images_per_step=32):
+    """Results as a trial reports them, one per optimizer step."""
+    return [
+        {"step": i + 1, "samples": (i + 1) * images_per_step, "ce": v, "ce_ema": v, "chance_ce": CHANCE}
+        for i, v in enumerate(ce_emas)
+    ]
+
+
+def first_stop(rule, stream):
+    """(reason, samples) of the first stop verdict, or (None, None)."""
+    for r in stream:
+        reason = rule(r)
+        if reason is not None:
+            return reason, r["samples"]
+    return None, None
+
+
+def linear(start, end, n):
+    return [start + (end - start) * i / (n - 1) for i in range(n)]
+
+
+def test_flat_trial_at_chance_stops_at_the_first_report_past_the_grace_window():
+    reason, samples = first_stop(ChanceLevelRule(GRACE), results([CHANCE - 0.001] * 400))
+    assert reason == "stuck_at_chance"
+    assert GRACE <= samples <= GRACE + 32  # latency: at most one report
+
+
+def test_slow_learner_above_the_line_but_falling_is_left_alone():
+    # The measured head LR 1.5e-4 case: ce_ema 5.79 at the grace window and still falling.
+    curve = linear(CHANCE, 5.79, 300) + linear(5.79, 5.40, 200)
+    reason, _ = first_stop(ChanceLevelRule(GRACE), results(curve))
+    assert reason is None
+
+
+def test_slow_learner_whose_fall_stalls_above_the_line_is_stopped_later():
+    curve = linear(CHANCE, 5.79, 300) + linear(5.79, 5.75, 60) + [5.75] * 200
+    reason, samples = first_stop(ChanceLevelRule(GRACE), results(curve))
+    assert reason == "stuck_at_chance"
+    assert samples > GRACE + 32  # not at the window: it got its second look
+
+
+def test_a_trial_below_the_go_line_is_never_stuck():
+    curve = linear(CHANCE, 4.0, 300) + [4.0] * 200  # flat, but well below 5.6
+    assert first_stop(ChanceLevelRule(GRACE), results(curve)) == (None, None)
+
+
+def test_a_trial_that_rises_back_above_the_line_and_stays_flat_is_stuck():
+    curve = linear(CHANCE, 5.5, 300) + [5.8] * 300
+    reason, _ = first_stop(ChanceLevelRule(GRACE), results(curve))
+    assert reason == "stuck_at_chance"
+
+
+def test_nothing_is_judged_before_the_grace_window():
+    reason, _ = first_stop(ChanceLevelRule(GRACE), results([CHANCE] * 299))
+    assert reason is None
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_ce_diverges_at_once_even_before_the_window(bad):
+    stream = results([5.9] * 10)
+    stream[4]["ce"] = bad
+    reason, samples = first_stop(ChanceLevelRule(GRACE), stream)
+    assert (reason, samples) == ("diverged", 5 * 32)
+
+
+def test_time_axis_is_samples_so_accumulation_does_not_delay_the_verdict():
+    # grad_accum_steps=8: 256 images per step, the window passes at step 38
+    reason, samples = first_stop(ChanceLevelRule(GRACE), results([CHANCE] * 100, images_per_step=256))
+    assert reason == "stuck_at_chance"
+    assert GRACE <= samples <= GRACE + 256
+
+
+def test_chance_level_follows_each_results_chance_ce():
+    # 50 identities: chance 3.91, Go line 3.52. A flat 3.9 is stuck; a flat 3.4 is not.
+    stuck = [dict(r, chance_ce=math.log(50)) for r in results([3.9] * 400)]
+    fine = [dict(r, chance_ce=math.log(50)) for r in results([3.4] * 400)]
+    assert first_stop(ChanceLevelRule(GRACE), stuck)[0] == "stuck_at_chance"
+    assert first_stop(ChanceLevelRule(GRACE), fine)[0] is None
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"grace_samples": 0}, "grace_samples > 0"),
+        ({"grace_samples": GRACE, "margin": 0}, "margin > 0"),
+        ({"grace_samples": GRACE, "trend_samples": 2 * GRACE}, "trend_samples <= grace_samples"),
+        ({"grace_samples": GRACE, "trend_samples": 0}, "0 < trend_samples"),
+    ],
+)
+def test_invalid_arguments_name_the_rule(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ChanceLevelStopper(**kwargs)
+
+
+def test_stopper_keeps_per_trial_state_and_records_reasons():
+    stopper = ChanceLevelStopper(GRACE)
+    stuck, learning = results([CHANCE] * 320), results(linear(CHANCE, 4.0, 320))
+    decisions = {"a": [], "b": []}
+    for ra, rb in zip(stuck, learning):
+        decisions["a"].append(stopper("a", ra))
+        decisions["b"].append(stopper("b", rb))
+        if decisions["a"][-1]:
+            break
+    assert decisions["a"][-1] is True and not any(decisions["b"])
+    assert stopper.reasons == {"a": "stuck_at_chance"}
+    assert stopper.stop_all() is False
+
+
+def test_stopper_survives_a_pickle_round_trip_mid_trial():
+    stopper = ChanceLevelStopper(GRACE)
+    stream = results([CHANCE] * 400)
+    for r in stream[:200]:
+        assert stopper("t", r) is False
+    clone = pickle.loads(pickle.dumps(stopper))  # Ray ships the stopper; restores unpickle it
+    verdicts = [clone("t", r) for r in stream[200:301]]
+    assert verdicts.index(True) == 99  # step 300 = the window, exactly as without the round trip
+    assert clone.reasons == {"t": "stuck_at_chance"}
