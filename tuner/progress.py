@@ -10,7 +10,7 @@ from typing import Any
 from ray.tune import Callback
 
 from tuner.plots import curves_png
-from tuner.results import compute_account, end_reason, read_search, read_trials, write_exports
+from tuner.results import compute_account, write_exports
 
 
 class ProgressPrinter(Callback):
@@ -68,9 +68,8 @@ def summarise(exp_dir: Path, wall_s: float) -> int:
     """Write the exports, print the summary; exit code 1 when some trials failed, else 0."""
     exports = write_exports(exp_dir)
     frame, search, best = exports["frame"], exports["search"], exports["best"]
-    trials = read_trials(exp_dir)
-    reasons = {t.trial_id: end_reason(t, search) for t in trials}
-    curves_png(trials, reasons, search, exp_dir / "curves.png")
+    reasons = dict(zip(frame["trial_id"], frame["end_reason"])) if not frame.empty else {}
+    curves_png(exports["trials"], reasons, search, exp_dir / "curves.png")
 
     counts = frame["end_reason"].value_counts().to_dict() if not frame.empty else {}
     print(
@@ -85,11 +84,12 @@ def summarise(exp_dir: Path, wall_s: float) -> int:
         print(f"best: trial {best['trial_id']} ({params}): {metric} {best[f'final_{metric}']:.3f}, {best['end_reason']}")
     else:
         print("best: none (no trial produced a finite objective)")
-    account = compute_account(frame, search)
-    print(
-        f"compute: {account['spent']:,} of {account['budget']:,} trial-images "
-        f"({account['saved_fraction']:.0%} saved by early stops)"
-    )
+    if not frame.empty:
+        account = compute_account(frame, search)
+        print(
+            f"compute: {account['spent']:,} of {account['budget']:,} trial-images "
+            f"({account['saved_fraction']:.0%} saved by early stops)"
+        )
     errors = frame[frame["end_reason"] == "error"] if not frame.empty else frame
     for _, row in errors.iterrows():
         print(f"trial {row['trial_id']} failed: {row['error']}")

@@ -152,6 +152,7 @@ def trial_row(trial: Trial, search: dict[str, Any]) -> dict[str, Any]:
         values = [r[metric] for r in rows if metric in r]
         row[f"final_{metric}"] = values[-1] if values else None
     row["error"] = trial.error
+    row["chance_ce"] = last.get("chance_ce")
     row["trial_dir"] = trial.path.name
     return row
 
@@ -160,22 +161,26 @@ def objective_column(search: dict[str, Any]) -> str:
     return f"final_{search['metric']}"
 
 
+def read_experiment(exp_dir: str | Path) -> tuple[dict[str, Any], list[Trial], pd.DataFrame]:
+    """``(search settings, trials, table)``: the folder read once; the table sorted best first."""
+    exp_dir = Path(exp_dir)
+    search = read_search(exp_dir)
+    trials = read_trials(exp_dir)
+    frame = pd.DataFrame([trial_row(t, search) for t in trials])
+    if not frame.empty:
+        col = objective_column(search)
+        frame = frame.sort_values(col, ascending=search["mode"] == "min", na_position="last", kind="stable")
+        frame = frame.reset_index(drop=True)
+    return search, trials, frame
+
+
 def results_frame(exp_dir: str | Path) -> pd.DataFrame:
     """One row per trial, sorted by the search's objective (best first). For notebooks::
 
         from tuner.results import results_frame
         df = results_frame("tune_results/my-search")
     """
-    exp_dir = Path(exp_dir)
-    search = read_search(exp_dir)
-    trials = read_trials(exp_dir)
-    frame = pd.DataFrame([trial_row(t, search) for t in trials])
-    if frame.empty:
-        return frame
-    col = objective_column(search)
-    return frame.sort_values(col, ascending=search["mode"] == "min", na_position="last", kind="stable").reset_index(
-        drop=True
-    )
+    return read_experiment(exp_dir)[2]
 
 
 def best_trial(frame: pd.DataFrame, search: dict[str, Any]) -> Optional[pd.Series]:
@@ -194,12 +199,11 @@ def best_trial(frame: pd.DataFrame, search: dict[str, Any]) -> Optional[pd.Serie
 def write_exports(exp_dir: str | Path) -> dict[str, Any]:
     """Write results.csv and best_config.json (atomically); return what a summary needs."""
     exp_dir = Path(exp_dir)
-    search = read_search(exp_dir)
-    trials = {t.trial_id: t for t in read_trials(exp_dir)}
-    frame = results_frame(exp_dir)
+    search, trial_list, frame = read_experiment(exp_dir)
+    trials = {t.trial_id: t for t in trial_list}
     write_text_atomic(exp_dir / "results.csv", frame.to_csv(index=False))
     best = best_trial(frame, search) if not frame.empty else None
-    out: dict[str, Any] = {"frame": frame, "search": search, "best": best, "best_config": None}
+    out: dict[str, Any] = {"frame": frame, "search": search, "trials": trial_list, "best": best, "best_config": None}
     if best is not None:
         trial = trials[best["trial_id"]]
         cfg = trial_config(search["base"], trial.sampled)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from reid_core.cli import ArgumentParser, add_config_arguments
-from reid_core.config import TrainConfig
+from reid_core.config import TrainConfig, coerce_value
 from reid_core.errors import UserError, cli_exit
 from reid_core.io import write_json_atomic
 from reid_core.train import load_cli_config
@@ -118,8 +118,9 @@ def _read_points(path: Optional[str], space: dict) -> list[dict[str, Any]]:
     if not file.is_file():
         raise UserError(f"--points-to-evaluate file '{path}' does not exist")
     try:
-        points = yaml.safe_load(file.read_text())  # JSON is YAML
-    except yaml.YAMLError as err:
+        text = file.read_text()
+        points = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
         raise UserError(f"cannot parse --points-to-evaluate '{path}': {str(err).splitlines()[0]}") from None
     if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
         raise UserError(f"--points-to-evaluate '{path}' must hold a list of {{field: value}} mappings")
@@ -127,8 +128,8 @@ def _read_points(path: Optional[str], space: dict) -> list[dict[str, Any]]:
         for key in point:
             if key not in space:
                 raise UserError(f"--points-to-evaluate names '{key}', which the space does not search ({', '.join(space)})")
-        TrainConfig.from_dict(point)  # each value must be valid for its field
-    return points
+    # Typed values (YAML 1.1 reads 1e-6 as a string): Optuna and params.json get numbers.
+    return [{k: coerce_value(k, v) for k, v in point.items()} for point in points]
 
 
 def _experiment_dir(args) -> Path:

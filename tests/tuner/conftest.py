@@ -1,16 +1,24 @@
-"""One Ray session for every Ray test (``ray.init`` costs ~4 s here), and Ray's files kept in a temp folder.
+"""Shared by the Ray tests: one Ray session (``ray.init`` costs ~4 s here) and one small real search.
 
 Ray writes an authentication token under HOME on first start and its session
-files under its temp dir: both point into a folder this fixture removes.
+files under its temp dir: both point into a folder the session fixture removes.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 import tempfile
 
+import pandas as pd
 import pytest
+
+from tuner.search import main as search_main
+
+# Searches here are sized to run in seconds: CE-only training (SDM warm-up longer than the run),
+# 150 steps at most, a 60-step grace window.
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +42,34 @@ def ray_session():
         if saved_home is not None:
             os.environ["HOME"] = saved_home
         shutil.rmtree(root, ignore_errors=True)
+
+
+MAX_STEPS, GRACE_STEPS, BATCH = 150, 60, 32
+GO_LINE = math.log(400) - 0.39  # 5.6
+
+
+def run_search(tmp_path, name, points, extra=(), space="head_lr: {loguniform: [1.0e-6, 1.0e-1]}\n"):
+    (tmp_path / f"{name}-space.yaml").write_text(space)
+    (tmp_path / f"{name}-points.json").write_text(json.dumps(points))
+    code = search_main(
+        [
+            "--space", str(tmp_path / f"{name}-space.yaml"),
+            "--points-to-evaluate", str(tmp_path / f"{name}-points.json"),
+            "--num-samples", str(len(points)),
+            "--max-steps", str(MAX_STEPS),
+            "--grace-steps", str(GRACE_STEPS),
+            "--storage-path", str(tmp_path / "results"),
+            "--name", name,
+            "--set", "warmup_steps=1000", f"batch_size={BATCH}",
+            *extra,
+        ]
+    )
+    return code, tmp_path / "results" / name
+
+
+@pytest.fixture(scope="session")
+def learner_and_stuck(ray_session, tmp_path_factory):
+    """One small real search shared by the search and report tests: head LR 1e-2 learns, 1e-6 is stuck."""
+    tmp = tmp_path_factory.mktemp("search")
+    code, exp = run_search(tmp, "mixed", [{"head_lr": 1e-2}, {"head_lr": 1e-6}])
+    return code, exp, pd.read_csv(exp / "results.csv")

@@ -1,14 +1,8 @@
-"""End-to-end searches on real Ray (CPU), made deterministic with points_to_evaluate.
-
-Each search is sized to run in seconds: CE-only training (SDM warm-up longer
-than the run), 150 steps at most, a 60-step grace window.
-"""
+"""End-to-end searches on real Ray (CPU), made deterministic with points_to_evaluate."""
 
 from __future__ import annotations
 
 import json
-import math
-
 import pandas as pd
 import pytest
 
@@ -17,34 +11,7 @@ from tuner.search import main as search_main
 
 pytestmark = pytest.mark.ray
 
-MAX_STEPS, GRACE_STEPS, BATCH = 150, 60, 32
-GO_LINE = math.log(400) - 0.39  # 5.6
-
-
-def run_search(tmp_path, name, points, extra=(), space="head_lr: {loguniform: [1.0e-6, 1.0e-1]}\n"):
-    (tmp_path / f"{name}-space.yaml").write_text(space)
-    (tmp_path / f"{name}-points.json").write_text(json.dumps(points))
-    code = search_main(
-        [
-            "--space", str(tmp_path / f"{name}-space.yaml"),
-            "--points-to-evaluate", str(tmp_path / f"{name}-points.json"),
-            "--num-samples", str(len(points)),
-            "--max-steps", str(MAX_STEPS),
-            "--grace-steps", str(GRACE_STEPS),
-            "--storage-path", str(tmp_path / "results"),
-            "--name", name,
-            "--set", "warmup_steps=1000", f"batch_size={BATCH}",
-            *extra,
-        ]
-    )
-    return code, tmp_path / "results" / name
-
-
-@pytest.fixture(scope="module")
-def learner_and_stuck(ray_session, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("search")
-    code, exp = run_search(tmp, "mixed", [{"head_lr": 1e-2}, {"head_lr": 1e-6}])
-    return code, exp, pd.read_csv(exp / "results.csv")
+from tests.tuner.conftest import BATCH, GRACE_STEPS, GO_LINE, MAX_STEPS, run_search
 
 
 def test_search_exits_0_and_writes_one_results_row_per_trial(learner_and_stuck):

@@ -1,0 +1,100 @@
+"""`python -m tuner.report` on the shared small search: tables, filters, pictures, and the re-run check."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pandas as pd
+import pytest
+
+from reid_core.train import main as train_main
+from tuner.report import load, main
+
+pytestmark = pytest.mark.ray
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def exp(learner_and_stuck):
+    return learner_and_stuck[1]
+
+
+def test_table_has_one_row_per_trial_and_matches_results_csv(exp, capsys):
+    assert main([str(exp), "--format", "csv", "--no-plots"]) == 0
+    printed = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    on_disk = pd.read_csv(exp / "results.csv").drop(columns=["trial_dir", "chance_ce"])
+    pd.testing.assert_frame_equal(printed, on_disk)
+    assert len(printed) == 2
+
+
+def test_table_is_sorted_by_the_objective_best_first(exp):
+    frame = load(exp)
+    assert list(frame.final_ce_ema) == sorted(frame.final_ce_ema)
+    assert frame.iloc[0].head_lr == 1e-2
+
+
+def test_reason_filter_and_top(exp, capsys):
+    assert main([str(exp), "--reason", "stuck_at_chance", "--format", "json", "--no-plots"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["head_lr"] for r in rows] == [1e-6] and rows[0]["end_reason"] == "stuck_at_chance"
+    assert main([str(exp), "--top", "1", "--format", "json", "--no-plots"]) == 0
+    assert [r["head_lr"] for r in json.loads(capsys.readouterr().out)] == [1e-2]
+
+
+def test_markdown_to_a_file(exp, tmp_path, capsys):
+    out = tmp_path / "table.md"
+    assert main([str(exp), "--format", "markdown", "--out", str(out), "--no-plots"]) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("| trial_id | head_lr |") and len(lines) == 2 + 2
+    assert "saved" in capsys.readouterr().out  # the compute account comes with it
+
+
+def test_table_prints_the_compute_account_and_writes_both_pictures(exp, capsys):
+    for png in ("curves.png", "hyperparams.png"):
+        (exp / png).unlink(missing_ok=True)
+    assert main([str(exp)]) == 0
+    out = capsys.readouterr().out
+    assert "stuck_at_chance" in out and "completed" in out
+    assert "trial-images spent of" in out and "by end reason" in out
+    for png in ("curves.png", "hyperparams.png"):
+        data = (exp / png).read_bytes()
+        assert data[:8] == PNG and len(data) > 10_000
+
+
+def test_the_winner_rerun_without_ray_reproduces_the_trials_curve(exp, tmp_path, capsys):
+    rerun = tmp_path / "rerun"
+    assert train_main(["--config", str(exp / "best_config.json"), "--out", str(rerun), "--log-every", "60"]) == 0
+    capsys.readouterr()
+    assert main([str(exp), "--compare", str(rerun)]) == 0
+    out = capsys.readouterr().out
+    assert "reproduced" in out and "over 150 matching steps" in out
+    assert (rerun / "compare.png").read_bytes()[:8] == PNG
+    diff = float(out.split("largest |ce difference| ")[1].split()[0])
+    assert diff <= 1e-5
+
+
+def exit_code(argv) -> int:
+    try:
+        return main(argv)
+    except SystemExit as stop:  # argparse's own errors
+        return stop.code
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (lambda exp, tmp: [str(tmp)], "is not a reid-tune experiment"),
+        (lambda exp, tmp: [str(tmp / "missing")], "does not exist"),
+        (lambda exp, tmp: [str(exp), "--reason", "stuck"], "unknown --reason 'stuck'; known: completed"),
+        (lambda exp, tmp: [str(exp), "--top", "0"], "--top is 0"),
+        (lambda exp, tmp: [str(exp), "--compare", str(tmp)], "is not a reid_core.train run folder"),
+        (lambda exp, tmp: [str(exp), "--format", "xml"], "invalid choice: 'xml'"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(exp, tmp_path, capsys, args, message):
+    assert exit_code(args(exp, tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.count("\n") == 1 and "Traceback" not in err

@@ -1,0 +1,249 @@
+"""Tables and pictures of an experiment folder, and the check that a re-run reproduces its trial.
+
+    python -m tuner.report tune_results/NAME                       # table, compute account, pictures
+    python -m tuner.report tune_results/NAME --reason stuck_at_chance --format markdown
+    python -m tuner.report tune_results/NAME --compare runs/rerun  # trial curve vs plain re-run
+
+Needs no running Ray: it reads the files. Works on finished, interrupted,
+resumed and still-running experiments. In a notebook::
+
+    from tuner.report import load
+    df = load("tune_results/NAME")
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import pandas as pd
+
+from reid_core.cli import ArgumentParser
+from reid_core.config import TrainConfig
+from reid_core.errors import UserError, cli_exit
+from reid_core.io import write_text_atomic
+from tuner.results import (
+    END_REASONS,
+    compute_account,
+    objective_column,
+    read_experiment,
+    read_search,
+    read_trials,
+    results_frame,
+)
+from tuner.trainable import trial_config
+
+PROG = "python -m tuner.report"
+FORMATS = ("table", "csv", "json", "markdown")
+
+# On CPU the trial and its plain re-run execute the same float operations in the same order
+# (same seed, threads, data order and fused AdamW), so their CE curves are bit-identical; the
+# tolerance only absorbs BLAS builds that reorder a reduction between processes.
+COMPARE_TOLERANCE = 1e-5
+
+
+def load(exp_dir: str | Path) -> pd.DataFrame:
+    """The per-trial table as a pandas DataFrame, best first (what ``results.csv`` holds, sorted)."""
+    return results_frame(exp_dir)
+
+
+def filtered(frame: pd.DataFrame, reason: Optional[str], top: Optional[int]) -> pd.DataFrame:
+    if reason is not None:
+        frame = frame[frame["end_reason"] == reason]
+    if top is not None:
+        frame = frame.head(top)
+    return frame.reset_index(drop=True)
+
+
+def render(frame: pd.DataFrame, fmt: str) -> str:
+    shown = frame.drop(columns=["trial_dir", "chance_ce"], errors="ignore")
+    if fmt == "csv":
+        return shown.to_csv(index=False)
+    if fmt == "json":
+        return shown.to_json(orient="records", indent=2) + "\n"
+    shown = shown.astype(object).where(shown.notna(), None)  # an empty cell for NaN and missing alike
+    if "error" in shown and shown["error"].isna().all():
+        shown = shown.drop(columns=["error"])  # no trial failed: no column of blanks
+    if fmt == "markdown":
+        cells = [[_cell(v) for v in row] for row in shown.itertuples(index=False)]
+        lines = ["| " + " | ".join(shown.columns) + " |", "|" + "---|" * len(shown.columns)]
+        lines += ["| " + " | ".join(row) + " |" for row in cells]
+        return "\n".join(lines) + "\n"
+    if shown.empty:
+        return "(no trials)\n"
+    return shown.to_string(index=False, formatters={c: _cell for c in shown.columns}) + "\n"
+
+
+def _cell(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def account_text(frame: pd.DataFrame, search: dict) -> str:
+    account = compute_account(frame, search)
+    parts = [
+        f"{reason} {images:,} ({images / account['spent']:.0%})" if account["spent"] else f"{reason} 0"
+        for reason, images in sorted(account["by_reason"].items(), key=lambda kv: -kv[1])
+    ]
+    return (
+        f"compute: {account['spent']:,} trial-images spent of {account['budget']:,} if every trial ran to its budget "
+        f"({account['saved_fraction']:.0%} saved); by end reason: {', '.join(parts) or 'none'}"
+    )
+
+
+def hyperparams_png(frame: pd.DataFrame, search: dict, path: Path) -> None:
+    """Each searched hyperparameter against the final objective, coloured by end reason."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from reid_core.io import write_bytes_atomic
+    from tuner.plots import REASON_STYLE
+
+    keys = list(search["space"])
+    col = objective_column(search)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 4), dpi=110, squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for reason, group in frame.groupby("end_reason"):
+            marker, colour = REASON_STYLE.get(reason, ("o", "gray"))
+            ax.scatter(group[key], group[col], marker=marker, color=colour, label=reason, s=40, alpha=0.8)
+        if search["space"][key].startswith(("loguniform", "qloguniform", "lograndint")):
+            ax.set_xscale("log")
+        ax.set_xlabel(key)
+        ax.set_ylabel(col)
+        ax.grid(alpha=0.3)
+    go = _go_line(frame, search)
+    if go is not None:
+        for ax in axes[0]:
+            ax.axhline(go, color="tab:blue", linestyle=":", linewidth=1.2, label="Go line")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"where the learnable region starts ({len(frame)} trials)")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def _go_line(frame: pd.DataFrame, search: dict) -> Optional[float]:
+    if search["metric"] != "ce_ema" or "chance_ce" not in frame or frame["chance_ce"].isna().all():
+        return None
+    return float(frame["chance_ce"].dropna().iloc[0]) - search["chance_margin"]
+
+
+def compare(exp_dir: Path, rerun_dir: Path) -> tuple[float, int, str, Path]:
+    """Largest |ce difference| at matching steps between a re-run folder and the trial it re-runs.
+
+    The trial is the one whose complete config equals the re-run's ``config.json``.
+    Returns ``(max_abs_diff, matching_steps, trial_id, compare_png)``.
+    """
+    metrics_file, config_file = rerun_dir / "metrics.csv", rerun_dir / "config.json"
+    if not metrics_file.is_file() or not config_file.is_file():
+        raise UserError(
+            f"'{rerun_dir}' is not a reid_core.train run folder (needs metrics.csv and config.json); pass the --out "
+            "folder of python -m reid_core.train"
+        )
+    rerun_cfg = TrainConfig.from_file(config_file)
+    search = read_search(exp_dir)
+    trial = next(
+        (t for t in read_trials(exp_dir) if trial_config(search["base"], t.sampled) == rerun_cfg and t.rows), None
+    )
+    if trial is None:
+        raise UserError(
+            f"no trial of '{exp_dir}' has the config of '{rerun_dir}'; re-run a trial with "
+            f"python -m reid_core.train --config {exp_dir}/best_config.json --out DIR"
+        )
+    rerun = pd.read_csv(metrics_file)
+    if rerun.empty:
+        raise UserError(f"'{metrics_file}' has no steps yet; let the re-run train first")
+    ours = pd.DataFrame(trial.rows)[["step", "ce", "ce_ema", "samples"]]
+    joined = ours.merge(rerun[["step", "ce"]], on="step", suffixes=("_trial", "_rerun"))
+    diff = float((joined["ce_trial"] - joined["ce_rerun"]).abs().max()) if len(joined) else math.nan
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from reid_core.io import write_bytes_atomic
+
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+    ax.plot(ours["step"], ours["ce"], color="tab:blue", linewidth=2.5, alpha=0.5, label=f"trial {trial.trial_id}")
+    ax.plot(rerun["step"], rerun["ce"], color="black", linewidth=0.9, linestyle="--", label=f"re-run {rerun_dir.name}")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("identity CE")
+    ax.set_title(f"trial vs plain re-run: largest |difference| {diff:.2g} over {len(joined)} steps")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    png = rerun_dir / "compare.png"
+    write_bytes_atomic(png, buf.getvalue())
+    return diff, len(joined), trial.trial_id, png
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p.add_argument("experiment", metavar="EXPERIMENT_DIR", help="the folder a search wrote (tune_results/NAME)")
+    p.add_argument("--top", type=int, help="only the N best trials")
+    p.add_argument("--reason", help=f"only trials that ended so: {', '.join(END_REASONS)}")
+    p.add_argument("--format", choices=FORMATS, default="table", help="table (default), csv, json or markdown")
+    p.add_argument("--out", metavar="FILE", help="write the table there instead of printing it")
+    p.add_argument("--no-plots", action="store_true", help="skip curves.png and hyperparams.png")
+    p.add_argument("--compare", metavar="RUN_DIR", help="a reid_core.train --out folder re-running a trial")
+    args = p.parse_args(argv)
+    try:
+        exp_dir = Path(args.experiment)
+        if not exp_dir.is_dir():
+            raise UserError(f"experiment folder '{exp_dir}' does not exist")
+        search = read_search(exp_dir)
+        if args.reason is not None and args.reason not in END_REASONS:
+            raise UserError(f"unknown --reason '{args.reason}'; known: {', '.join(END_REASONS)}")
+        if args.top is not None and args.top < 1:
+            raise UserError(f"--top is {args.top}, but must be >= 1")
+        if args.out and not Path(args.out).parent.is_dir():
+            raise UserError(f"--out '{args.out}': folder '{Path(args.out).parent}' does not exist")
+        if args.compare:
+            diff, steps, trial_id, png = compare(exp_dir, Path(args.compare))
+            same = steps > 0 and diff <= COMPARE_TOLERANCE
+            print(
+                f"trial {trial_id} vs re-run {args.compare}: largest |ce difference| {diff:.3g} over {steps} "
+                f"matching steps ({'reproduced' if same else 'DIFFERENT'}; tolerance {COMPARE_TOLERANCE:g})"
+            )
+            print(f"wrote {png}")
+            return 0 if same else 1
+        search, trials, frame = read_experiment(exp_dir)
+    except UserError as err:
+        return cli_exit(err, PROG)
+
+    text = render(filtered(frame, args.reason, args.top), args.format)
+    if args.out:
+        write_text_atomic(args.out, text)
+    else:
+        sys.stdout.write(text)
+    if args.format == "table" or args.out:
+        print(account_text(frame, search))
+        if not args.no_plots and not frame.empty:
+            from tuner.plots import curves_png
+
+            reasons = dict(zip(frame["trial_id"], frame["end_reason"]))
+            curves_png(trials, reasons, search, exp_dir / "curves.png")
+            hyperparams_png(frame, search, exp_dir / "hyperparams.png")
+            print(f"wrote {exp_dir / 'curves.png'}, {exp_dir / 'hyperparams.png'}")
+        if args.out:
+            print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
