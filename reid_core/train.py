@@ -47,7 +47,7 @@ STEP_METRICS = (
     "lr_head",  # learning rate of BNNeck + classifier
     "lr_backbone",  # learning rate of the open_clip encoders
     "head_weight_norm",  # Frobenius norm of the classifier weight
-    "head_weight_change",  # Frobenius norm of (classifier weight - its value at step 0)
+    "head_weight_change",  # |classifier weight - its step-0 value| / |step-0 value|: how far the head has moved
     "head_grad_norm",  # norm of the classifier weight's gradient (unscaled, before clipping)
     "feature_norm",  # mean L2 norm of the raw image features entering the BNNeck
     "logit_std",  # standard deviation of the identity logits (bounded logits stay tiny)
@@ -132,6 +132,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.stream = batches(self.data, cfg.batch_size, cfg.seed, self.device)
         self.head_weight_start = self.model.classifier.weight.detach().clone()
+        self.head_weight_start_norm = max(self.head_weight_start.norm().item(), 1e-12)
         self.step = 0  # optimizer steps taken
         self.ce_ema: Optional[float] = None
         self.skipped_steps = 0
@@ -192,7 +193,7 @@ class Trainer:
         self.ce_ema = ema(self.ce_ema, ce, cfg.ce_ema_beta) if finite else float("nan")
         with torch.no_grad():
             weight_norm = head_weight.norm().item()
-            weight_change = (head_weight - self.head_weight_start).norm().item()
+            weight_change = (head_weight - self.head_weight_start).norm().item() / self.head_weight_start_norm
         return {
             "step": self.step,
             "samples": self.step * cfg.images_per_step,
