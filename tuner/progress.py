@@ -78,12 +78,15 @@ def summarise(exp_dir: Path, wall_s: float) -> int:
         f"{counts.get('diverged', 0)} diverged, {counts.get('error', 0)} errored"
         + (f", {counts['unfinished']} unfinished" if counts.get("unfinished") else "")
     )
+    causes = frame["stuck_cause"].dropna().value_counts().to_dict() if not frame.empty else {}
+    if causes:
+        print("stuck at chance because: " + ", ".join(f"{cause} x{n}" for cause, n in causes.items()))
     if best is not None:
         params = ", ".join(f"{k}={_fmt(best[k])}" for k in search["space"])
         metric = search["metric"]
         print(f"best: trial {best['trial_id']} ({params}): {metric} {best[f'final_{metric}']:.3f}, {best['end_reason']}")
     else:
-        print("best: none (no trial produced a finite objective)")
+        print("best: none (no trial completed or was cut by ASHA), so no best_config.json")
     if not frame.empty:
         account = compute_account(frame, search)
         print(

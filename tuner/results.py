@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 import pandas as pd
 
+from reid_core.diagnostics import stuck_cause
 from reid_core.errors import UserError
 from reid_core.io import write_json_atomic, write_text_atomic
 from tuner.stoppers import ChanceLevelRule
@@ -132,6 +133,8 @@ def trial_row(trial: Trial, search: dict[str, Any]) -> dict[str, Any]:
     for key in search["space"]:
         row[key] = trial.sampled.get(key)
     row["end_reason"] = end_reason(trial, search)
+    cause = stuck_cause(trial.rows, search["chance_margin"]) if row["end_reason"] == "stuck_at_chance" else None
+    row["stuck_cause"] = cause.cause if cause else None
     rows = trial.rows
     last = rows[-1] if rows else {}
     ce_emas = [r["ce_ema"] for r in rows if math.isfinite(r["ce_ema"])]

@@ -21,11 +21,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from reid_core.cli import ArgumentParser, add_config_arguments
+from reid_core.cli import ArgumentParser, add_config_arguments, add_shortcut_arguments, shortcut_values
 from reid_core.config import TrainConfig, coerce_value
 from reid_core.errors import UserError, cli_exit
 from reid_core.io import write_json_atomic
-from reid_core.train import load_cli_config
+from reid_core.train import EVAL_METRICS, load_cli_config
 from search_spaces import load_space, to_tune
 from tuner.results import SEARCH_FILE
 
@@ -37,9 +37,7 @@ def build_parser() -> ArgumentParser:
     add_config_arguments(p)
     g = p.add_argument_group("what to search")
     g.add_argument("--space", default="default", help="shipped space name or a YAML file (default: default)")
-    g.add_argument("--data", help="shortcut for --set data=...: 'synthetic' or a data set path")
-    g.add_argument("--model", help="shortcut for --set model=...: an open_clip model name")
-    g.add_argument("--pretrained", help="shortcut for --set pretrained=...: an open_clip tag or a weights file")
+    add_shortcut_arguments(g)  # --data, --data-format, --model, --pretrained
     g.add_argument("--points-to-evaluate", metavar="FILE", help="JSON/YAML list of configs Optuna tries first")
     b = p.add_argument_group("budget and stopping")
     b.add_argument("--num-samples", type=int, default=10, help="trials (default 10)")
@@ -53,8 +51,13 @@ def build_parser() -> ArgumentParser:
     b.add_argument("--grace-steps", type=int, default=300, help="grace window in steps at accumulation 1 (default 300)")
     b.add_argument("--chance-margin", type=float, default=0.39, help="Go line = log(C) - margin (default 0.39: 5.6 for 400 ids)")
     b.add_argument("--reduction-factor", type=float, default=2.0, help="ASHA reduction factor (default 2)")
-    b.add_argument("--metric", default="ce_ema", help="objective reported by trials (default ce_ema)")
-    b.add_argument("--mode", choices=("min", "max"), default="min", help="minimise or maximise --metric")
+    b.add_argument(
+        "--metric",
+        default="ce_ema",
+        help=f"what Optuna and ASHA optimise: ce_ema (default) or a retrieval metric ({', '.join(EVAL_METRICS)}), "
+        "which is then evaluated at every ASHA rung",
+    )
+    b.add_argument("--mode", choices=("min", "max"), help="minimise or maximise --metric (default: max for val_*, else min)")
     b.add_argument("--seed", type=int, default=0, help="seeds Optuna's sampler (trial seeds come from the config)")
     r = p.add_argument_group("resources and cluster")
     r.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default 1)")
@@ -67,10 +70,33 @@ def build_parser() -> ArgumentParser:
     o.add_argument("--name", help="experiment name (default search-TIMESTAMP)")
     o.add_argument("--resume", action="store_true", help="continue the interrupted experiment --name")
     o.add_argument("--quiet", action="store_true", help="only the final summary")
+    o.add_argument("--skip-preflight", action="store_true", help="skip the pre-flight checks (data, wiring, overfit)")
     return p
 
 
+SEARCH_METRICS = ("ce_ema", "ce", "loss", *EVAL_METRICS)  # what a trial reports that is worth optimising
+
+
+def _check_metric(args) -> None:
+    """``--metric`` must be reported by every trial; ``--mode`` follows it (higher R@K is better, lower CE)."""
+    if args.metric not in SEARCH_METRICS:
+        raise UserError(f"--metric {args.metric} is not one trials report; use one of {', '.join(SEARCH_METRICS)}")
+    better = "max" if args.metric in EVAL_METRICS else "min"
+    if args.mode is None:
+        args.mode = better
+    elif args.mode != better:
+        word = "higher" if better == "max" else "lower"
+        raise UserError(f"--metric {args.metric} is better when {word}: use --mode {better} (or leave --mode out)")
+
+
+def rung_samples(grace_samples: float, max_samples: float, reduction_factor: float) -> list[float]:
+    """ASHA's rung milestones in images seen (``grace * rf**k`` up to ``max_t``, as ASHAScheduler builds them)."""
+    rungs = int(math.log(max_samples / grace_samples) / math.log(reduction_factor) + 1)
+    return [grace_samples * reduction_factor**k for k in range(rungs)]
+
+
 def _check_args(args) -> None:
+    _check_metric(args)
     def positive(flag: str, value: Optional[float], allow_zero: bool = False) -> None:
         if value is None:
             return
@@ -100,13 +126,17 @@ def _check_args(args) -> None:
 
 def _base_config(args) -> TrainConfig:
     overrides = list(args.overrides)
-    for key in ("data", "model", "pretrained"):
-        if getattr(args, key) is not None:
-            overrides.append(f"{key}={getattr(args, key)}")
     overrides.append(f"max_steps={args.max_steps}")
     if not any(o.startswith("threads=") for o in overrides):
         overrides.append(f"threads={max(1, int(args.cpus_per_trial))}")  # one torch thread per CPU the trial holds
-    return load_cli_config(args.config, overrides)
+    base = TrainConfig.from_dict(shortcut_values(args), base=load_cli_config(args.config, overrides))
+    # Ray runs each trial in its own working folder: a relative data or weights path must not depend on it.
+    absolute = {}
+    if base.data != "synthetic" and Path(base.data).expanduser().exists():
+        absolute["data"] = str(Path(base.data).expanduser().resolve())
+    if base.pretrained is not None and Path(base.pretrained).expanduser().is_file():
+        absolute["pretrained"] = str(Path(base.pretrained).expanduser().resolve())
+    return TrainConfig.from_dict(absolute, base=base)
 
 
 def _read_points(path: Optional[str], space: dict) -> list[dict[str, Any]]:
@@ -194,7 +224,13 @@ def run_search(args) -> int:
         if key == "max_steps":
             raise UserError("search space: max_steps is the budget; set it with --max-steps, not in the space")
     exp_dir = _experiment_dir(args)
-    _preflight_data(base)
+    _check_weights_and_data(base, log=(lambda s: None) if args.quiet else print)
+    if args.skip_preflight:
+        _load_data_once(base)
+    else:
+        from reid_core.preflight import preflight
+
+        preflight(base, overfit_head_lr=_best_head_lr(space, base), log=None if args.quiet else print)
 
     grace_samples = args.grace_steps * base.images_per_step
     max_samples = args.max_steps * base.images_per_step
@@ -221,7 +257,28 @@ def run_search(args) -> int:
             ray.shutdown()
 
 
-def _preflight_data(base: TrainConfig) -> None:
+def _check_weights_and_data(base: TrainConfig, log) -> None:
+    """In the driver, once: pretrained weights fetched (or, offline, one line naming the fix) and the data
+    set read and checked, not in every trial; what the data set changes (no captions: no SDM) said once."""
+    from reid_core.data import load_data
+    from reid_core.model import check_model, context_length, resolve_pretrained
+
+    check_model(base)
+    resolve_pretrained(base)
+    data = load_data(base, context_length(base))  # cached in this process: the pre-flight reads it again for free
+    for note in data.notes:
+        log(note)
+
+
+def _best_head_lr(space: dict, base: TrainConfig) -> float:
+    """The most favourable head LR the search will try: the top of its head_lr domain."""
+    domain = space.get("head_lr")
+    if domain is None:
+        return base.head_lr
+    return float(max(domain.args) if domain.kind == "choice" else domain.args[1])
+
+
+def _load_data_once(base: TrainConfig) -> None:
     """Load the data once in the driver: a bad data set fails here, once, not in every trial."""
     from reid_core.data import load_data
     from reid_core.model import context_length
@@ -244,7 +301,16 @@ def _fit(args, space, base: TrainConfig, points, search: dict, exp_dir: Path) ->
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Ray's legacy reporter honours verbose=0; ours prints instead
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (1.0 if torch.cuda.is_available() else 0.0)
     trainable = tune.with_resources(
-        tune.with_parameters(train_trial, base=search["base"]), {"cpu": args.cpus_per_trial, "gpu": gpus}
+        tune.with_parameters(
+            train_trial,
+            base=search["base"],
+            metric=search["metric"],
+            # a retrieval metric is measured at every rung, where ASHA compares trials by it
+            eval_at_samples=rung_samples(search["grace_samples"], search["max_samples"], args.reduction_factor)
+            if search["metric"] in EVAL_METRICS
+            else (),
+        ),
+        {"cpu": args.cpus_per_trial, "gpu": gpus},
     )
     stopper = ChanceLevelStopper(search["grace_samples"], search["chance_margin"])
     progress = ProgressPrinter(stopper, search, quiet=args.quiet)

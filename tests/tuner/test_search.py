@@ -25,6 +25,7 @@ def test_head_lr_1e_6_is_stopped_at_chance_within_one_report_of_the_grace_window
     _, _, table = learner_and_stuck
     stuck = table[table.head_lr == 1e-6].iloc[0]
     assert stuck.end_reason == "stuck_at_chance"
+    assert stuck.stuck_cause == "lr_too_low"  # named from the diagnostics the trial reported
     grace = GRACE_STEPS * BATCH
     assert grace <= stuck.samples <= grace + BATCH
     assert pd.isna(stuck.go_samples)
@@ -33,7 +34,7 @@ def test_head_lr_1e_6_is_stopped_at_chance_within_one_report_of_the_grace_window
 def test_head_lr_1e_2_completes_below_the_go_line(learner_and_stuck):
     _, _, table = learner_and_stuck
     learner = table[table.head_lr == 1e-2].iloc[0]
-    assert learner.end_reason == "completed"
+    assert learner.end_reason == "completed" and pd.isna(learner.stuck_cause)
     assert learner.steps == MAX_STEPS
     assert learner.final_ce_ema < GO_LINE
     assert learner.go_samples > 0

@@ -1,0 +1,146 @@
+"""Pre-flight: seconds of checks before hours of trials.
+
+Run on the real data and model config, in the driver, before any trial starts
+(``python -m tuner.search``) or before training (``python -m reid_core.train
+--preflight``). Each failure is a `PreflightError`: one line naming the cause
+and the usual fix. If the overfit check fails, no trial of the search could
+learn, and the search stops before it starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import time
+from typing import Callable, Optional
+
+import torch
+
+from reid_core.config import TrainConfig
+from reid_core.data import ReIDData, load_data
+from reid_core.diagnostics import CAUSES
+from reid_core.errors import UserError
+from reid_core.model import context_length
+from reid_core.train import Trainer
+
+OVERFIT_BATCHES = 8  # micro-batches replayed by the overfit run (256 images at batch 32)
+OVERFIT_STEPS = 60  # optimizer steps of the overfit run
+OVERFIT_TARGET = 0.5  # the overfit run must end at ce_ema <= OVERFIT_TARGET * log(C)
+
+
+class PreflightError(UserError):
+    """A pre-flight check failed; the message names the cause and the fix."""
+
+    def __init__(self, cause: str, detail: str, fix: Optional[str] = None):
+        self.cause = cause
+        super().__init__(f"pre-flight: {cause}: {detail}; fix: {fix or CAUSES[cause][1]}")
+
+
+def preflight(
+    cfg: TrainConfig, overfit_head_lr: Optional[float] = None, log: Optional[Callable[[str], None]] = None
+) -> float:
+    """Run every check; raise `PreflightError` (or `UserError` for bad data) on the first failure.
+
+    ``overfit_head_lr``: the most favourable head LR the search will try (default ``cfg.head_lr``).
+    Returns the seconds it took.
+    """
+    started = time.perf_counter()
+    cfg = dataclasses.replace(cfg, device="cpu" if not torch.cuda.is_available() else cfg.device)
+    data = load_data(cfg, context_length(cfg))  # labels inside [0, C-1], C consistent with the data
+    _check_data(data, cfg)
+    trainer = Trainer(cfg, data=data)
+    _check_wiring(trainer)
+    ce = _check_overfit(cfg, data, overfit_head_lr or cfg.head_lr)
+    took = time.perf_counter() - started
+    (log or (lambda s: None))(
+        f"pre-flight passed in {took:.1f}s: {data.num_classes} identities, labels in range, every trainable "
+        f"parameter in the optimizer, gradient reaches the head, logits unbounded, overfit ce_ema {ce:.2f} "
+        f"(chance {math.log(data.num_classes):.2f})"
+    )
+    return took
+
+
+def _check_data(data: ReIDData, cfg: TrainConfig) -> None:
+    counts = torch.bincount(data.labels, minlength=data.num_classes)
+    present = int((counts > 0).sum())
+    if present < 2:
+        raise UserError(f"pre-flight: the training split has {present} identity; identity CE needs at least 2")
+    if int((counts >= 2).sum()) < min(present, 2):
+        raise UserError(
+            "pre-flight: no identity has two training images; SDM and identity learning need repeated identities"
+        )
+
+
+def _check_wiring(trainer: Trainer) -> None:
+    model, optimizer = trainer.model, trainer.optimizer
+    # Every trainable parameter, head included, must be in an optimizer parameter group.
+    in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    missing = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in in_optimizer]
+    if missing:
+        raise PreflightError(
+            "head_not_in_optimizer",
+            f"{len(missing)} trainable parameters are in no optimizer group ({', '.join(missing[:3])})",
+        )
+    head = model.classifier.weight
+    if not head.requires_grad or id(head) not in in_optimizer:
+        raise PreflightError("no_gradient", "the classifier weight is frozen (requires_grad=False)")
+
+    # One forward/backward must give the classifier a non-zero gradient.
+    optimizer.zero_grad(set_to_none=True)
+    try:
+        trainer.backward(sdm_weight=0.0)
+    except RuntimeError as err:  # e.g. "element 0 of tensors does not require grad": logits made under no_grad
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise PreflightError("no_gradient", f"backward through the identity loss failed: {first}") from None
+    grad = head.grad
+    optimizer.zero_grad(set_to_none=True)
+    if grad is None or not torch.isfinite(grad).all() or grad.norm().item() == 0.0:
+        raise PreflightError("no_gradient", "one forward/backward left the classifier's gradient zero or missing")
+
+    # Logits must be able to grow: scaling the classifier's weights must scale their spread.
+    images, _, _ = next(trainer.stream)
+    with torch.no_grad():
+        model.eval()
+        features = model.encode_image(images)
+        spread = model.identity_logits(features).float().std().item()
+        head.mul_(4.0)
+        spread_scaled = model.identity_logits(features).float().std().item()
+        head.div_(4.0)
+        model.train()
+    if not spread_scaled >= 2.0 * spread:
+        raise PreflightError(
+            "bounded_logits",
+            f"4x the classifier's weights moved the logit std only from {spread:.3g} to {spread_scaled:.3g}",
+        )
+
+
+def _check_overfit(cfg: TrainConfig, data: ReIDData, head_lr: float) -> float:
+    """A few hundred images, the best head LR, a short run: CE must fall well below chance.
+
+    The same ``OVERFIT_BATCHES`` micro-batches are replayed for ``OVERFIT_STEPS`` steps: a head
+    that can learn at all memorises them; one that cannot stays at chance.
+    """
+    overfit_cfg = dataclasses.replace(
+        cfg,
+        head_lr=head_lr,
+        grad_accum_steps=1,
+        max_steps=OVERFIT_STEPS,
+        warmup_steps=OVERFIT_STEPS,  # CE only: the question is whether the identity head can learn
+    )
+    trainer = Trainer(overfit_cfg, data=data)
+    fixed = list(itertools.islice(trainer.stream, OVERFIT_BATCHES))
+    trainer.stream = itertools.cycle(fixed)
+    metrics = {}
+    for _ in range(OVERFIT_STEPS):
+        metrics = trainer.train_step()
+    ce, chance = metrics["ce_ema"], trainer.chance_ce
+    if not (math.isfinite(ce) and ce <= OVERFIT_TARGET * chance):
+        images = sum(len(batch[1]) for batch in fixed)
+        raise PreflightError(
+            "cannot_overfit",
+            f"{OVERFIT_STEPS} steps over the same {images} images at head LR {head_lr:.2g} left ce_ema at {ce:.2f} "
+            f"(chance {chance:.2f}, needed <= {OVERFIT_TARGET * chance:.2f}), so no trial could learn",
+            fix="check the labels, the identity head and the data before searching (--skip-preflight to search anyway)",
+        )
+    return ce
