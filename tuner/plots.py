@@ -52,6 +52,11 @@ def curves_png(trials: list[Trial], reasons: dict[str, str], search: dict, path:
     ax.set_title(f"{len(trials)} trials: identity CE against compute")
     ax.legend(loc="lower left", fontsize=8)
     ax.grid(alpha=0.3)
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path) -> None:
+    """Write ``fig`` as a PNG atomically (a crash never leaves half a picture) and close it."""
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

@@ -13,8 +13,6 @@ resumed and still-running experiments. In a notebook::
 
 from __future__ import annotations
 
-import io
-import json
 import math
 import sys
 from pathlib import Path
@@ -100,13 +98,9 @@ def account_text(frame: pd.DataFrame, search: dict) -> str:
 
 def hyperparams_png(frame: pd.DataFrame, search: dict, path: Path) -> None:
     """Each searched hyperparameter against the final objective, coloured by end reason."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from reid_core.io import write_bytes_atomic
-    from tuner.plots import REASON_STYLE
+    from tuner.plots import REASON_STYLE, save_figure
 
     keys = list(search["space"])
     col = objective_column(search)
@@ -126,11 +120,7 @@ def hyperparams_png(frame: pd.DataFrame, search: dict, path: Path) -> None:
             ax.axhline(go, color="tab:blue", linestyle=":", linewidth=1.2, label="Go line")
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"where the learnable region starts ({len(frame)} trials)")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    write_bytes_atomic(path, buf.getvalue())
+    save_figure(fig, path)
 
 
 def _go_line(frame: pd.DataFrame, search: dict) -> Optional[float]:
@@ -168,12 +158,9 @@ def compare(exp_dir: Path, rerun_dir: Path) -> tuple[float, int, str, Path]:
     joined = ours.merge(rerun[["step", "ce"]], on="step", suffixes=("_trial", "_rerun"))
     diff = float((joined["ce_trial"] - joined["ce_rerun"]).abs().max()) if len(joined) else math.nan
 
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from reid_core.io import write_bytes_atomic
+    from tuner.plots import save_figure
 
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
     ax.plot(ours["step"], ours["ce"], color="tab:blue", linewidth=2.5, alpha=0.5, label=f"trial {trial.trial_id}")
@@ -183,12 +170,8 @@ def compare(exp_dir: Path, rerun_dir: Path) -> tuple[float, int, str, Path]:
     ax.set_title(f"trial vs plain re-run: largest |difference| {diff:.2g} over {len(joined)} steps")
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
     png = rerun_dir / "compare.png"
-    write_bytes_atomic(png, buf.getvalue())
+    save_figure(fig, png)
     return diff, len(joined), trial.trial_id, png
 
 
@@ -206,7 +189,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         exp_dir = Path(args.experiment)
         if not exp_dir.is_dir():
             raise UserError(f"experiment folder '{exp_dir}' does not exist")
-        search = read_search(exp_dir)
+        read_search(exp_dir)  # is it an experiment at all? (before any other complaint)
         if args.reason is not None and args.reason not in END_REASONS:
             raise UserError(f"unknown --reason '{args.reason}'; known: {', '.join(END_REASONS)}")
         if args.top is not None and args.top < 1:
