@@ -1,4 +1,4 @@
-"""Text-to-image retrieval metrics (IRRA's R@K, mAP, mINP) against ranks worked out by hand."""
+"""Retrieval metrics (IRRA's R@K, mAP, mINP; Market-1501's camera filter) against ranks worked out by hand."""
 
 from __future__ import annotations
 
@@ -86,3 +86,76 @@ def test_gallery_smaller_than_ten():
     similarity = torch.tensor([[0.1, 0.2, 0.9]])  # ranking 2, 1, 0; the match (idx 0) is last
     got = retrieval_metrics(similarity, torch.tensor([5]), torch.tensor([5, 6, 7]))
     assert got == pytest.approx({"r1": 0, "r5": 100, "r10": 100, "map": 100 / 3, "minp": 100 / 3})
+
+
+# --- image ReID: same-identity same-camera gallery entries are left out (Market-1501's protocol) ------
+
+# Eight gallery images as (identity, camera).
+#                  idx:  0       1       2       3       4       5       6       7
+MARKET_GALLERY = [(1, 1), (2, 1), (1, 2), (3, 2), (1, 1), (2, 2), (5, 3), (3, 1)]
+MG = len(MARKET_GALLERY)
+
+
+def market_ranked(order: list[int]) -> list[float]:
+    row = [0.0] * MG
+    for position, idx in enumerate(order):
+        row[idx] = 1.0 - position / MG
+    return row
+
+
+# Query P, identity 1 camera 1, ranking 0..7: idx 0 and 4 (identity 1, camera 1) are removed, leaving
+#   1, 2, 3, 5, 6, 7: its one remaining match (idx 2) is at rank 2. AP = 1/2; INP = 1/2.
+#   (Without cameras: matches at ranks 1, 3, 5, a hit at 1.)
+# Query Q, identity 2 camera 2, ranking 7..0: idx 5 is removed, leaving 7, 6, 4, 3, 2, 1, 0:
+#   the match (idx 1) is at rank 6. AP = 1/6; INP = 1/6.
+# Query R, identity 3 camera 2, every score tied (gallery order): idx 3 is removed; the match idx 7
+#   is at rank 7 of the 7 left. AP = 1/7; INP = 1/7.
+# Query S, identity 1 camera 3 (no gallery image from camera 3 of identity 1), ranking 4, 3, 2, 1, 0, 5, 6, 7:
+#   matches at ranks 1, 3, 5. AP = (1/1 + 2/3 + 3/5) / 3; INP = 3/5.
+# Query U, identity 5 camera 3: its only gallery image is from its own camera; nothing left to find,
+#   so it is not counted (as a query without a match).
+MARKET_QUERIES = [
+    ((1, 1), market_ranked([0, 1, 2, 3, 4, 5, 6, 7])),
+    ((2, 2), market_ranked([7, 6, 5, 4, 3, 2, 1, 0])),
+    ((3, 2), [0.5] * MG),
+    ((1, 3), market_ranked([4, 3, 2, 1, 0, 5, 6, 7])),
+    ((5, 3), market_ranked([6, 0, 1, 2, 3, 4, 5, 7])),
+]
+MARKET_EXPECTED = {
+    "r1": 100 * 1 / 4,  # S
+    "r5": 100 * 2 / 4,  # P, S
+    "r10": 100.0,
+    "map": 100 * (1 / 2 + 1 / 6 + 1 / 7 + (1 + 2 / 3 + 3 / 5) / 3) / 4,
+    "minp": 100 * (1 / 2 + 1 / 6 + 1 / 7 + 3 / 5) / 4,
+}
+
+
+def market_tensors():
+    similarity = torch.tensor([row for _, row in MARKET_QUERIES])
+    query_pids = torch.tensor([pid for (pid, _), _ in MARKET_QUERIES])
+    query_cams = torch.tensor([cam for (_, cam), _ in MARKET_QUERIES])
+    gallery_pids = torch.tensor([pid for pid, _ in MARKET_GALLERY])
+    gallery_cams = torch.tensor([cam for _, cam in MARKET_GALLERY])
+    return similarity, query_pids, gallery_pids, query_cams, gallery_cams
+
+
+def test_market_camera_filter_by_hand():
+    got = retrieval_metrics(*market_tensors())
+    assert got == pytest.approx(MARKET_EXPECTED, rel=1e-5)
+
+
+def test_without_cameras_nothing_is_removed():
+    similarity, query_pids, gallery_pids, _, _ = market_tensors()
+    got = retrieval_metrics(similarity[:1], query_pids[:1], gallery_pids)  # query P, all three matches count
+    assert got == pytest.approx({"r1": 100, "r5": 100, "r10": 100, "map": 100 * (1 + 2 / 3 + 3 / 5) / 3, "minp": 100 * 3 / 5})
+
+
+def test_queries_are_ranked_in_chunks_with_the_same_result(monkeypatch):
+    monkeypatch.setattr("reid_core.metrics.QUERY_CHUNK", 2)  # chunks of 2, 2, 1 queries
+    assert retrieval_metrics(*market_tensors()) == pytest.approx(MARKET_EXPECTED, rel=1e-5)
+
+
+def test_cameras_for_one_side_only_is_an_error():
+    similarity, query_pids, gallery_pids, query_cams, _ = market_tensors()
+    with pytest.raises(ValueError, match="cameras for both"):
+        retrieval_metrics(similarity, query_pids, gallery_pids, query_cams, None)
