@@ -27,3 +27,24 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         help="override config fields, e.g. --set head_lr=1e-3 grad_accum_steps=2",
     )
+
+
+# Flags that stand for one config field each, with the metavar and help they show.
+SHORTCUTS = {
+    "data": ("PATH", "'synthetic' or a data set folder or annotation file (= --set data=PATH)"),
+    "data_format": ("NAME", "the data set's format, when not detected: cuhk-pedes, icfg-pedes, rstpreid, market1501"),
+    "model": ("NAME", "open_clip model name, e.g. ViT-B-16 (= --set model=NAME)"),
+    "pretrained": ("TAG|FILE", "open_clip pretrained tag (e.g. openai) or a local weights file (= --set pretrained=...)"),
+}
+
+
+def add_shortcut_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--data``, ``--data-format``, ``--model``, ``--pretrained``: shortcuts for ``--set key=value``."""
+    for key, (metavar, text) in SHORTCUTS.items():
+        parser.add_argument(f"--{key.replace('_', '-')}", dest=key, metavar=metavar, help=text)
+
+
+def shortcut_values(args: argparse.Namespace) -> dict[str, str]:
+    """The config values the shortcut flags given stand for, as typed (no YAML parsing: a path stays a path).
+    They apply after ``--config`` and ``--set``, and win."""
+    return {key: getattr(args, key) for key in SHORTCUTS if getattr(args, key, None) is not None}

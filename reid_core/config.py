@@ -27,13 +27,16 @@ class ConfigError(UserError, ValueError):
 
 
 AMP_MODES = ("auto", "off", "bf16", "fp16")
+EVAL_SPLITS = ("test", "val")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     # --- data -------------------------------------------------------------
     data: str = "synthetic"  # 'synthetic' (built-in, generated in memory) or a data set folder/annotation file
-    data_format: Optional[str] = None  # format of `data`; None = detected from what is there
+    data_format: Optional[str] = None  # format of `data` (cuhk-pedes, icfg-pedes, rstpreid, market1501); None = detected from what is there
+    eval_split: str = "test"  # split retrieval is evaluated on: 'test', or 'val' where the data set has one
+    loader_workers: Optional[int] = None  # DataLoader processes decoding images of a data set on disk; None = up to 8 on CUDA, 0 on CPU
     num_classes: Optional[int] = None  # identity classes of the head; None = number of training identities
     synthetic_identities: int = 400  # synthetic only: training identities (= classes); test identities are a quarter more
     synthetic_images_per_identity: int = 8  # synthetic only: images rendered per identity
@@ -253,6 +256,8 @@ def _problems(cfg: TrainConfig):
         rule("label_smoothing", 0 <= cfg.label_smoothing < 1, "in [0, 1)"),
         rule("ce_ema_beta", 0 <= cfg.ce_ema_beta < 1, "in [0, 1)"),
         rule("eval_every", cfg.eval_every >= 0, ">= 0 (0 evaluates only at the end)"),
+        rule("eval_split", cfg.eval_split in EVAL_SPLITS, f"one of {', '.join(EVAL_SPLITS)}"),
+        rule("loader_workers", cfg.loader_workers is None or cfg.loader_workers >= 0, ">= 0 or unset"),
         rule("threads", cfg.threads >= 0, ">= 0 (0 keeps torch's default)"),
         rule("num_classes", cfg.num_classes is None or cfg.num_classes >= 2, ">= 2 or unset"),
         rule("synthetic_identities", cfg.synthetic_identities >= 2, ">= 2"),

@@ -11,7 +11,12 @@ matter here.
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
+from typing import Optional
+from urllib.parse import urlparse
+
 import open_clip
 import torch
 from torch import nn
@@ -80,29 +85,112 @@ def check_model(cfg: TrainConfig) -> None:
         raise UserError(f"pretrained weights file '{pretrained}' does not exist; pass an existing file or an open_clip tag")
 
 
-def build_model(cfg: TrainConfig, num_classes: int) -> ReIDModel:
-    """Create the open_clip backbone named by ``cfg.model`` and wrap it with the identity head."""
-    check_model(cfg)
+def resolve_pretrained(cfg: TrainConfig) -> tuple[Optional[str], bool]:
+    """``(weights file, quick_gelu)`` for ``cfg.pretrained``: None for random init, the file itself, or
+    the cached download of an open_clip tag (fetched now if online).
+
+    Offline without the weights this is one `UserError` naming the fix (a local file) within
+    seconds, instead of the Hub client's minute of retries and a traceback.
+    """
     pretrained = cfg.pretrained
+    if pretrained is None:
+        return None, False
+    tag = open_clip.get_pretrained_cfg(cfg.model, pretrained)
+    if not tag:
+        if Path(pretrained).expanduser().is_file():
+            return str(Path(pretrained).expanduser()), False
+        tags = open_clip.list_pretrained_tags_by_model(cfg.model)
+        known = f"its tags: {', '.join(tags)}" if tags else "it has no pretrained tags"
+        raise UserError(
+            f"pretrained '{pretrained}' is neither a weights file nor a tag of model '{cfg.model}' ({known}); "
+            "pass an existing file or one of the tags"
+        )
+    cached = _cached_weights(tag)
+    if cached is not None:
+        return cached, bool(tag.get("quick_gelu", False))
+    source, host = _download_source(tag)
+    fix = f"download {source} where there is internet and pass the file with --pretrained PATH"
+    if _env_true("HF_HUB_OFFLINE") or not _reachable(host):
+        raise UserError(f"weights '{pretrained}' of model '{cfg.model}' are not in the local cache and {host} cannot be reached (offline); {fix}")
+    try:
+        return open_clip.download_pretrained(tag), bool(tag.get("quick_gelu", False))
+    except Exception as err:  # the Hub client's and urllib's many error types: all mean "no weights"
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UserError(f"cannot download weights '{pretrained}' of model '{cfg.model}': {first}; {fix}") from None
+
+
+def _cached_weights(tag: dict) -> Optional[str]:
+    """The local copy of a tag's weights, looked up without the network."""
+    if tag.get("file"):
+        return tag["file"]
+    if tag.get("hf_hub"):
+        from huggingface_hub import try_to_load_from_cache
+        from open_clip.pretrained import HF_WEIGHTS_NAME, _get_safe_alternatives
+
+        repo, filename = os.path.split(tag["hf_hub"])
+        filename = filename or HF_WEIGHTS_NAME
+        for name in [*_get_safe_alternatives(filename), filename]:  # open_clip prefers .safetensors too
+            found = try_to_load_from_cache(repo, name)
+            if isinstance(found, str):
+                return found
+        return None
+    url_file = Path("~/.cache/clip").expanduser() / os.path.basename(tag.get("url", ""))
+    return str(url_file) if tag.get("url") and url_file.is_file() else None
+
+
+def _download_source(tag: dict) -> tuple[str, Optional[str]]:
+    """Where a tag's weights come from (a URL a user can fetch by hand) and the host serving them."""
+    if tag.get("hf_hub"):
+        from open_clip.pretrained import HF_WEIGHTS_NAME
+
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+        repo, filename = os.path.split(tag["hf_hub"])
+        return f"{endpoint}/{repo}/resolve/main/{filename or HF_WEIGHTS_NAME}", urlparse(endpoint).hostname
+    return tag.get("url", ""), urlparse(tag.get("url", "")).hostname
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _reachable(host: Optional[str], timeout: float = 3.0) -> bool:
+    if not host:
+        return False
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def build_model(cfg: TrainConfig, num_classes: int) -> ReIDModel:
+    """Create the open_clip backbone named by ``cfg.model`` and wrap it with the identity head.
+
+    Pretrained weights load at any ``image_size``: open_clip resizes the position embeddings
+    (from a square grid, as every released CLIP has) to the new patch grid.
+    """
+    check_model(cfg)
+    weights, quick_gelu = resolve_pretrained(cfg)
     kwargs = {}
     if cfg.context_length is not None:
         kwargs["force_context_length"] = cfg.context_length
     try:
         clip = open_clip.create_model(
             cfg.model,
-            pretrained=pretrained,
+            pretrained=weights,
             force_image_size=tuple(cfg.image_size),
+            force_quick_gelu=quick_gelu,  # what the tag was trained with (OpenAI's ViT-B-16: QuickGELU)
             weights_only=True,  # never unpickle arbitrary objects from a user's file
-            require_pretrained=pretrained is not None,  # a tag or file that fails to load is an error, not random init
+            require_pretrained=weights is not None,  # a file that fails to load is an error, not random init
             **kwargs,
         )
     except (RuntimeError, OSError, ValueError) as err:
-        if pretrained is None:
+        if weights is None:
             raise
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(
-            f"cannot load pretrained weights '{pretrained}' for model '{cfg.model}': {first}; "
-            "offline, pass a local weights file with --pretrained PATH"
+            f"cannot load pretrained weights '{cfg.pretrained}' into model '{cfg.model}' at image size "
+            f"{cfg.image_size[0]}x{cfg.image_size[1]}: {first}; pass weights saved from this model"
         ) from None
     return ReIDModel(clip, num_classes)
 

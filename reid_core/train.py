@@ -23,14 +23,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from reid_core.cli import ArgumentParser, add_config_arguments
+from reid_core.cli import ArgumentParser, add_config_arguments, add_shortcut_arguments, shortcut_values
 from reid_core.config import TrainConfig
-from reid_core.data import ReIDData, batches, load_data, normalise
+from reid_core.data import EVAL_BATCH, ReIDData, Split, batches, eval_images, load_data, loader_workers
 from reid_core.errors import UserError, cli_exit
 from reid_core.io import write_json_atomic
 from reid_core.losses import id_loss, sdm_loss
 from reid_core.metrics import retrieval_metrics
-from reid_core.model import ReIDModel, build_model, check_model, context_length, parameter_groups
+from reid_core.model import ReIDModel, build_model, check_model, context_length, parameter_groups, resolve_pretrained
 from reid_core.schedule import ema, lr_factor, sdm_weight_at
 
 Report = Callable[[dict[str, Any]], None]
@@ -93,23 +93,39 @@ def seed_everything(seed: int, threads: int) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: ReIDModel, data: ReIDData, device: torch.device, dtype: Optional[torch.dtype]) -> dict[str, float]:
-    """Text-to-image retrieval on the test split: each caption queries the test images."""
+def evaluate(
+    model: ReIDModel, data: ReIDData, device: torch.device, dtype: Optional[torch.dtype], workers: int = 0
+) -> dict[str, float]:
+    """Retrieval on the evaluated split (``eval_split``): each caption queries its images (text-to-image),
+    or, for a data set without captions, each query image queries the gallery (image ReID, same-camera
+    matches left out). Features are CLIP's L2-normalised projections, compared by cosine similarity."""
     was_training = model.training
     model.eval()
     autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-    image_feats, text_feats = [], []
-    with autocast:
-        for start in range(0, len(data.test.pids), 256):
-            images = normalise(data.test.images[start : start + 256]).to(device)
-            tokens = data.test.tokens[start : start + 256].to(device)
-            image_feats.append(nn.functional.normalize(model.encode_image(images).float(), dim=-1))
-            text_feats.append(nn.functional.normalize(model.encode_text(tokens).float(), dim=-1))
-    model.train(was_training)
-    similarity = torch.cat(text_feats) @ torch.cat(image_feats).t()
-    pids = data.test.pids.to(device)
-    scores = retrieval_metrics(similarity.cpu(), pids.cpu(), pids.cpu())
+    try:
+        with autocast:
+            gallery = _image_features(model, data.test, data.image_size, device, workers)
+            if data.query is not None:
+                query = _image_features(model, data.query, data.image_size, device, workers)
+                similarity = query @ gallery.t()
+                scores = retrieval_metrics(
+                    similarity.cpu(), data.query.pids, data.test.pids, data.query.camids, data.test.camids
+                )
+            else:
+                text = [
+                    model.encode_text(data.test.tokens[start : start + EVAL_BATCH].to(device)).float()
+                    for start in range(0, len(data.test.tokens), EVAL_BATCH)
+                ]
+                similarity = nn.functional.normalize(torch.cat(text), dim=-1) @ gallery.t()
+                scores = retrieval_metrics(similarity.cpu(), data.test.caption_pids, data.test.pids)
+    finally:
+        model.train(was_training)
     return {f"val_{k}": v for k, v in scores.items()}
+
+
+def _image_features(model: ReIDModel, split: Split, size, device: torch.device, workers: int) -> torch.Tensor:
+    feats = [model.encode_image(images).float() for images in eval_images(split, size, device, workers)]
+    return nn.functional.normalize(torch.cat(feats), dim=-1)
 
 
 # --- training ----------------------------------------------------------------------
@@ -125,12 +141,14 @@ class Trainer:
         self.device = resolve_device(cfg)
         self.dtype = amp_dtype(cfg, self.device)
         check_model(cfg)  # before the data: a bad model name is one error line, not tokenizer warnings too
+        resolve_pretrained(cfg)  # and missing weights (offline) fail before minutes of data checks
         self.data = data if data is not None else load_data(cfg, context_length(cfg))
         self.model = build_model(cfg, num_classes=self.data.num_classes).to(self.device).train()
+        self.workers = loader_workers(cfg, self.device)
         self.chance_ce = math.log(self.data.num_classes)
         self.optimizer = _adamw(parameter_groups(self.model, cfg))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
-        self.stream = batches(self.data, cfg.batch_size, cfg.seed, self.device)
+        self.stream = batches(self.data, cfg.batch_size, cfg.seed, self.device, self.workers)
         self.head_weight_start = self.model.classifier.weight.detach().clone()
         self.head_weight_start_norm = max(self.head_weight_start.norm().item(), 1e-12)
         self.step = 0  # optimizer steps taken
@@ -173,6 +191,8 @@ class Trainer:
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
         sdm_weight = sdm_weight_at(self.step, cfg.warmup_steps, cfg.sdm_ramp_steps, cfg.sdm_weight)
+        if not self.data.has_captions:
+            sdm_weight = 0.0  # no captions (Market-1501): identity CE only
 
         ce, sdm, loss, feature_norm, logit_std = self.backward(sdm_weight).tolist()
 
@@ -216,11 +236,22 @@ class Trainer:
         }
 
     def evaluate(self) -> dict[str, float]:
-        return evaluate(self.model, self.data, self.device, self.dtype)
+        return evaluate(self.model, self.data, self.device, self.dtype, self.workers)
 
 
-def train(cfg: TrainConfig, report: Optional[Report] = None, *, log: Callable[[str], None] = lambda s: None) -> dict:
+def train(
+    cfg: TrainConfig,
+    report: Optional[Report] = None,
+    *,
+    log: Callable[[str], None] = lambda s: None,
+    eval_at_samples: Sequence[int] = (),
+) -> dict:
     """Train ``cfg`` and return a summary; ``report(metrics)`` is called once per optimizer step.
+
+    Retrieval is evaluated every ``cfg.eval_every`` steps, at the end, and at the first step
+    whose ``samples`` reach each of ``eval_at_samples`` (the search passes its ASHA rungs, so
+    a rung that ranks trials by ``val_r1`` reads a fresh value). Evaluating changes nothing
+    in training: the curve is the same with or without it.
 
     Ends with ``end_reason`` ``completed`` (all ``max_steps`` done) or ``diverged``
     (the loss became NaN/inf; the last report carries it). Raises `UserError`
@@ -232,8 +263,11 @@ def train(cfg: TrainConfig, report: Optional[Report] = None, *, log: Callable[[s
     log(
         f"training {cfg.model} ({cfg.pretrained or 'random init'}) on {data.name}: {len(data.labels)} images, {data.num_classes} identities "
         f"(chance CE {trainer.chance_ce:.3f}), {cfg.max_steps} steps of {cfg.images_per_step} images "
-        f"on {trainer.device}"
+        f"on {trainer.device}; {data.task} evaluation on {len(data.test)} {cfg.eval_split} images"
     )
+    for note in data.notes:
+        log(note)
+    pending_evals = sorted(eval_at_samples)
     best_ce_ema = math.inf
     metrics: dict[str, Any] = {}
     end_reason, message = "completed", ""
@@ -248,7 +282,11 @@ def train(cfg: TrainConfig, report: Optional[Report] = None, *, log: Callable[[s
             )
         else:
             best_ce_ema = min(best_ce_ema, metrics["ce_ema"])
-            if trainer.step == cfg.max_steps or (cfg.eval_every and trainer.step % cfg.eval_every == 0):
+            due = False  # a search rung passed since the last step
+            while pending_evals and metrics["samples"] >= pending_evals[0]:
+                pending_evals.pop(0)
+                due = True
+            if due or trainer.step == cfg.max_steps or (cfg.eval_every and trainer.step % cfg.eval_every == 0):
                 metrics.update(trainer.evaluate())
         if report is not None:
             report(metrics)
@@ -262,6 +300,7 @@ def train(cfg: TrainConfig, report: Optional[Report] = None, *, log: Callable[[s
         "steps": metrics.get("step", 0),
         "samples": metrics.get("samples", 0),
         "num_classes": data.num_classes,
+        "task": data.task,
         "chance_ce": trainer.chance_ce,
         "best_ce_ema": best_ce_ema if math.isfinite(best_ce_ema) else None,
         "final": metrics,
@@ -331,11 +370,12 @@ def load_cli_config(config: Optional[str], overrides: Sequence[str]) -> TrainCon
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = ArgumentParser(prog="python -m reid_core.train", description=__doc__.split("\n\n")[0])
     add_config_arguments(parser)
+    add_shortcut_arguments(parser)
     parser.add_argument("--out", metavar="DIR", help="run folder (default: runs/train-TIMESTAMP)")
     parser.add_argument("--log-every", type=float, default=5.0, metavar="SECONDS", help="progress line interval")
     args = parser.parse_args(argv)
     try:
-        cfg = load_cli_config(args.config, args.overrides)
+        cfg = TrainConfig.from_dict(shortcut_values(args), base=load_cli_config(args.config, args.overrides))
         out = Path(args.out or f"runs/train-{datetime.now():%Y%m%d-%H%M%S}")
         if (out / "metrics.csv").exists():
             raise UserError(f"'{out}' already holds a run (metrics.csv); pass a new --out folder")
@@ -353,7 +393,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(
         f"{summary['end_reason']} after {summary['steps']} steps ({summary['samples']} images): "
         f"ce_ema {final.get('ce_ema', float('nan')):.3f} vs chance {summary['chance_ce']:.3f}"
-        + (f", text-to-image R@1 {final['val_r1']:.1f}" if "val_r1" in final else "")
+        + (f", {summary['task']} R@1 {final['val_r1']:.1f}" if "val_r1" in final else "")
     )
     print(f"wrote {out}/metrics.csv, {out}/summary.json, {out}/config.json")
     return 0 if summary["end_reason"] == "completed" else 1

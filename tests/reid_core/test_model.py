@@ -1,15 +1,21 @@
-"""The identity head (raw features, BNNeck, bias-free classifier) and the optimizer's parameter groups."""
+"""The identity head (raw features, BNNeck, bias-free classifier), the optimizer's parameter groups
+and pretrained weights (local files, other image sizes, offline tags)."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import time
 
 import pytest
 import torch
 
+from reid_core.cli import shortcut_values
 from reid_core.config import TrainConfig
 from reid_core.errors import UserError
 from reid_core.model import build_model, context_length, parameter_groups
+from reid_core.train import Trainer, load_cli_config
+from tests.reid_core.test_cli import check_one_line_error, run_main
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +92,68 @@ def test_unknown_model_suggests_close_names(cfg):
 def test_missing_pretrained_file(cfg, tmp_path):
     with pytest.raises(UserError, match="pretrained weights file '.*nope.pt' does not exist"):
         build_model(dataclasses.replace(cfg, pretrained=str(tmp_path / "nope.pt")), num_classes=10)
+
+
+# --- pretrained weights: local files, image sizes, offline tags ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def saved_clip(tmp_path_factory):
+    """The tiny model's open_clip weights saved as a local file (what --pretrained PATH loads)."""
+    torch.manual_seed(3)
+    saved = build_model(TrainConfig(), num_classes=10).eval()
+    path = tmp_path_factory.mktemp("weights") / "reid-tiny.pt"
+    torch.save(saved.clip.state_dict(), path)
+    return saved, path
+
+
+def test_local_weights_file_gives_the_saved_models_outputs(saved_clip, tmp_path):
+    """Through the plain job's own flag parsing: --pretrained PATH, then the Trainer's model."""
+    saved, path = saved_clip
+    args = argparse.Namespace(data=None, data_format=None, model=None, pretrained=str(path))
+    cfg = TrainConfig.from_dict(shortcut_values(args), base=load_cli_config(None, ["synthetic_identities=10", "device=cpu"]))
+    torch.manual_seed(99)  # a different seed: only the file can make the weights equal
+    loaded = Trainer(cfg).model.eval()
+    images, tokens = torch.randn(3, 3, 64, 32), torch.randint(0, 49408, (3, 32))
+    with torch.no_grad():
+        assert torch.equal(loaded.encode_image(images), saved.encode_image(images))
+        assert torch.equal(loaded.encode_text(tokens), saved.encode_text(tokens))
+
+
+def test_weights_load_at_another_image_size(tmp_path):
+    """Released CLIPs are square (ViT-B-16: 224x224, a 14x14 grid); ReID uses tall images (384x128).
+    open_clip resizes the position embedding: here a 4x4 grid (32x32) into an 8x4 one (64x32)."""
+    square = build_model(TrainConfig(image_size=(32, 32)), num_classes=10)
+    torch.save(square.clip.state_dict(), tmp_path / "square.pt")
+    tall = build_model(TrainConfig(image_size=(64, 32), pretrained=str(tmp_path / "square.pt")), num_classes=10)
+    assert tall.clip.visual.positional_embedding.shape == (8 * 4 + 1, 64)
+    assert torch.equal(tall.clip.visual.conv1.weight, square.clip.visual.conv1.weight)
+    assert torch.isfinite(tall.encode_image(torch.randn(2, 3, 64, 32))).all()
+
+
+def test_weights_of_another_model_are_one_line_error(tmp_path):
+    torch.save({"visual.conv1.weight": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(UserError, match="cannot load pretrained weights '.*other.pt' into model 'reid-tiny'"):
+        build_model(TrainConfig(pretrained=str(tmp_path / "other.pt")), num_classes=10)
+
+
+def test_unknown_pretrained_tag_lists_the_models_tags():
+    with pytest.raises(UserError, match="pretrained 'openia' is neither a weights file nor a tag of model 'ViT-B-16' \\(its tags: openai, "):
+        build_model(TrainConfig(model="ViT-B-16", pretrained="openia"), num_classes=10)
+
+
+def test_offline_tag_is_one_line_naming_a_local_file(monkeypatch, tmp_path, capsys):
+    """``--model ViT-B-16 --pretrained openai`` without internet or a cached copy: no network traceback,
+    no minute of Hub retries, but one line that names the fix, before any data is read."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("reid_core.model._cached_weights", lambda tag: None)  # whatever this machine has cached
+    out = tmp_path / "run"
+    started = time.perf_counter()
+    code = run_main(["--model", "ViT-B-16", "--pretrained", "openai", "--set", "device=cpu", "--out", str(out)])
+    fragment = (
+        r"weights 'openai' of model 'ViT-B-16' are not in the local cache and huggingface.co cannot be reached "
+        r"\(offline\); download https://huggingface.co/timm/vit_base_patch16_clip_224.openai/resolve/main/"
+        r"open_clip_pytorch_model.bin where there is internet and pass the file with --pretrained PATH"
+    )
+    check_one_line_error(code, capsys.readouterr().err, fragment, out)
+    assert time.perf_counter() - started < 5

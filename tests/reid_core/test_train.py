@@ -245,3 +245,19 @@ def test_same_seed_same_curve_different_seed_different(small_cfg):
 
     assert curve(0) == curve(0)
     assert curve(0) != curve(1)
+
+
+# --- evaluation at the search's rungs --------------------------------------------------------------
+
+
+def test_evaluates_at_the_first_step_past_each_rung_without_changing_the_curve(small_cfg):
+    """The search passes its ASHA rungs (images seen) so that a rung ranking trials by val_r1 reads a
+    value measured there; evaluating must not change training (the re-run contract)."""
+    cfg = dataclasses.replace(small_cfg, max_steps=6)  # 8 images per step
+    with_evals: list[dict] = []
+    train(cfg, with_evals.append, eval_at_samples=[40, 20, 24])  # step 3 passes 20 and 24, step 5 passes 40
+    assert [r["step"] for r in with_evals if "val_r1" in r] == [3, 5, 6]  # and the end of the run
+    plain: list[dict] = []
+    train(cfg, plain.append)
+    assert [r["step"] for r in plain if "val_r1" in r] == [6]
+    assert [r["ce"] for r in with_evals] == [r["ce"] for r in plain]
