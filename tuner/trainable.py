@@ -7,12 +7,12 @@ in a script or test module cannot be imported by them).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from ray import tune
 
 from reid_core.config import TrainConfig
-from reid_core.train import train
+from reid_core.train import EVAL_METRICS, train
 
 
 def trial_config(base: dict[str, Any], sampled: dict[str, Any]) -> TrainConfig:
@@ -27,7 +27,28 @@ def trial_config(base: dict[str, Any], sampled: dict[str, Any]) -> TrainConfig:
     return TrainConfig.from_dict({"max_steps": max(1, steps)}, base=cfg)
 
 
-def train_trial(sampled: dict[str, Any], base: dict[str, Any]) -> None:
-    """Run one trial, forwarding every optimizer step's metrics to ``ray.tune.report``."""
+def train_trial(
+    sampled: dict[str, Any], base: dict[str, Any], metric: str = "ce_ema", eval_at_samples: Sequence[float] = ()
+) -> None:
+    """Run one trial, forwarding every optimizer step's metrics to ``ray.tune.report``.
+
+    ``eval_at_samples``: extra evaluations (the ASHA rungs, when the search optimises a retrieval metric).
+    """
     cfg = trial_config(base, sampled)
-    train(cfg, report=tune.report)
+    report = carry_evaluation(tune.report) if metric in EVAL_METRICS else tune.report
+    train(cfg, report=report, eval_at_samples=eval_at_samples)
+
+
+def carry_evaluation(report: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+    """Wrap ``report`` so that every result carries the latest evaluation (NaN before the first).
+
+    Ray requires the search metric in every result, but retrieval is evaluated only now and
+    then; ASHA reads it at its rungs, where the trial has just evaluated.
+    """
+    latest = {key: math.nan for key in EVAL_METRICS}
+
+    def forward(metrics: dict[str, Any]) -> None:
+        latest.update({key: metrics[key] for key in EVAL_METRICS if key in metrics})
+        report({**metrics, **latest})
+
+    return forward
