@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import sys
 import tempfile
 import time
@@ -36,7 +35,7 @@ from PIL import Image
 
 from reid_core.cli import ArgumentParser, add_config_arguments
 from reid_core.config import TrainConfig, coerce_value
-from reid_core.data import batches, load_data, loader_workers
+from reid_core.data import available_cpus, batches, load_data, loader_workers
 from reid_core.errors import UserError, cli_exit
 from reid_core.model import context_length
 from reid_core.synthetic import make_synthetic
@@ -125,7 +124,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         used = loader_workers(cfg, device)
-        cpus = len(os.sched_getaffinity(0))
+        cpus = available_cpus()
         counts = workers if workers is not None else sorted({w for w in (0, 1, 2) if w <= cpus} | {used})
         print(
             f"loader vs step: {len(data.train)} training JPEGs of {size[0]}x{size[1]} (written in {written_s:.1f}s) "

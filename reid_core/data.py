@@ -261,7 +261,12 @@ def loader_workers(cfg: TrainConfig, device: torch.device) -> int:
         return cfg.loader_workers
     if device.type != "cuda":
         return 0  # on CPU the training step needs the cores; decode between steps
-    return max(1, min(8, len(os.sched_getaffinity(0)) - 1))
+    return max(1, min(8, available_cpus() - 1))
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _one_thread(_worker_id: int) -> None:
