@@ -25,6 +25,7 @@ from torch import nn
 
 from reid_core.cli import ArgumentParser, add_config_arguments, add_shortcut_arguments, shortcut_values
 from reid_core.config import TrainConfig
+from reid_core.diagnostics import at_chance, diagnose
 from reid_core.data import EVAL_BATCH, ReIDData, Split, batches, eval_images, load_data, loader_workers
 from reid_core.errors import UserError, cli_exit
 from reid_core.io import write_json_atomic
@@ -327,8 +328,18 @@ class RunWriter:
     leaves ``--out`` untouched.
     """
 
-    def __init__(self, cfg: TrainConfig, out: Path, log_every_s: float = 5.0, stream=sys.stdout):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        out: Path,
+        log_every_s: float = 5.0,
+        stream=sys.stdout,
+        grace_steps: int = 300,
+        chance_margin: float = 0.39,
+    ):
         self.cfg, self.out, self.log_every_s, self.stream = cfg, out, log_every_s, stream
+        self.grace_steps, self.chance_margin = grace_steps, chance_margin
+        self.rows: list[dict[str, Any]] = []  # kept for the diagnosis of a run stuck at chance
         self._file = None
         self._writer: Optional[csv.DictWriter] = None
         self._started = time.perf_counter()
@@ -342,11 +353,25 @@ class RunWriter:
             self._writer = csv.DictWriter(self._file, fieldnames=METRIC_COLUMNS, restval="")
             self._writer.writeheader()
         self._writer.writerow({k: metrics.get(k, "") for k in METRIC_COLUMNS})
+        self.rows.append({k: metrics[k] for k in STEP_METRICS})
+        if metrics["step"] == self.grace_steps and at_chance(metrics, self.chance_margin):
+            self.say_stuck()
         now = time.perf_counter()
         if now - self._last_log >= self.log_every_s or metrics["step"] == self.cfg.max_steps:
             self._last_log = now
             self._file.flush()
             print(progress_line(metrics, self.cfg.max_steps, now - self._started), file=self.stream, flush=True)
+
+    def say_stuck(self) -> None:
+        """The seed team's Go/No-Go look: still above the Go line, and the likely cause."""
+        last = self.rows[-1]
+        found = diagnose(self.rows)
+        print(
+            f"still at chance after {last['step']} steps: ce_ema {last['ce_ema']:.3f}, Go line "
+            f"{last['chance_ce'] - self.chance_margin:.2f}; likely cause: {found.line() if found else 'unknown'}",
+            file=self.stream,
+            flush=True,
+        )
 
     def close(self) -> None:
         if self._file is not None:
@@ -373,6 +398,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     add_shortcut_arguments(parser)
     parser.add_argument("--out", metavar="DIR", help="run folder (default: runs/train-TIMESTAMP)")
     parser.add_argument("--log-every", type=float, default=5.0, metavar="SECONDS", help="progress line interval")
+    parser.add_argument("--preflight", action="store_true", help="run the search's pre-flight checks first")
+    parser.add_argument(
+        "--grace-steps", type=int, default=300, help="diagnose the run if it is still at chance at this step (default 300)"
+    )
     args = parser.parse_args(argv)
     try:
         cfg = TrainConfig.from_dict(shortcut_values(args), base=load_cli_config(args.config, args.overrides))
@@ -381,13 +410,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise UserError(f"'{out}' already holds a run (metrics.csv); pass a new --out folder")
         if out.exists() and not out.is_dir():
             raise UserError(f"--out '{out}' is a file; pass a folder")
-        writer = RunWriter(cfg, out, args.log_every)
+        if args.preflight:
+            from reid_core.preflight import preflight  # the checks build their own trainers
+
+            preflight(cfg, log=print)
+        writer = RunWriter(cfg, out, args.log_every, grace_steps=args.grace_steps)
         try:
             summary = train(cfg, writer, log=print)
         finally:
             writer.close()
     except UserError as err:
         return cli_exit(err, parser.prog)
+    if summary["final"] and at_chance(summary["final"], writer.chance_margin) and summary["steps"] != args.grace_steps:
+        writer.say_stuck()
+        found = diagnose(writer.rows)
+        summary["stuck_cause"] = found.cause if found else None
     write_json_atomic(out / "summary.json", summary)
     final = summary["final"]
     print(
