@@ -156,6 +156,34 @@ class Trainer:
         self.ce_ema: Optional[float] = None
         self.skipped_steps = 0
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue the same curve: only tensors and plain
+        numbers, so it loads with ``torch.load(weights_only=True)``."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "ce_ema": self.ce_ema,
+            "skipped_steps": self.skipped_steps,
+            "head_weight_start": self.head_weight_start,
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state_dict`: weights, optimizer moments, step, EMA, RNG and data position."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.ce_ema, self.skipped_steps = state["step"], state["ce_ema"], state["skipped_steps"]
+        self.head_weight_start = state["head_weight_start"].to(self.device)
+        self.head_weight_start_norm = max(self.head_weight_start.norm().item(), 1e-12)
+        # The micro-batch stream is a pure function of its seed and of how many batches were drawn:
+        # drawing the same number again puts it where the checkpointed run was.
+        for _ in range(self.step * self.cfg.grad_accum_steps):
+            next(self.stream)
+        torch.set_rng_state(state["torch_rng"])
+
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else contextlib.nullcontext()
 
@@ -246,6 +274,9 @@ def train(
     *,
     log: Callable[[str], None] = lambda s: None,
     eval_at_samples: Sequence[int] = (),
+    resume: Optional[dict[str, Any]] = None,
+    checkpoint: Optional[Callable[[dict[str, Any], dict[str, Any]], None]] = None,
+    checkpoint_every: int = 0,
 ) -> dict:
     """Train ``cfg`` and return a summary; ``report(metrics)`` is called once per optimizer step.
 
@@ -254,12 +285,18 @@ def train(
     a rung that ranks trials by ``val_r1`` reads a fresh value). Evaluating changes nothing
     in training: the curve is the same with or without it.
 
+    Every ``checkpoint_every`` steps ``checkpoint(metrics, trainer_state)`` is called instead of
+    ``report(metrics)`` (one call per step either way); ``resume`` (such a state) continues
+    that run where it stopped, on the same curve.
+
     Ends with ``end_reason`` ``completed`` (all ``max_steps`` done) or ``diverged``
     (the loss became NaN/inf; the last report carries it). Raises `UserError`
     for bad data or config before the first step, so nothing is reported then.
     """
     started = time.perf_counter()
     trainer = Trainer(cfg)
+    if resume is not None:
+        trainer.load_state_dict(resume)
     data = trainer.data
     log(
         f"training {cfg.model} ({cfg.pretrained or 'random init'}) on {data.name}: {len(data.labels)} images, {data.num_classes} identities "
@@ -268,8 +305,8 @@ def train(
     )
     for note in data.notes:
         log(note)
-    pending_evals = sorted(eval_at_samples)
-    best_ce_ema = math.inf
+    pending_evals = sorted(s for s in eval_at_samples if s > trainer.step * cfg.images_per_step)
+    best_ce_ema = math.inf if resume is None else resume.get("best_ce_ema", math.inf)
     metrics: dict[str, Any] = {}
     end_reason, message = "completed", ""
     while trainer.step < cfg.max_steps:
@@ -289,7 +326,9 @@ def train(
                 due = True
             if due or trainer.step == cfg.max_steps or (cfg.eval_every and trainer.step % cfg.eval_every == 0):
                 metrics.update(trainer.evaluate())
-        if report is not None:
+        if checkpoint is not None and checkpoint_every and trainer.step % checkpoint_every == 0 and not diverged:
+            checkpoint(metrics, {**trainer.state_dict(), "best_ce_ema": best_ce_ema})
+        elif report is not None:
             report(metrics)
         if diverged:
             log(f"diverged: {message}")

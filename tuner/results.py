@@ -106,7 +106,8 @@ def read_trials(exp_dir: Path) -> list[Trial]:
 
 
 def end_reason(trial: Trial, search: dict[str, Any]) -> str:
-    if trial.error is not None or trial.status == "ERROR":
+    # Ray keeps error.txt after a retry that then succeeded: its status, when known, decides.
+    if trial.status == "ERROR" or (trial.error is not None and trial.status != "TERMINATED"):
         return "error"
     if trial.rows:
         rule = ChanceLevelRule(search["grace_samples"], search["chance_margin"], search.get("trend_samples"))
@@ -154,7 +155,7 @@ def trial_row(trial: Trial, search: dict[str, Any]) -> dict[str, Any]:
     if metric != "ce_ema":
         values = [r[metric] for r in rows if metric in r]
         row[f"final_{metric}"] = values[-1] if values else None
-    row["error"] = trial.error
+    row["error"] = trial.error if row["end_reason"] == "error" else None
     row["chance_ce"] = last.get("chance_ce")
     row["trial_dir"] = trial.path.name
     return row

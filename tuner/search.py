@@ -10,6 +10,7 @@ before Ray starts, with a one-line error and exit code 2.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
@@ -21,15 +22,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import yaml
+
 from reid_core.cli import ArgumentParser, add_config_arguments, add_shortcut_arguments, shortcut_values
 from reid_core.config import TrainConfig, coerce_value
 from reid_core.errors import UserError, cli_exit
 from reid_core.io import write_json_atomic
 from reid_core.train import EVAL_METRICS, load_cli_config
 from search_spaces import load_space, to_tune
-from tuner.results import SEARCH_FILE
+from tuner.results import SEARCH_FILE, read_search
 
 PROG = "python -m tuner.search"
+DEFAULT_CHECKPOINT_EVERY = 50  # steps; a checkpoint of the tiny model with its AdamW moments is ~40 MB
 
 
 def build_parser() -> ArgumentParser:
@@ -63,6 +67,13 @@ def build_parser() -> ArgumentParser:
     r.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default 1)")
     r.add_argument("--gpus-per-trial", type=float, default=None, help="GPUs per trial, fractions allowed (default 1 when CUDA is present, else 0)")
     r.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: what resources allow)")
+    r.add_argument("--max-failures", type=int, default=0, help="retries of a failed trial, from its last checkpoint (default 0)")
+    r.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        help=f"steps between trial checkpoints (default {DEFAULT_CHECKPOINT_EVERY} with --max-failures, else none)",
+    )
     r.add_argument("--address", help="connect to an existing Ray cluster (e.g. ray://head:10001 or auto)")
     r.add_argument("--auth-token-file", metavar="FILE", help="token file for a cluster with RAY_AUTH_MODE=token")
     o = p.add_argument_group("where results go")
@@ -70,6 +81,7 @@ def build_parser() -> ArgumentParser:
     o.add_argument("--name", help="experiment name (default search-TIMESTAMP)")
     o.add_argument("--resume", action="store_true", help="continue the interrupted experiment --name")
     o.add_argument("--quiet", action="store_true", help="only the final summary")
+    o.add_argument("--inject-fault", metavar="STEP:KEY=VALUE", help=argparse.SUPPRESS)  # reliability tests only
     o.add_argument("--skip-preflight", action="store_true", help="skip the pre-flight checks (data, wiring, overfit)")
     return p
 
@@ -111,6 +123,8 @@ def _check_args(args) -> None:
     positive("--cpus-per-trial", args.cpus_per_trial)
     positive("--gpus-per-trial", args.gpus_per_trial, allow_zero=True)
     positive("--max-concurrent", args.max_concurrent)
+    positive("--max-failures", args.max_failures, allow_zero=True)
+    positive("--checkpoint-every", args.checkpoint_every)
     if args.reduction_factor <= 1:
         raise UserError(f"--reduction-factor is {args.reduction_factor}, but must be > 1")
     if args.grace_steps > args.max_steps:
@@ -217,44 +231,66 @@ def _probe(address: str) -> None:
 
 
 def run_search(args) -> int:
-    space = load_space(args.space)
-    base = _base_config(args)
-    points = _read_points(args.points_to_evaluate, space)
-    for key in space:  # every sampled value must make a valid config on top of the base
-        if key == "max_steps":
-            raise UserError("search space: max_steps is the budget; set it with --max-steps, not in the space")
-    exp_dir = _experiment_dir(args)
-    _check_weights_and_data(base, log=(lambda s: None) if args.quiet else print)
-    if args.skip_preflight:
-        _load_data_once(base)
+    if args.resume:
+        # Continue with the settings the experiment was started with, whatever the flags say now.
+        exp_dir = _experiment_dir(args)
+        search = read_search(exp_dir)
+        base = TrainConfig.from_dict(search["base"])
+        _check_weights_and_data(base, log=(lambda s: None) if args.quiet else print)
+        space, points = None, []
     else:
-        from reid_core.preflight import preflight
+        space = load_space(args.space)
+        base = _base_config(args)
+        points = _read_points(args.points_to_evaluate, space)
+        if "max_steps" in space:
+            raise UserError("search space: max_steps is the budget; set it with --max-steps, not in the space")
+        exp_dir = _experiment_dir(args)
+        _check_weights_and_data(base, log=(lambda s: None) if args.quiet else print)
+        if args.skip_preflight:
+            _load_data_once(base)
+        else:
+            from reid_core.preflight import preflight
 
-        preflight(base, overfit_head_lr=_best_head_lr(space, base), log=None if args.quiet else print)
-
-    grace_samples = args.grace_steps * base.images_per_step
-    max_samples = args.max_steps * base.images_per_step
-    search = {
-        "base": base.to_dict(),
-        "space": {k: d.describe() for k, d in space.items()},
-        "metric": args.metric,
-        "mode": args.mode,
-        "grace_samples": grace_samples,
-        "chance_margin": args.chance_margin,
-        "trend_samples": None,
-        "max_samples": max_samples,
-        "num_samples": args.num_samples,
-        "seed": args.seed,
-    }
+            preflight(base, overfit_head_lr=_best_head_lr(space, base), log=None if args.quiet else print)
+        search = {
+            "base": base.to_dict(),
+            "space": {k: d.describe() for k, d in space.items()},
+            "metric": args.metric,
+            "mode": args.mode,
+            "grace_samples": args.grace_steps * base.images_per_step,
+            "chance_margin": args.chance_margin,
+            "trend_samples": None,
+            "max_samples": args.max_steps * base.images_per_step,
+            "num_samples": args.num_samples,
+            "reduction_factor": args.reduction_factor,
+            "seed": args.seed,
+            "max_failures": args.max_failures,
+            # a trial that may be retried checkpoints, so the retry continues instead of starting over
+            "checkpoint_every": args.checkpoint_every if args.checkpoint_every is not None else (
+                DEFAULT_CHECKPOINT_EVERY if args.max_failures else 0
+            ),
+            "inject_fault": _parse_fault(args.inject_fault),
+        }
 
     started_ray = _connect(args)
     try:
-        return _fit(args, space, base, points, search, exp_dir)
+        return _fit(args, space, points, search, exp_dir)
     finally:
         if started_ray:
             import ray
 
             ray.shutdown()
+
+
+def _parse_fault(spec: Optional[str]) -> Optional[dict[str, Any]]:
+    """``STEP:KEY=VALUE`` (testing hook) -> ``{"step", "key", "value"}``."""
+    if spec is None:
+        return None
+    step, _, assignment = spec.partition(":")
+    key, _, value = assignment.partition("=")
+    if not step.isdigit() or not key or not value:
+        raise UserError(f"--inject-fault '{spec}' is not STEP:KEY=VALUE")
+    return {"step": int(step), "key": key, "value": coerce_value(key, yaml.safe_load(value))}
 
 
 def _check_weights_and_data(base: TrainConfig, log) -> None:
@@ -286,7 +322,7 @@ def _load_data_once(base: TrainConfig) -> None:
     load_data(base, context_length(base))
 
 
-def _fit(args, space, base: TrainConfig, points, search: dict, exp_dir: Path) -> int:
+def _fit(args, space, points, search: dict, exp_dir: Path) -> int:
     import optuna
     import torch
     from ray import tune
@@ -306,9 +342,11 @@ def _fit(args, space, base: TrainConfig, points, search: dict, exp_dir: Path) ->
             base=search["base"],
             metric=search["metric"],
             # a retrieval metric is measured at every rung, where ASHA compares trials by it
-            eval_at_samples=rung_samples(search["grace_samples"], search["max_samples"], args.reduction_factor)
+            eval_at_samples=rung_samples(search["grace_samples"], search["max_samples"], search["reduction_factor"])
             if search["metric"] in EVAL_METRICS
             else (),
+            checkpoint_every=search["checkpoint_every"],
+            inject_fault=search["inject_fault"],
         ),
         {"cpu": args.cpus_per_trial, "gpu": gpus},
     )
@@ -320,6 +358,8 @@ def _fit(args, space, base: TrainConfig, points, search: dict, exp_dir: Path) ->
         stop=stopper,
         callbacks=[progress],
         verbose=0,
+        failure_config=tune.FailureConfig(max_failures=search["max_failures"]),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # only the newest: a retry needs no other
     )
     t0 = time.perf_counter()
     if args.resume:
@@ -328,8 +368,8 @@ def _fit(args, space, base: TrainConfig, points, search: dict, exp_dir: Path) ->
         exp_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(exp_dir / SEARCH_FILE, search)
         searcher = OptunaSearch(
-            metric=args.metric,
-            mode=args.mode,
+            metric=search["metric"],
+            mode=search["mode"],
             points_to_evaluate=points or None,
             seed=args.seed,
         )
@@ -337,17 +377,17 @@ def _fit(args, space, base: TrainConfig, points, search: dict, exp_dir: Path) ->
             time_attr="samples",  # images seen: trials with different accumulation compare at equal compute
             grace_period=search["grace_samples"],
             max_t=search["max_samples"],
-            reduction_factor=args.reduction_factor,
+            reduction_factor=search["reduction_factor"],
         )
         tuner = tune.Tuner(
             trainable,
             param_space=to_tune(space),
             tune_config=tune.TuneConfig(
-                metric=args.metric,
-                mode=args.mode,
+                metric=search["metric"],
+                mode=search["mode"],
                 search_alg=searcher,
                 scheduler=scheduler,
-                num_samples=args.num_samples,
+                num_samples=search["num_samples"],
                 max_concurrent_trials=args.max_concurrent,
                 reuse_actors=True,
             ),
@@ -355,7 +395,8 @@ def _fit(args, space, base: TrainConfig, points, search: dict, exp_dir: Path) ->
         )
     if not args.quiet:
         print(
-            f"searching {', '.join(search['space'])} over {args.num_samples} trials of up to "
+            f"{'resuming' if args.resume else 'searching'} {', '.join(search['space'])} over "
+            f"{search['num_samples']} trials of up to "
             f"{search['max_samples']} images each; grace window {search['grace_samples']} images; "
             f"results in {exp_dir}",
             flush=True,

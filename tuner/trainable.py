@@ -7,9 +7,13 @@ in a script or test module cannot be imported by them).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
 
+import torch
 from ray import tune
+from ray.tune import Checkpoint
 
 from reid_core.config import TrainConfig
 from reid_core.train import EVAL_METRICS, train
@@ -27,16 +31,62 @@ def trial_config(base: dict[str, Any], sampled: dict[str, Any]) -> TrainConfig:
     return TrainConfig.from_dict({"max_steps": max(1, steps)}, base=cfg)
 
 
+CHECKPOINT_FILE = "trainer.pt"
+
+
 def train_trial(
-    sampled: dict[str, Any], base: dict[str, Any], metric: str = "ce_ema", eval_at_samples: Sequence[float] = ()
+    sampled: dict[str, Any],
+    base: dict[str, Any],
+    metric: str = "ce_ema",
+    eval_at_samples: Sequence[float] = (),
+    checkpoint_every: int = 0,
+    inject_fault: Optional[dict[str, Any]] = None,
 ) -> None:
     """Run one trial, forwarding every optimizer step's metrics to ``ray.tune.report``.
 
     ``eval_at_samples``: extra evaluations (the ASHA rungs, when the search optimises a retrieval metric).
+    ``checkpoint_every``: steps between checkpoints (trainer state: weights, optimizer, step, RNG,
+    data position); a trial Ray restarts after a failure continues from its last one.
+    ``inject_fault``: a testing hook (``{"step": N, "key": K, "value": V}``): the first attempt of a
+    trial whose ``K`` is ``V`` raises at step N, so the reliability tests can fail a real trial.
     """
     cfg = trial_config(base, sampled)
     report = carry_evaluation(tune.report) if metric in EVAL_METRICS else tune.report
-    train(cfg, report=report, eval_at_samples=eval_at_samples)
+    resume = _last_checkpoint()
+    if inject_fault and resume is None and sampled.get(inject_fault["key"]) == inject_fault["value"]:
+        report = _failing_at(inject_fault["step"], report)
+
+    def checkpoint(metrics: dict[str, Any], state: dict[str, Any]) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(state, Path(folder) / CHECKPOINT_FILE)
+            report(metrics, checkpoint=Checkpoint.from_directory(folder))
+
+    train(
+        cfg,
+        report=report,
+        eval_at_samples=eval_at_samples,
+        resume=resume,
+        checkpoint=checkpoint if checkpoint_every else None,
+        checkpoint_every=checkpoint_every,
+    )
+
+
+def _last_checkpoint() -> Optional[dict[str, Any]]:
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        # weights_only: a checkpoint is tensors and numbers; nothing in it is unpickled as code
+        return torch.load(Path(folder) / CHECKPOINT_FILE, weights_only=True, map_location="cpu")
+
+
+def _failing_at(step: int, report: Callable[..., None]) -> Callable[..., None]:
+    def forward(metrics: dict[str, Any], **kwargs: Any) -> None:
+        if metrics["step"] == step:
+            raise RuntimeError(f"injected fault at step {step}")
+        report(metrics, **kwargs)
+
+    return forward
 
 
 def carry_evaluation(report: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
@@ -47,8 +97,8 @@ def carry_evaluation(report: Callable[[dict[str, Any]], None]) -> Callable[[dict
     """
     latest = {key: math.nan for key in EVAL_METRICS}
 
-    def forward(metrics: dict[str, Any]) -> None:
+    def forward(metrics: dict[str, Any], **kwargs: Any) -> None:
         latest.update({key: metrics[key] for key in EVAL_METRICS if key in metrics})
-        report({**metrics, **latest})
+        report({**metrics, **latest}, **kwargs)
 
     return forward

@@ -1,0 +1,115 @@
+"""Faults a long search must survive, on real Ray: a trial that raises, a NaN, a retry from a
+checkpoint, and the driver killed with SIGKILL then resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from reid_core.train import train
+from tests.tuner.conftest import BATCH, run_search
+from tuner.results import read_trials
+from tuner.search import main as search_main
+from tuner.trainable import trial_config
+
+pytestmark = pytest.mark.ray
+
+# Short trials: the chance rule looks only at the end, against a Go line just under chance.
+SHORT = ["--max-steps", "40", "--grace-steps", "40", "--chance-margin", "0.02"]
+
+
+def test_a_failing_trial_and_a_nan_trial_leave_rows_and_the_others_finish(ray_session, tmp_path, capsys):
+    points = [{"head_lr": 3e-3}, {"head_lr": 2e-3}, {"head_lr": 1e30}]
+    code, exp = run_search(tmp_path, "faults", points, extra=[*SHORT, "--inject-fault", "20:head_lr=0.002"])
+    out = capsys.readouterr().out
+    table = pd.read_csv(exp / "results.csv").set_index("head_lr")
+    assert code == 1  # some trials failed: the exit code says so
+    assert "1 errored" in out and "injected fault at step 20" in out
+    failed = table.loc[2e-3]
+    assert failed.end_reason == "error" and failed.error.endswith("RuntimeError: injected fault at step 20")
+    assert failed.steps == 19
+    assert table.loc[1e30].end_reason == "diverged"
+    assert table.loc[3e-3].end_reason == "completed" and table.loc[3e-3].steps == 40
+
+
+def test_a_retried_trial_resumes_from_its_checkpoint_on_the_same_curve(ray_session, tmp_path):
+    points = [{"head_lr": 3e-3}]
+    extra = [*SHORT, "--inject-fault", "30:head_lr=0.003", "--max-failures", "1", "--checkpoint-every", "10"]
+    code, exp = run_search(tmp_path, "retry", points, extra=extra)
+    assert code == 0
+    row = pd.read_csv(exp / "results.csv").iloc[0]
+    assert row.end_reason == "completed" and row.steps == 40
+    (trial,) = read_trials(exp)
+    assert [r["step"] for r in trial.rows] == list(range(1, 41))  # no gap, no duplicate step
+    # The retry restored the step-20 checkpoint (from step 0 the fault would have fired again)
+    # and continued the very curve an uninterrupted run draws.
+    search = json.loads((exp / "reid_tune.json").read_text())
+    plain: list[dict] = []
+    train(trial_config(search["base"], trial.sampled), report=plain.append)
+    assert [r["ce"] for r in trial.rows] == [r["ce"] for r in plain]
+
+
+def _finished_trials(exp: Path, steps: int) -> int:
+    done = 0
+    for result in exp.glob("*/result.json"):
+        lines = result.read_text().splitlines()
+        done += bool(lines) and json.loads(lines[-1]).get("step") == steps
+    return done
+
+
+def test_driver_killed_with_sigkill_resumes_without_losing_or_repeating_trials(ray_session, tmp_path):
+    points = [{"head_lr": 3e-3}, {"head_lr": 4e-3}, {"head_lr": 2e-3}]
+    (tmp_path / "space.yaml").write_text("head_lr: {loguniform: [1.0e-6, 1.0e-1]}\n")
+    (tmp_path / "points.json").write_text(json.dumps(points))
+    storage, name = tmp_path / "results", "killed"
+    args = [
+        "--space", str(tmp_path / "space.yaml"), "--points-to-evaluate", str(tmp_path / "points.json"),
+        "--num-samples", "3", "--max-concurrent", "1", *SHORT, "--skip-preflight",
+        "--storage-path", str(storage), "--name", name, "--set", "warmup_steps=1000", f"batch_size={BATCH}",
+    ]
+    ray_home = tempfile.mkdtemp(prefix="rk-")  # the killed driver's own Ray: short paths, removed below
+    env = dict(os.environ, HOME=ray_home, RAY_TMPDIR=ray_home)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "tuner.search", *args],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True,
+    )
+    exp = storage / name
+    try:
+        deadline = time.monotonic() + 240
+        while _finished_trials(exp, 40) < 1 or not list(exp.glob("experiment_state-*.json")):
+            assert driver.poll() is None, "the search ended before it could be killed"
+            assert time.monotonic() < deadline, "no trial finished in time"
+            time.sleep(0.5)
+        time.sleep(1.0)  # let Ray write its experiment state after the first trial
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        try:
+            os.killpg(driver.pid, signal.SIGKILL)  # whatever of its Ray is left
+        except ProcessLookupError:
+            pass
+        shutil.rmtree(ray_home, ignore_errors=True)
+
+    before = {t.trial_id: t.rows[-1] for t in read_trials(exp) if t.rows and t.rows[-1]["step"] == 40}
+    assert before, "a trial had finished before the kill"
+
+    assert search_main(["--resume", "--name", name, "--storage-path", str(storage)]) == 0
+    table = pd.read_csv(exp / "results.csv")
+    assert len(table) == 3 and table.trial_id.is_unique
+    assert sorted(table.head_lr) == sorted(p["head_lr"] for p in points)
+    for trial_id, last in before.items():  # what finished before the kill kept its result
+        assert table.set_index("trial_id").loc[trial_id].final_ce_ema == last["ce_ema"]
+    completed = table[table.end_reason == "completed"]
+    assert len(completed) == 3
+    best = json.loads((exp / "best_config.json").read_text())
+    assert best["trial_id"] == completed.loc[completed.final_ce_ema.idxmin()].trial_id
