@@ -79,6 +79,8 @@ def detect(path: Path) -> Optional[str]:
     if annotation is None:
         return None
     records = read_json(annotation)
+    if isinstance(records, list) and not records:
+        raise UserError(f"annotation file '{annotation}' is empty (no records); point --data at a filled data set")
     first = records[0] if isinstance(records, list) and records and isinstance(records[0], dict) else {}
     if "img_path" in first:
         return "rstpreid"

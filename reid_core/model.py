@@ -12,7 +12,9 @@ matter here.
 from __future__ import annotations
 
 import os
+import pickle
 import socket
+import zipfile
 from pathlib import Path
 from typing import Optional
 from urllib.parse import urlparse
@@ -184,7 +186,7 @@ def build_model(cfg: TrainConfig, num_classes: int) -> ReIDModel:
             require_pretrained=weights is not None,  # a file that fails to load is an error, not random init
             **kwargs,
         )
-    except (RuntimeError, OSError, ValueError) as err:
+    except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
         if weights is None:
             raise
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -1,0 +1,92 @@
+"""Every kind of bad input, across the three commands: one line naming the problem, exit 2, no traceback,
+nothing written. In-process (`main(argv)`), so the whole table runs in seconds; the per-command test
+files also check a few of these through a real subprocess."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from reid_core.train import main as train_main
+from tests.reid_core.tiny_datasets import write_cuhk
+from tuner.report import main as report_main
+from tuner.search import main as search_main
+
+
+def cuhk(tmp: Path, damage: Callable[[Path], None] | None = None) -> str:
+    annotations = write_cuhk(tmp / "cuhk")
+    if damage is not None:
+        damage(tmp / "cuhk")
+    return str(annotations.parent)
+
+
+def first_image(root: Path) -> Path:
+    return sorted((root / "imgs").rglob("*.jpg"))[0]
+
+
+def text(tmp: Path, name: str, content: str) -> str:
+    (tmp / name).write_text(content)
+    return str(tmp / name)
+
+
+def experiment(tmp: Path) -> str:
+    (tmp / "exp").mkdir()
+    return str(tmp / "exp")
+
+
+# (command, argv builder, words the message must contain)
+CASES: dict[str, tuple[Callable, Callable[[Path], list[str]], str]] = {
+    # python -m reid_core.train
+    "unknown config key": (train_main, lambda t: ["--set", "head_lrr=1e-3"], "did you mean 'head_lr'"),
+    "wrong type": (train_main, lambda t: ["--set", "batch_size=abc"], "must be an integer"),
+    "invalid value": (train_main, lambda t: ["--set", "head_lr=-1"], "must be > 0"),
+    "bad labels": (train_main, lambda t: ["--set", "num_classes=300"], "labels span [0, 399]"),
+    "missing config file": (train_main, lambda t: ["--config", str(t / "nope.yaml")], "does not exist"),
+    "malformed config": (train_main, lambda t: ["--config", text(t, "c.yaml", "head_lr: [1,")], "cannot parse config"),
+    "missing images": (
+        train_main, lambda t: ["--data", cuhk(t, lambda r: first_image(r).unlink())], "missing"
+    ),
+    "corrupt image": (
+        train_main, lambda t: ["--data", cuhk(t, lambda r: first_image(r).write_bytes(b"not a jpeg"))], "not readable images"
+    ),
+    "empty data set": (train_main, lambda t: ["--data", str(Path(text(t, "reid_raw.json", "[]")).parent)], "is empty"),
+    "unreadable pretrained file": (
+        train_main, lambda t: ["--pretrained", text(t, "weights.pt", "garbage")], "cannot load pretrained weights"
+    ),
+    # python -m tuner.search
+    "bad space YAML": (search_main, lambda t: ["--space", text(t, "s.yaml", "head_lr: {loguniform: [1e-6")], "cannot parse search space"),
+    "unknown space": (search_main, lambda t: ["--space", "defualt"], "unknown search space"),
+    "key outside TrainConfig": (search_main, lambda t: ["--space", text(t, "s.yaml", "lr: {choice: [1]}")], "unknown config key 'lr'"),
+    "bad domain": (search_main, lambda t: ["--space", text(t, "s.yaml", "head_lr: {loguniform: [0, 1]}")], "low > 0"),
+    "negative budget": (search_main, lambda t: ["--max-steps", "-1"], "--max-steps is -1"),
+    "unreachable cluster": (search_main, lambda t: ["--address", "127.0.0.1:1"], "cannot reach the Ray cluster"),
+    "resume of a non-experiment": (search_main, lambda t: ["--resume", "--name", "nothing"], "holds no reid-tune experiment"),
+    "missing data set": (search_main, lambda t: ["--data", str(t / "no-data")], "data"),
+    # python -m tuner.report
+    "report of a non-experiment": (report_main, lambda t: [experiment(t)], "is not a reid-tune experiment"),
+    "report of a missing folder": (report_main, lambda t: [str(t / "none")], "does not exist"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_line_exit_2_no_traceback_nothing_written(case, tmp_path, capsys):
+    command, build, words = CASES[case]
+    argv = build(tmp_path)
+    out = tmp_path / "out"
+    if command is train_main:
+        argv += ["--out", str(out), "--set", "max_steps=2"]
+    elif command is search_main:
+        argv += ["--storage-path", str(out), "--name", "exp"]
+    before = sorted(p for p in tmp_path.rglob("*"))
+    try:
+        code = command(argv)
+    except SystemExit as stop:  # argparse's own usage errors
+        code = stop.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert words in err, err
+    assert not out.exists()
+    assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing written anywhere, not half a file
