@@ -109,6 +109,7 @@ def rung_samples(grace_samples: float, max_samples: float, reduction_factor: flo
 
 def _check_args(args) -> None:
     _check_metric(args)
+
     def positive(flag: str, value: Optional[float], allow_zero: bool = False) -> None:
         if value is None:
             return

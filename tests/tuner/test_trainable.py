@@ -1,0 +1,37 @@
+"""Pure pieces of the trainable and the search, without Ray running."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from ray.tune.schedulers import ASHAScheduler
+
+from reid_core.config import TrainConfig
+from tuner.search import rung_samples
+from tuner.trainable import carry_evaluation, trial_config
+
+
+@pytest.mark.parametrize("grace, max_t, rf", [(9600, 14400, 2), (9600, 76800, 2), (960, 96000, 3), (100, 100, 2)])
+def test_rung_samples_are_the_milestones_asha_builds(grace, max_t, rf):
+    asha = ASHAScheduler(time_attr="samples", metric="ce_ema", mode="min", grace_period=grace, max_t=max_t, reduction_factor=rf)
+    (bracket,) = asha._brackets
+    assert sorted(rung_samples(grace, max_t, rf)) == sorted(milestone for milestone, _ in bracket._rungs)
+
+
+def test_carry_evaluation_puts_the_latest_evaluation_in_every_result():
+    seen = []
+    report = carry_evaluation(lambda metrics, **kwargs: seen.append((metrics, kwargs)))
+    report({"step": 1})
+    report({"step": 2, "val_r1": 12.5, "val_map": 9.0}, checkpoint="c")
+    report({"step": 3})
+    assert math.isnan(seen[0][0]["val_r1"])  # NaN before the first evaluation: Ray needs the key
+    assert seen[1][0]["val_r1"] == 12.5 and seen[1][1] == {"checkpoint": "c"}
+    assert seen[2][0]["val_r1"] == 12.5 and seen[2][0]["val_map"] == 9.0 and seen[2][0]["step"] == 3
+
+
+@pytest.mark.parametrize("accum, steps", [(1, 300), (2, 150), (4, 75), (8, 38)])
+def test_trials_with_more_accumulation_take_fewer_steps_for_the_same_images(accum, steps):
+    cfg = trial_config(TrainConfig(max_steps=300).to_dict(), {"grad_accum_steps": accum, "head_lr": 1e-3})
+    assert cfg.max_steps == steps and cfg.head_lr == 1e-3
+    assert abs(cfg.max_steps * cfg.images_per_step - 300 * 32) < cfg.images_per_step
