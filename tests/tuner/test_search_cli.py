@@ -35,7 +35,7 @@ CASES = {
     "zero cpus": (lambda t: ["--cpus-per-trial", "0"], "--cpus-per-trial is 0.0"),
     "unknown config key": (lambda t: ["--set", "head_lrr=1e-3"], "did you mean 'head_lr'"),
     "bad config value": (lambda t: ["--set", "batch_size=abc"], "must be an integer"),
-    "missing data set": (lambda t: ["--data", str(t / "no-such-data")], "cannot read data set"),
+    "missing data set": (lambda t: ["--data", str(t / "no-such-data")], "no-such-data' does not exist"),
     "unreachable cluster": (lambda t: ["--address", "127.0.0.1:1"], "cannot reach the Ray cluster"),
     "malformed address": (lambda t: ["--address", "head-node"], "is not HOST:PORT"),
     "resume without experiment": (lambda t: ["--resume", "--name", "nothing-here"], "holds no reid-tune experiment"),
