@@ -44,7 +44,7 @@ def build_parser() -> ArgumentParser:
     add_shortcut_arguments(g)  # --data, --data-format, --model, --pretrained
     g.add_argument("--points-to-evaluate", metavar="FILE", help="JSON/YAML list of configs Optuna tries first")
     b = p.add_argument_group("budget and stopping")
-    b.add_argument("--num-samples", type=int, default=10, help="trials (default 10)")
+    b.add_argument("--num-samples", type=int, default=8, help="trials (default 8)")
     b.add_argument(
         "--max-steps",
         type=int,
