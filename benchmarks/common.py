@@ -1,0 +1,107 @@
+"""What the Ray benchmarks share: a throwaway local Ray, a quiet search, and the machine in words.
+
+Not a benchmark itself. The scripts beside it import it by name (Python puts a
+script's own folder first on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import io
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import torch
+
+
+@dataclass
+class LocalRay:
+    root: Path  # temp folder of this session: Ray's files, and whatever the caller puts there; removed at the end
+    init_s: float  # seconds ray.init took
+
+
+_home: Optional[Path] = None  # this process's HOME for Ray: one for all its sessions
+
+
+def _ray_home() -> Path:
+    """A temp HOME for this process's Ray sessions, removed at exit.
+
+    One per process, not one per session: Ray keeps the auth token it generated on the
+    first start in memory, so a second ``ray.init`` under a new, empty HOME starts a GCS
+    server that finds no token and dies.
+    """
+    global _home
+    if _home is None:
+        _home = Path(tempfile.mkdtemp(prefix="rtb-"))  # short: Ray's socket paths must stay under 107 characters
+        atexit.register(shutil.rmtree, _home, ignore_errors=True)
+    return _home
+
+
+@contextlib.contextmanager
+def local_ray(num_cpus: Optional[int] = None) -> Iterator[LocalRay]:
+    """Start a local Ray whose session files live in a temp folder, removed afterwards.
+
+    Ray writes an authentication token under HOME on first start, so HOME points to a
+    temp folder while Ray runs (its worker processes inherit it). The Hugging Face cache
+    is pinned to the real home first, so pretrained weights are still found.
+    """
+    import ray
+
+    home = _ray_home()
+    root = Path(tempfile.mkdtemp(prefix="s-", dir=home))
+    saved_home = os.environ.get("HOME")
+    os.environ.setdefault("HF_HOME", str(Path("~/.cache/huggingface").expanduser()))
+    os.environ["HOME"] = str(home)
+    try:
+        started = time.perf_counter()
+        ray.init(
+            address="local",  # a new local instance even where RAY_ADDRESS points at another
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=True,
+            logging_level=logging.WARNING,
+            _temp_dir=str(root / "ray"),
+        )
+        session = LocalRay(root=root, init_s=time.perf_counter() - started)
+        try:
+            yield session
+        finally:
+            ray.shutdown()
+    finally:
+        if saved_home is not None:
+            os.environ["HOME"] = saved_home
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def quiet_search(argv: Sequence[str]) -> tuple[int, str]:
+    """``python -m tuner.search ARGV`` in this process (it joins the Ray already running), its
+    printout captured: ``(exit code, printout)``. The caller shows the printout if the code is not 0."""
+    from tuner.search import main as search_main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = search_main(list(argv))
+    return code, out.getvalue()
+
+
+def machine() -> str:
+    """CPU model, cores and the accelerator, for the first line of a benchmark's printout."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} cores, {gpu}"
