@@ -247,9 +247,7 @@ def run_search(args) -> int:
             raise UserError("search space: max_steps is the budget; set it with --max-steps, not in the space")
         exp_dir = _experiment_dir(args)
         _check_weights_and_data(base, log=(lambda s: None) if args.quiet else print)
-        if args.skip_preflight:
-            _load_data_once(base)
-        else:
+        if not args.skip_preflight:
             from reid_core.preflight import preflight
 
             preflight(base, overfit_head_lr=_best_head_lr(space, base), log=None if args.quiet else print)
@@ -313,14 +311,6 @@ def _best_head_lr(space: dict, base: TrainConfig) -> float:
     if domain is None:
         return base.head_lr
     return float(max(domain.args) if domain.kind == "choice" else domain.args[1])
-
-
-def _load_data_once(base: TrainConfig) -> None:
-    """Load the data once in the driver: a bad data set fails here, once, not in every trial."""
-    from reid_core.data import load_data
-    from reid_core.model import context_length
-
-    load_data(base, context_length(base))
 
 
 def _fit(args, space, points, search: dict, exp_dir: Path) -> int:
