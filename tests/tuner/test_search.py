@@ -52,6 +52,27 @@ def test_best_config_is_the_learner_and_reruns_without_ray(learner_and_stuck, tm
     assert len(rerun) == MAX_STEPS and rerun.ce_ema.iloc[-1] < GO_LINE
 
 
+def test_every_step_is_one_result_and_the_stuck_trial_keeps_none_past_its_verdict(learner_and_stuck):
+    # Results reach the driver in batches (tuner.trainable.FastReporting): none may be lost or
+    # repeated, and a trial stopped inside a batch keeps no result after the one judged.
+    _, exp, table = learner_and_stuck
+    for _, row in table.iterrows():
+        lines = (exp / row.trial_dir / "result.json").read_text().splitlines()
+        assert [json.loads(line)["step"] for line in lines] == list(range(1, row.steps + 1))
+    stuck = table[table.head_lr == 1e-6].iloc[0]
+    assert stuck.steps == GRACE_STEPS  # the first result past the window is the verdict, and the last
+    # One logger: result.json. Ray's progress.csv and TensorBoard events only with --tensorboard.
+    assert not list(exp.glob("*/progress.csv")) and not list(exp.glob("*/events.out.tfevents*"))
+
+
+def test_tensorboard_flag_writes_event_files(ray_session, tmp_path):
+    extra = ["--max-steps", "20", "--grace-steps", "20", "--chance-margin", "0.02", "--tensorboard", "--quiet"]
+    code, exp = run_search(tmp_path, "tb", [{"head_lr": 1e-2}], extra=extra)
+    assert code == 0
+    (events,) = exp.glob("*/events.out.tfevents*")
+    assert events.stat().st_size > 1000
+
+
 def test_curves_picture_is_written(learner_and_stuck):
     _, exp, _ = learner_and_stuck
     png = exp / "curves.png"
