@@ -63,7 +63,7 @@ class TrainConfig:
     sdm_ramp_steps: int = 50  # optimizer steps over which the SDM weight rises linearly from 0 to sdm_weight
     logit_scale: float = 50.0  # SDM similarity scale (1 / temperature 0.02), fixed as in IRRA
     label_smoothing: float = 0.0  # identity cross-entropy label smoothing (0.1 is the usual ReID value)
-    ce_ema_beta: float = 0.95  # smoothing of ce_ema, the CE decisions use; time constant 1/(1-beta) steps
+    ce_ema_beta: float = 0.95  # smoothing of ce_ema, the CE decisions use, per batch_size images: time constant 1/(1-beta) batches (a step of k micro-batches counts k)
 
     # --- evaluation ------------------------------------------------------------
     eval_every: int = 0  # optimizer steps between retrieval evaluations; 0 = only at the end of the run

@@ -239,7 +239,9 @@ class Trainer:
         self.step += 1
 
         finite = math.isfinite(ce) and math.isfinite(loss)
-        self.ce_ema = ema(self.ce_ema, ce, cfg.ce_ema_beta) if finite else float("nan")
+        # beta per batch of images: a step of k micro-batches weighs k batches, so ce_ema spans the same
+        # images at any accumulation (the stopping rule and ASHA compare trials at equal images)
+        self.ce_ema = ema(self.ce_ema, ce, cfg.ce_ema_beta**cfg.grad_accum_steps) if finite else float("nan")
         with torch.no_grad():
             weight_norm = head_weight.norm().item()
             weight_change = (head_weight - self.head_weight_start).norm().item() / self.head_weight_start_norm

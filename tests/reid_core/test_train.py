@@ -223,6 +223,13 @@ def test_ce_ema_smooths_ce(small_cfg):
     assert reports[1]["ce_ema"] == pytest.approx(0.9 * reports[0]["ce"] + 0.1 * reports[1]["ce"])
 
 
+def test_ce_ema_smooths_over_images_not_steps(small_cfg):
+    # With 2 micro-batches a step, each step weighs two batches: ce_ema spans the same images.
+    reports: list[dict] = []
+    train(dataclasses.replace(small_cfg, max_steps=2, ce_ema_beta=0.9, grad_accum_steps=2), reports.append)
+    assert reports[1]["ce_ema"] == pytest.approx(0.81 * reports[0]["ce"] + 0.19 * reports[1]["ce"])
+
+
 def test_untrained_head_starts_at_chance(small_cfg):
     """Classifier weights of std 0.001 give near-uniform logits: the first CE is log(C)."""
     reports: list[dict] = []
