@@ -106,12 +106,6 @@ def _check_metric(args) -> None:
         raise UserError(f"--metric {args.metric} is better when {word}: use --mode {better} (or leave --mode out)")
 
 
-def rung_samples(grace_samples: float, max_samples: float, reduction_factor: float) -> list[float]:
-    """ASHA's rung milestones in images seen (``grace * rf**k`` up to ``max_t``, as ASHAScheduler builds them)."""
-    rungs = int(math.log(max_samples / grace_samples) / math.log(reduction_factor) + 1)
-    return [grace_samples * reduction_factor**k for k in range(rungs)]
-
-
 def _check_args(args) -> None:
     _check_metric(args)
 
@@ -342,10 +336,10 @@ def _fit(args, space, points, search: dict, exp_dir: Path) -> int:
     import torch
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback, TBXLoggerCallback
-    from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
     from tuner.progress import ProgressPrinter, summarise
+    from tuner.schedulers import RecheckingASHA, rung_milestones
     from tuner.stoppers import ChanceLevelStopper
     from tuner.trainable import train_trial
 
@@ -359,7 +353,7 @@ def _fit(args, space, points, search: dict, exp_dir: Path) -> int:
             base=search["base"],
             metric=search["metric"],
             # a retrieval metric is measured at every rung, where ASHA compares trials by it
-            eval_at_samples=rung_samples(search["grace_samples"], search["max_samples"], search["reduction_factor"])
+            eval_at_samples=rung_milestones(search["grace_samples"], search["max_samples"], search["reduction_factor"])
             if search["metric"] in EVAL_METRICS
             else (),
             checkpoint_every=search["checkpoint_every"],
@@ -390,7 +384,7 @@ def _fit(args, space, points, search: dict, exp_dir: Path) -> int:
             points_to_evaluate=points or None,
             seed=args.seed,
         )
-        scheduler = ASHAScheduler(
+        scheduler = RecheckingASHA(
             time_attr="samples",  # images seen: trials with different accumulation compare at equal compute
             grace_period=search["grace_samples"],
             max_t=search["max_samples"],

@@ -5,18 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
-from ray.tune.schedulers import ASHAScheduler
 
 from reid_core.config import TrainConfig
-from tuner.search import rung_samples
 from tuner.trainable import carry_evaluation, trial_config
-
-
-@pytest.mark.parametrize("grace, max_t, rf", [(9600, 14400, 2), (9600, 76800, 2), (960, 96000, 3), (100, 100, 2)])
-def test_rung_samples_are_the_milestones_asha_builds(grace, max_t, rf):
-    asha = ASHAScheduler(time_attr="samples", metric="ce_ema", mode="min", grace_period=grace, max_t=max_t, reduction_factor=rf)
-    (bracket,) = asha._brackets
-    assert sorted(rung_samples(grace, max_t, rf)) == sorted(milestone for milestone, _ in bracket._rungs)
 
 
 def test_carry_evaluation_puts_the_latest_evaluation_in_every_result():

@@ -1,0 +1,135 @@
+"""ASHA whose promotions are re-checked as more trials reach a rung.
+
+Ray's ``ASHAScheduler`` decides at a rung once, when the trial gets there, against
+the trials recorded there *so far*. The first trial to reach a rung has no one to
+be compared with and always goes on; the second goes on if it beats the first.
+With the hundreds of trials ASHA was designed for that costs little; with the
+8-10 trials of a search on one machine, the first two trials started are the
+first to reach every rung, and run to the budget whatever their quality
+(``benchmarks/early_stop.py``: three of ten trials ran the whole budget, two of
+them only because they started first).
+
+`RecheckingASHA` makes the same decisions as Ray's ASHA (same rungs, same
+cutoff) and, at every later result of a trial, repeats the decision at the
+highest rung the trial has reached, against every trial recorded there by then.
+A trial promoted because it arrived early stops as soon as enough better trials
+have reached that rung that it would not have been promoted among them: the cut
+synchronous successive halving would have made, made as soon as the evidence
+is in. The best trial at a rung is never cut at that rung.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Optional
+
+import numpy as np
+from ray.tune.result import DEFAULT_METRIC
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+if TYPE_CHECKING:
+    from ray.tune.experiment import Trial
+
+
+def rung_milestones(grace_period: float, max_t: float, reduction_factor: float) -> list[float]:
+    """Rung milestones ``grace * rf**k`` up to ``max_t``, ascending (the ones Ray's ASHAScheduler builds)."""
+    rungs = int(math.log(max_t / grace_period) / math.log(reduction_factor) + 1)
+    return [grace_period * reduction_factor**k for k in range(rungs)]
+
+
+class RecheckingASHA(FIFOScheduler):
+    """Asynchronous successive halving (one bracket) whose promotions are re-checked.
+
+    Args:
+        time_attr: the result's time axis (here ``samples``: images seen).
+        metric, mode: what is ranked; usually left to ``tune.TuneConfig``.
+        max_t: a trial stops when ``time_attr`` reaches it.
+        grace_period: the first rung.
+        reduction_factor: rungs every ``reduction_factor`` times the last; a rung keeps the top
+            ``1 / reduction_factor`` of the trials recorded at it.
+    """
+
+    def __init__(
+        self,
+        time_attr: str = "training_iteration",
+        metric: Optional[str] = None,
+        mode: Optional[str] = None,
+        max_t: float = 100,
+        grace_period: float = 1,
+        reduction_factor: float = 4,
+    ):
+        if not 0 < grace_period <= max_t:
+            raise ValueError(f"grace_period is {grace_period} and max_t {max_t}, but must be 0 < grace_period <= max_t")
+        if not reduction_factor > 1:
+            raise ValueError(f"reduction_factor is {reduction_factor}, but must be > 1")
+        if mode not in (None, "min", "max"):
+            raise ValueError(f"mode is {mode!r}, but must be 'min' or 'max'")
+        super().__init__()
+        self._time_attr = time_attr
+        self._metric = metric
+        self._mode = mode
+        self._max_t = max_t
+        self._rf = reduction_factor
+        self._quantile = (1 - 1 / reduction_factor) * 100
+        # milestone -> {trial_id: value at the first result past it}; values signed so that higher is better
+        self._rungs: dict[float, dict[str, float]] = {m: {} for m in rung_milestones(grace_period, max_t, reduction_factor)}
+        self.late_cuts: set[str] = set()  # trials stopped by a re-check, not on arriving at a rung
+
+    def set_search_properties(self, metric: Optional[str], mode: Optional[str], **spec: Any) -> bool:
+        if (self._metric and metric) or (self._mode and mode):
+            return False
+        self._metric = metric or self._metric
+        self._mode = mode or self._mode
+        if self._metric is None and self._mode:
+            self._metric = DEFAULT_METRIC
+        return True
+
+    def on_trial_add(self, tune_controller: Any, trial: "Trial") -> None:
+        if not self._metric or self._mode not in ("min", "max"):
+            raise ValueError(
+                f"{type(self).__name__} has no metric ({self._metric}) or mode ({self._mode}): pass them "
+                "here or to tune.TuneConfig()"
+            )
+
+    def on_trial_result(self, tune_controller: Any, trial: "Trial", result: dict[str, Any]) -> str:
+        if self._time_attr not in result or self._metric not in result:
+            return TrialScheduler.CONTINUE
+        if result[self._time_attr] >= self._max_t:
+            return TrialScheduler.STOP
+        return self.decide(trial.trial_id, result[self._time_attr], result[self._metric])
+
+    def on_trial_complete(self, tune_controller: Any, trial: "Trial", result: dict[str, Any]) -> None:
+        if result and self._time_attr in result and self._metric in result:
+            self._record(trial.trial_id, result[self._time_attr], result[self._metric])
+
+    def decide(self, trial_id: str, time: float, value: float) -> str:
+        """CONTINUE or STOP for one result of one trial (the scheduler without Ray's trial objects)."""
+        arrived = self._record(trial_id, time, value)
+        rung = next((m for m in sorted(self._rungs, reverse=True) if trial_id in self._rungs[m]), None)
+        if rung is None:
+            return TrialScheduler.CONTINUE
+        recorded = self._rungs[rung]
+        others = [v for tid, v in recorded.items() if tid != trial_id]
+        if not others or all(math.isnan(v) for v in others):
+            return TrialScheduler.CONTINUE
+        cutoff = float(np.nanpercentile(others, self._quantile))
+        if recorded[trial_id] < cutoff:
+            if rung != arrived:
+                self.late_cuts.add(trial_id)
+            return TrialScheduler.STOP
+        return TrialScheduler.CONTINUE
+
+    def _record(self, trial_id: str, time: float, value: float) -> Optional[float]:
+        """Record the value at the highest milestone passed and not yet recorded (Ray's rule); return it."""
+        for milestone in sorted(self._rungs, reverse=True):
+            recorded = self._rungs[milestone]
+            if time >= milestone and trial_id not in recorded:
+                recorded[trial_id] = (1.0 if self._mode == "max" else -1.0) * float(value)
+                return milestone
+            if time >= milestone:
+                return None  # recorded here already: nothing new
+        return None
+
+    def debug_string(self) -> str:
+        rungs = ", ".join(f"{m:g}: {len(r)} trials" for m, r in sorted(self._rungs.items()))
+        return f"RecheckingASHA: {rungs}; {len(self.late_cuts)} late cuts"
