@@ -1,8 +1,8 @@
 """The absolute chance-level rule that ASHA lacks.
 
 ASHA ranks trials against each other: in a field of stuck trials it keeps the
-best of the stuck, and the first trial to reach a rung is always promoted.
-`ChanceLevelStopper` adds the seed team's Go/No-Go look as an absolute rule:
+best of the stuck. `ChanceLevelStopper` adds the seed team's Go/No-Go look as
+an absolute rule:
 
 * any time: a non-finite ``ce`` or ``ce_ema`` stops the trial as ``diverged``;
 * before the grace window (``grace_samples`` images seen): no verdict;
