@@ -17,9 +17,12 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 import torch
+
+if TYPE_CHECKING:
+    from reid_core.train import Trainer
 
 
 @dataclass
@@ -105,3 +108,18 @@ def machine() -> str:
         pass
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
     return f"{cpu}, {os.cpu_count()} cores, {gpu}"
+
+
+def seconds_per_step(trainer: "Trainer", phase_step: int, warmup: int, steps: int) -> float:
+    """Mean seconds per ``trainer.train_step()`` over ``steps`` after ``warmup`` untimed ones, the
+    schedule held at ``phase_step`` (same SDM weight and LR every step); CUDA synchronised."""
+    sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
+    started = 0.0
+    for i in range(warmup + steps):
+        if i == warmup:
+            sync()
+            started = time.perf_counter()
+        trainer.step = phase_step  # hold the phase: same SDM weight, same LR, whatever the count
+        trainer.train_step()
+    sync()
+    return (time.perf_counter() - started) / steps

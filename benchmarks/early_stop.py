@@ -1,6 +1,6 @@
 """Early-stop efficiency: one seeded search with and without early stopping; best ce_ema and trial-samples.
 
-    python benchmarks/early_stop.py [--num-samples 10] [--max-steps 1600] [--grace-steps 200] [--space default]
+    python benchmarks/early_stop.py [--num-samples 10] [--max-steps 2400] [--grace-steps 200] [--space default]
                                     [--seed 0] [--reduction-factor 2] [--keep DIR] [--set key=value ...]
     python benchmarks/early_stop.py --from DIR      # compare again the two experiments --keep DIR left
 
@@ -29,7 +29,7 @@ every trial saw, summed). ``--keep DIR`` keeps the two experiment folders
 Target: (b)'s best ce_ema within 0.05 of (a)'s, with at most 25% of (a)'s
 trial-samples. A trial that survives the first rung has spent ``grace/max`` of
 its budget there already, so 25% needs ``max_steps`` of several grace windows
-(the default: 8, a 200-step window as the seed team's 200-300); the shipped
+(the default: 12, a 200-step window as the seed team's 200-300); the shipped
 search's default (grace 300 of 450 steps) cannot reach it by construction.
 """
 
@@ -172,7 +172,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     add_config_arguments(parser)
     parser.add_argument("--space", default="default", help="shipped space name or a YAML file (default: default)")
     parser.add_argument("--num-samples", type=int, default=10, help="trials per run (default 10, all from Optuna's random start-up)")
-    parser.add_argument("--max-steps", type=int, default=1600, help="budget per trial in steps at accumulation 1 (default 1600)")
+    parser.add_argument("--max-steps", type=int, default=2400, help="budget per trial in steps at accumulation 1 (default 2400)")
     parser.add_argument("--grace-steps", type=int, default=200, help="(b)'s grace window in steps at accumulation 1 (default 200)")
     parser.add_argument("--reduction-factor", type=float, default=2.0, help="(b)'s ASHA reduction factor (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="Optuna's seed, the same in both runs (default 0)")

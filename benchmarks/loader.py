@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from common import seconds_per_step
 from reid_core.cli import ArgumentParser, add_config_arguments
 from reid_core.config import TrainConfig, coerce_value
 from reid_core.data import available_cpus, batches, load_data, loader_workers
@@ -75,16 +76,7 @@ def step_images_per_s(data, cfg: TrainConfig, steps: int, warmup: int) -> float:
     trainer = Trainer(cfg, data)
     trainer.stream = itertools.cycle(list(itertools.islice(trainer.stream, max(4, cfg.grad_accum_steps))))
     phase_step = cfg.warmup_steps + max(cfg.sdm_ramp_steps - 1, 0)
-    sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
-    started = 0.0
-    for i in range(warmup + steps):
-        if i == warmup:
-            sync()
-            started = time.perf_counter()
-        trainer.step = phase_step  # hold the phase, as benchmarks/step_time.py does
-        trainer.train_step()
-    sync()
-    return steps * cfg.images_per_step / (time.perf_counter() - started)
+    return cfg.images_per_step / seconds_per_step(trainer, phase_step, warmup, steps)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

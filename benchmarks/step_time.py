@@ -26,11 +26,11 @@ compare numbers from one run.
 from __future__ import annotations
 
 import sys
-import time
 from typing import Optional, Sequence
 
 import torch
 
+from common import seconds_per_step
 from reid_core.cli import ArgumentParser, add_config_arguments
 from reid_core.config import TrainConfig
 from reid_core.data import load_data
@@ -49,19 +49,6 @@ def phases(cfg: TrainConfig) -> list[tuple[str, int]]:
     if cfg.sdm_weight > 0:
         out.append(("CE+SDM", cfg.warmup_steps + max(cfg.sdm_ramp_steps - 1, 0)))  # ramp done: full SDM weight
     return out
-
-
-def seconds_per_step(trainer: Trainer, phase_step: int, warmup: int, steps: int) -> float:
-    sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
-    started = 0.0
-    for i in range(warmup + steps):
-        if i == warmup:
-            sync()
-            started = time.perf_counter()
-        trainer.step = phase_step  # hold the phase: same SDM weight, same LR, whatever the count
-        trainer.train_step()
-    sync()
-    return (time.perf_counter() - started) / steps
 
 
 def foreach_adamw(trainer: Trainer) -> torch.optim.Optimizer:
