@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
 import pytest
+
+from tests.reid_core.conftest import import_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "loader.py"
 
 
 @pytest.fixture(scope="module")
 def loader_benchmark():
-    spec = importlib.util.spec_from_file_location("loader_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_script(SCRIPT, "loader_benchmark")
 
 
 def test_prints_loader_and_step_rates_and_the_ratio_last(loader_benchmark, capsys):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import pytest
 
 from reid_core.config import TrainConfig
 from reid_core.schedule import sdm_weight_at
+from tests.reid_core.conftest import import_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "step_time.py"
 
@@ -31,10 +31,7 @@ def test_step_time_runs_and_ends_with_the_fused_speedup(run_python):
 
 @pytest.fixture(scope="module")
 def step_time():
-    spec = importlib.util.spec_from_file_location("step_time", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return import_script(SCRIPT, "step_time")
 
 
 def test_bad_set_is_one_line_and_exit_2(step_time, capsys):
