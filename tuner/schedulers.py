@@ -69,10 +69,12 @@ class RecheckingASHA(FIFOScheduler):
         self._metric = metric
         self._mode = mode
         self._max_t = max_t
-        self._rf = reduction_factor
         self._quantile = (1 - 1 / reduction_factor) * 100
-        # milestone -> {trial_id: value at the first result past it}; values signed so that higher is better
-        self._rungs: dict[float, dict[str, float]] = {m: {} for m in rung_milestones(grace_period, max_t, reduction_factor)}
+        # (milestone, {trial_id: value at its first result past it}), highest milestone first;
+        # values signed so that higher is better
+        self._rungs: list[tuple[float, dict[str, float]]] = [
+            (m, {}) for m in reversed(rung_milestones(grace_period, max_t, reduction_factor))
+        ]
         self.late_cuts: set[str] = set()  # trials stopped by a re-check, not on arriving at a rung
 
     def set_search_properties(self, metric: Optional[str], mode: Optional[str], **spec: Any) -> bool:
@@ -104,32 +106,30 @@ class RecheckingASHA(FIFOScheduler):
 
     def decide(self, trial_id: str, time: float, value: float) -> str:
         """CONTINUE or STOP for one result of one trial (the scheduler without Ray's trial objects)."""
-        arrived = self._record(trial_id, time, value)
-        rung = next((m for m in sorted(self._rungs, reverse=True) if trial_id in self._rungs[m]), None)
+        rung = self._record(trial_id, time, value)
         if rung is None:
             return TrialScheduler.CONTINUE
-        recorded = self._rungs[rung]
+        recorded, arrived = rung
         others = [v for tid, v in recorded.items() if tid != trial_id]
         if not others or all(math.isnan(v) for v in others):
             return TrialScheduler.CONTINUE
-        cutoff = float(np.nanpercentile(others, self._quantile))
-        if recorded[trial_id] < cutoff:
-            if rung != arrived:
+        if recorded[trial_id] < float(np.nanpercentile(others, self._quantile)):
+            if not arrived:
                 self.late_cuts.add(trial_id)
             return TrialScheduler.STOP
         return TrialScheduler.CONTINUE
 
-    def _record(self, trial_id: str, time: float, value: float) -> Optional[float]:
-        """Record the value at the highest milestone passed and not yet recorded (Ray's rule); return it."""
-        for milestone in sorted(self._rungs, reverse=True):
-            recorded = self._rungs[milestone]
-            if time >= milestone and trial_id not in recorded:
-                recorded[trial_id] = (1.0 if self._mode == "max" else -1.0) * float(value)
-                return milestone
+    def _record(self, trial_id: str, time: float, value: float) -> Optional[tuple[dict[str, float], bool]]:
+        """The highest rung ``time`` has passed (None before the first), and whether this result is the
+        trial's arrival there: its value is recorded from its first result past the milestone (Ray's rule)."""
+        for milestone, recorded in self._rungs:
             if time >= milestone:
-                return None  # recorded here already: nothing new
+                arrived = trial_id not in recorded
+                if arrived:
+                    recorded[trial_id] = (1.0 if self._mode == "max" else -1.0) * float(value)
+                return recorded, arrived
         return None
 
     def debug_string(self) -> str:
-        rungs = ", ".join(f"{m:g}: {len(r)} trials" for m, r in sorted(self._rungs.items()))
+        rungs = ", ".join(f"{m:g}: {len(r)} trials" for m, r in reversed(self._rungs))
         return f"RecheckingASHA: {rungs}; {len(self.late_cuts)} late cuts"

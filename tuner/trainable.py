@@ -28,8 +28,9 @@ def trial_config(base: dict[str, Any], sampled: dict[str, Any]) -> TrainConfig:
     with ``grad_accum_steps=k`` trains for ``ceil(max_steps / k)`` steps, so every
     trial may see the same number of images and trials compare at equal compute.
     """
-    cfg = TrainConfig.from_dict(sampled, base=TrainConfig.from_dict(base))
-    steps = math.ceil(base["max_steps"] * TrainConfig.from_dict(base).grad_accum_steps / cfg.grad_accum_steps)
+    base_cfg = TrainConfig.from_dict(base)
+    cfg = TrainConfig.from_dict(sampled, base=base_cfg)
+    steps = math.ceil(base_cfg.max_steps * base_cfg.grad_accum_steps / cfg.grad_accum_steps)
     return TrainConfig.from_dict({"max_steps": max(1, steps)}, base=cfg)
 
 
@@ -65,6 +66,7 @@ class FastReporting:
 
     def setup(self, config: dict[str, Any]) -> None:
         super().setup(config)  # type: ignore[misc]  # FunctionTrainable.setup opens the session
+        self._pending_error: Optional[Exception] = None  # raised by the next train_buffered call
         from ray.train._internal.session import get_session
 
         session = get_session()
@@ -78,10 +80,9 @@ class FastReporting:
         the driver first and the error is raised by the next call, so a failed trial's
         ``result.json`` ends at its last good step.
         """
-        pending = getattr(self, "_pending_error", None)
-        if pending is not None:
-            self._pending_error = None
-            raise pending
+        if self._pending_error is not None:
+            error, self._pending_error = self._pending_error, None
+            raise error
         results: list[dict[str, Any]] = []
         send_at = time.time() + RESULT_BUFFER_S
         while not results or time.time() < send_at:

@@ -13,11 +13,11 @@ GALLERY_PIDS = [1, 2, 3, 1, 4, 5, 6, 7, 8, 9, 10, 2]
 G = len(GALLERY_PIDS)
 
 
-def ranked(order: list[int]) -> list[float]:
-    """Similarity row that ranks gallery indices in ``order`` (first = most similar)."""
-    row = [0.0] * G
+def ranked(order: list[int], size: int = G) -> list[float]:
+    """Similarity row over ``size`` gallery images that ranks gallery indices in ``order`` (first = most similar)."""
+    row = [0.0] * size
     for position, idx in enumerate(order):
-        row[idx] = 1.0 - position / G
+        row[idx] = 1.0 - position / size
     return row
 
 
@@ -97,10 +97,7 @@ MG = len(MARKET_GALLERY)
 
 
 def market_ranked(order: list[int]) -> list[float]:
-    row = [0.0] * MG
-    for position, idx in enumerate(order):
-        row[idx] = 1.0 - position / MG
-    return row
+    return ranked(order, MG)
 
 
 # Query P, identity 1 camera 1, ranking 0..7: idx 0 and 4 (identity 1, camera 1) are removed, leaving
