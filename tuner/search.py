@@ -239,6 +239,7 @@ def run_search(args) -> int:
         _check_weights_and_data(base, log=(lambda s: None) if args.quiet else print)
         space, points = None, []
     else:
+        fault = _parse_fault(args.inject_fault)  # a bad spec fails before the minutes of checks below
         space = load_space(args.space)
         base = _base_config(args)
         points = _read_points(args.points_to_evaluate, space)
@@ -267,7 +268,7 @@ def run_search(args) -> int:
             "checkpoint_every": args.checkpoint_every if args.checkpoint_every is not None else (
                 DEFAULT_CHECKPOINT_EVERY if args.max_failures else 0
             ),
-            "inject_fault": _parse_fault(args.inject_fault),
+            "inject_fault": fault,
         }
 
     started_ray = _connect(args)
