@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 import torch
 
 if TYPE_CHECKING:
-    from reid_core.train import Trainer
+    from reid_core.trainer import Trainer
 
 
 @dataclass

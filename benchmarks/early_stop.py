@@ -1,6 +1,6 @@
 """Early-stop efficiency: one seeded search with and without early stopping; best ce_ema and trial-samples.
 
-    python benchmarks/early_stop.py [--num-samples 10] [--max-steps 2400] [--grace-steps 200] [--space default]
+    python benchmarks/early_stop.py [--num-trials 10] [--max-steps 2400] [--grace-steps 200] [--space default]
                                     [--seed 0] [--reduction-factor 2] [--keep DIR] [--set key=value ...]
     python benchmarks/early_stop.py --from DIR      # compare again the two experiments --keep DIR left
 
@@ -42,8 +42,9 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from common import local_ray, machine, quiet_search
-from reid_core.cli import ArgumentParser, add_config_arguments
+from reid_core.flags import ArgumentParser, add_config_arguments
 from reid_core.errors import UserError, cli_exit
+from reid_core.schema import STUCK
 from search_spaces import load_space
 from tuner.results import best_trial, compute_account, read_experiment
 
@@ -58,7 +59,7 @@ def search_argv(args, name: str, storage: Path) -> list[str]:
         *(["--config", args.config] if args.config else []),
         *(["--set", *args.overrides] if args.overrides else []),
         "--space", args.space,
-        "--num-samples", str(args.num_samples),
+        "--num-trials", str(args.num_trials),
         "--max-steps", str(args.max_steps),
         "--grace-steps", str(grace),
         "--reduction-factor", str(args.reduction_factor),
@@ -134,14 +135,14 @@ def compare(results: dict[str, dict[str, Any]], space: Sequence[str]) -> float:
             + f"   {rb.get('end_reason', 'not sampled'):<16} {_fmt(rb.get('final_ce_ema')):>7} {_fmt(rb.get('samples')):>8}"
         )
     print(f"same configs in both runs: {len(set(rows_a) & set(rows_b))} of {len(rows_a)}")
-    short = [r["trial_id"] for r in rows_a.values() if r["samples"] < a["search"]["max_samples"]]
+    short = [r["trial_id"] for r in rows_a.values() if r["samples"] < a["search"].max_samples]
     if short:
         print(f"warning: in (a) {len(short)} trial(s) stopped before the budget: {', '.join(short)}")
     for (name, title) in RUNS:
         counts = results[name]["frame"]["end_reason"].value_counts().to_dict()
         print(f"{title}: " + ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items())))
     # A trial (b) stopped at chance that (a), running it on, saw cross the Go line: a learner lost.
-    stuck_b = [k for k, r in rows_b.items() if r["end_reason"] == "stuck_at_chance"]
+    stuck_b = [k for k, r in rows_b.items() if r["end_reason"] == STUCK]
     learners = [k for k in stuck_b if k in rows_a and _finite(rows_a[k]["go_samples"])]
     crossed = ", ".join(f"{rows_a[k]['go_samples']:,.0f}" for k in learners)
     print(
@@ -171,7 +172,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = ArgumentParser(prog="python benchmarks/early_stop.py", description=__doc__.split("\n\n")[0])
     add_config_arguments(parser)
     parser.add_argument("--space", default="default", help="shipped space name or a YAML file (default: default)")
-    parser.add_argument("--num-samples", type=int, default=10, help="trials per run (default 10, all from Optuna's random start-up)")
+    parser.add_argument("--num-trials", type=int, default=10, help="trials per run (default 10, all from Optuna's random start-up)")
     parser.add_argument("--max-steps", type=int, default=2400, help="budget per trial in steps at accumulation 1 (default 2400)")
     parser.add_argument("--grace-steps", type=int, default=200, help="(b)'s grace window in steps at accumulation 1 (default 200)")
     parser.add_argument("--reduction-factor", type=float, default=2.0, help="(b)'s ASHA reduction factor (default 2)")
@@ -180,10 +181,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--keep", metavar="DIR", help="keep both experiments under DIR (default: removed)")
     parser.add_argument("--from", dest="source", metavar="DIR", help="compare the two experiments a --keep run left in DIR")
     args = parser.parse_args(argv)
-    if not 0 < args.grace_steps < args.max_steps or args.num_samples < 1:
+    if not 0 < args.grace_steps < args.max_steps or args.num_trials < 1:
         parser.error(
-            f"--grace-steps is {args.grace_steps}, --max-steps {args.max_steps} and --num-samples {args.num_samples}, "
-            "but must be 0 < --grace-steps < --max-steps and --num-samples >= 1"
+            f"--grace-steps is {args.grace_steps}, --max-steps {args.max_steps} and --num-trials {args.num_trials}, "
+            "but must be 0 < --grace-steps < --max-steps and --num-trials >= 1"
         )
     if args.keep and any((Path(args.keep) / name).exists() for name, _ in RUNS):
         parser.error(f"--keep '{args.keep}' already holds no-early-stop/ or early-stop/; pass a new folder")
@@ -191,15 +192,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.source:
             results = read_both(Path(args.source))
             search = results["early-stop"]["search"]
-            space = list(search["space"])
+            space = list(search.space)
             setup = (
                 f"{args.source}: {len(results['no-early-stop']['frame'])} trials, up to "
-                f"{search['max_samples']:,} images, (b) grace {search['grace_samples']:,} images"
+                f"{search.max_samples:,} images, (b) grace {search.grace_samples:,} images"
             )
         else:
             space = list(load_space(args.space))
             setup = (
-                f"space {args.space} ({', '.join(space)}), {args.num_samples} trials, seed {args.seed}, up to "
+                f"space {args.space} ({', '.join(space)}), {args.num_trials} trials, seed {args.seed}, up to "
                 f"{args.max_steps} steps, (b) grace {args.grace_steps} steps, ASHA reduction factor "
                 f"{args.reduction_factor:g}{', ' + ' '.join(args.overrides) if args.overrides else ''}"
             )

@@ -47,13 +47,15 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from common import local_ray, machine, quiet_search
-from reid_core.cli import ArgumentParser, add_config_arguments
+from reid_core.flags import ArgumentParser, add_config_arguments
 from reid_core.config import TrainConfig
 from reid_core.data import load_data
 from reid_core.errors import UserError, cli_exit
 from reid_core.model import context_length
-from reid_core.train import RunWriter, load_cli_config, resolve_device, train
-from tuner.results import read_search, read_trials
+from reid_core.train import RunWriter, load_cli_config, train
+from reid_core.trainer import resolve_device
+from tuner.results import read_trials
+from tuner.settings import SearchSettings
 
 CPU_TARGET, GPU_TARGET = 0.95, 0.98  # search / plain steady-state step rate
 
@@ -94,7 +96,7 @@ def search_argv(cfg: TrainConfig, args, space_file: Path, storage: Path) -> list
         *(["--config", args.config] if args.config else []),
         "--set", *args.overrides, f"threads={cfg.threads}",
         "--space", str(space_file),
-        "--num-samples", "1",
+        "--num-trials", "1",
         "--max-steps", str(cfg.max_steps),
         "--grace-steps", str(cfg.max_steps),  # the chance-level rule and ASHA only look at the last step
         "--skip-preflight",
@@ -116,7 +118,7 @@ def search_run(cfg: TrainConfig, args, folder: Path) -> Run:
     if code != 0:
         raise RuntimeError(f"the search exited {code}:\n{printout}")
     exp = storage / "one-trial"
-    base = TrainConfig.from_dict(read_search(exp)["base"])
+    base = SearchSettings.load(exp).base_config
     if dataclasses.replace(base, data=cfg.data, pretrained=cfg.pretrained) != cfg:  # paths made absolute
         raise RuntimeError(f"the search trained another config than the plain job: {base} != {cfg}")
     (trial,) = read_trials(exp)

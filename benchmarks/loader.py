@@ -34,13 +34,14 @@ import torch
 from PIL import Image
 
 from common import seconds_per_step
-from reid_core.cli import ArgumentParser, add_config_arguments
+from reid_core.flags import ArgumentParser, add_config_arguments
 from reid_core.config import TrainConfig, coerce_value
 from reid_core.data import available_cpus, batches, load_data, loader_workers
 from reid_core.errors import UserError, cli_exit
 from reid_core.model import context_length
 from reid_core.synthetic import make_synthetic
-from reid_core.train import Trainer, load_cli_config, resolve_device
+from reid_core.train import load_cli_config
+from reid_core.trainer import Trainer, resolve_device
 
 PER_IDENTITY = 4  # images per identity in the written data set
 
@@ -75,7 +76,7 @@ def step_images_per_s(data, cfg: TrainConfig, steps: int, warmup: int) -> float:
     """The CE+SDM training step over batches already in memory: no loading inside."""
     trainer = Trainer(cfg, data)
     trainer.stream = itertools.cycle(list(itertools.islice(trainer.stream, max(4, cfg.grad_accum_steps))))
-    phase_step = cfg.warmup_steps + max(cfg.sdm_ramp_steps - 1, 0)
+    phase_step = cfg.ce_only_steps + max(cfg.sdm_ramp_steps - 1, 0)
     return cfg.images_per_step / seconds_per_step(trainer, phase_step, warmup, steps)
 
 

@@ -44,12 +44,14 @@ from torch import nn
 
 import reid_core.model  # noqa: F401  registers the 'reid-tiny' open_clip config
 from common import machine
-from reid_core.cli import ArgumentParser, add_config_arguments
+from reid_core.flags import ArgumentParser, add_config_arguments
 from reid_core.config import TrainConfig
 from reid_core.data import batches, load_data
 from reid_core.errors import UserError, cli_exit
-from reid_core.model import context_length, resolve_pretrained
-from reid_core.train import Trainer, load_cli_config
+from reid_core.model import context_length
+from reid_core.pretrained import resolve_pretrained
+from reid_core.train import load_cli_config
+from reid_core.trainer import Trainer
 from step_time import phases, seconds_per_step
 
 
@@ -71,7 +73,7 @@ class PlainLoop:
         device, self.dtype = trainer.device, trainer.dtype
         self.modules = nn.ModuleList([self.clip, self.bnneck, self.classifier]).to(device).train()
         params = [p for p in self.modules.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr_backbone, weight_decay=cfg.weight_decay, fused=True)
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.backbone_lr, weight_decay=cfg.weight_decay, fused=True)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
         self.device, self.cfg = device, cfg
         self.batches = itertools.cycle(batch_list)
@@ -164,7 +166,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"{phase:<8} {side:<14} {ms:>8.1f} {cfg.images_per_step / ms * 1000:>9.0f}")
         ratios.append((phase, seconds["plain PyTorch"] / seconds["reid_core"]))
     if not ratios:
-        print("no phase to time: warmup_steps is 0 and sdm_weight is 0")
+        print("no phase to time: ce_only_steps is 0 and sdm_weight is 0")
         return 0
     print("ours / floor per phase: " + ", ".join(f"{phase} {ratio:.3f}" for phase, ratio in ratios))
     print(f"images/s ratio (reid_core / plain PyTorch): {totals['plain PyTorch'] / totals['reid_core']:.3f}")

@@ -31,12 +31,13 @@ from typing import Optional, Sequence
 import torch
 
 from common import seconds_per_step
-from reid_core.cli import ArgumentParser, add_config_arguments
+from reid_core.flags import ArgumentParser, add_config_arguments
 from reid_core.config import TrainConfig
 from reid_core.data import load_data
 from reid_core.errors import UserError, cli_exit
 from reid_core.model import context_length, parameter_groups
-from reid_core.train import Trainer, load_cli_config
+from reid_core.train import load_cli_config
+from reid_core.trainer import Trainer
 
 TARGET_MS = 80.0  # per optimizer step, one CPU thread, default config, CE+SDM phase
 
@@ -44,10 +45,10 @@ TARGET_MS = 80.0  # per optimizer step, one CPU thread, default config, CE+SDM p
 def phases(cfg: TrainConfig) -> list[tuple[str, int]]:
     """``(name, step)``: a step number inside each phase the config has."""
     out = []
-    if cfg.warmup_steps > 0:
+    if cfg.ce_only_steps > 0:
         out.append(("CE-only", 0))
     if cfg.sdm_weight > 0:
-        out.append(("CE+SDM", cfg.warmup_steps + max(cfg.sdm_ramp_steps - 1, 0)))  # ramp done: full SDM weight
+        out.append(("CE+SDM", cfg.ce_only_steps + max(cfg.sdm_ramp_steps - 1, 0)))  # ramp done: full SDM weight
     return out
 
 
@@ -87,7 +88,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             ms[phase, name] = 1000 * seconds_per_step(trainer, step, args.warmup, args.steps)
             print(f"{phase:<9} {name:<26} {ms[phase, name]:>8.1f} {cfg.images_per_step / ms[phase, name] * 1000:>9.0f}")
     if not ms:
-        print("no phase to time: warmup_steps is 0 and sdm_weight is 0")
+        print("no phase to time: ce_only_steps is 0 and sdm_weight is 0")
         return 0
 
     slowest = max(ms[phase, fused_name] for phase, _ in phases(cfg))

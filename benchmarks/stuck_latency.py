@@ -1,6 +1,6 @@
 """Stuck-detection latency: how many reports past the grace window each stuck trial ran before it stopped.
 
-    python benchmarks/stuck_latency.py [--num-samples 6] [--grace-steps 60] [--set key=value ...]
+    python benchmarks/stuck_latency.py [--num-trials 6] [--grace-steps 60] [--set key=value ...]
     python benchmarks/stuck_latency.py EXPERIMENT_DIR          # read a finished search instead
 
 Without a folder it runs ``python -m tuner.search`` on a local Ray over a space
@@ -36,10 +36,11 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from common import local_ray, machine, quiet_search
-from reid_core.cli import ArgumentParser, add_config_arguments
+from reid_core.flags import ArgumentParser, add_config_arguments
 from reid_core.errors import UserError, cli_exit
 from tuner.results import read_experiment
-from tuner.stoppers import ChanceLevelRule
+from reid_core.chance import ChanceLevelRule
+from reid_core.schema import STUCK
 
 TARGET_REPORTS = 1.0
 STUCK_SPACE = "head_lr: {loguniform: [1.0e-7, 1.0e-5]}\ngrad_accum_steps: {choice: [1, 2, 4, 8]}\n"
@@ -48,13 +49,13 @@ POINTS = [{"head_lr": 1e-6, "grad_accum_steps": k} for k in (1, 2, 4, 8)]
 
 def run_stuck_search(args, folder: Path) -> Path:
     (folder / "space.yaml").write_text(STUCK_SPACE)
-    (folder / "points.json").write_text(json.dumps(POINTS[: args.num_samples]))
+    (folder / "points.json").write_text(json.dumps(POINTS[: args.num_trials]))
     argv = [
         *(["--config", args.config] if args.config else []),
         *(["--set", *args.overrides] if args.overrides else []),
         "--space", str(folder / "space.yaml"),
         "--points-to-evaluate", str(folder / "points.json"),
-        "--num-samples", str(args.num_samples),
+        "--num-trials", str(args.num_trials),
         "--max-steps", str(2 * args.grace_steps),
         "--grace-steps", str(args.grace_steps),
         "--skip-preflight",
@@ -71,22 +72,22 @@ def run_stuck_search(args, folder: Path) -> Path:
 def latencies(exp: Path) -> tuple[dict, list[dict]]:
     """The search's settings and, per stuck trial, where it stopped relative to the window and the verdict."""
     search, trials, frame = read_experiment(exp)
-    stuck_ids = set(frame.loc[frame["end_reason"] == "stuck_at_chance", "trial_id"])
-    grace = search["grace_samples"]
+    stuck_ids = set(frame.loc[frame["end_reason"] == STUCK, "trial_id"])
+    grace = search.grace_samples
     out = []
     for trial in trials:
         if trial.trial_id not in stuck_ids or not trial.rows:
             continue
         rows = trial.rows
         per_report = rows[0]["samples"] / rows[0]["step"]  # images per optimizer step
-        rule = ChanceLevelRule(grace, search["chance_margin"], search.get("trend_samples"))
+        rule = ChanceLevelRule(grace, search.chance_margin)
         verdict = next(r for r in rows if rule(r) is not None)  # end_reason says there is one
         first_past = next(r for r in rows if r["samples"] >= grace)
         out.append(
             {
                 "trial_id": trial.trial_id,
-                "grad_accum_steps": trial.sampled.get("grad_accum_steps", search["base"]["grad_accum_steps"]),
-                "head_lr": trial.sampled.get("head_lr", search["base"]["head_lr"]),
+                "grad_accum_steps": trial.sampled.get("grad_accum_steps", search.base["grad_accum_steps"]),
+                "head_lr": trial.sampled.get("head_lr", search.base["head_lr"]),
                 "images_per_report": per_report,
                 "stopped_at": rows[-1]["samples"],
                 "past_grace": (rows[-1]["samples"] - grace) / per_report,
@@ -101,11 +102,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = ArgumentParser(prog="python benchmarks/stuck_latency.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("experiment", nargs="?", metavar="EXPERIMENT_DIR", help="read this search instead of running one")
     add_config_arguments(parser)
-    parser.add_argument("--num-samples", type=int, default=6, help="trials of the stuck search (default 6)")
+    parser.add_argument("--num-trials", type=int, default=6, help="trials of the stuck search (default 6)")
     parser.add_argument("--grace-steps", type=int, default=60, help="its grace window, steps at accumulation 1 (default 60)")
     args = parser.parse_args(argv)
-    if args.num_samples < 1 or args.grace_steps < 1:
-        parser.error(f"--num-samples is {args.num_samples} and --grace-steps {args.grace_steps}, but both must be >= 1")
+    if args.num_trials < 1 or args.grace_steps < 1:
+        parser.error(f"--num-trials is {args.num_trials} and --grace-steps {args.grace_steps}, but both must be >= 1")
     try:
         if args.experiment:
             search, stuck = latencies(Path(args.experiment))
@@ -113,11 +114,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             with local_ray() as ray_session:
                 search, stuck = latencies(run_stuck_search(args, ray_session.root))
-            source = f"a search of {args.num_samples} stuck trials, grace {args.grace_steps} steps"
+            source = f"a search of {args.num_trials} stuck trials, grace {args.grace_steps} steps"
     except UserError as err:
         return cli_exit(err, parser.prog)
 
-    print(f"stuck-detection latency: {source}; grace window {search['grace_samples']:,} images\non {machine()}")
+    print(f"stuck-detection latency: {source}; grace window {search.grace_samples:,} images\non {machine()}")
     print(f"{'trial':<10} {'accum':>5} {'head_lr':>8} {'img/report':>10} {'stopped at':>10} {'past grace':>10} {'after verdict':>13}")
     for t in sorted(stuck, key=lambda t: (not t["at_window"], t["grad_accum_steps"])):
         note = "" if t["at_window"] else "  falling at the window; stopped when its fall stalled"

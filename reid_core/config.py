@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import json
 import math
+import sys
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,13 +53,13 @@ class TrainConfig:
     grad_accum_steps: int = 1  # micro-batches per optimizer step; images per step = batch_size * grad_accum_steps
     max_steps: int = 300  # optimizer steps to train for
     head_lr: float = 1e-2  # learning rate of the new modules (BNNeck, identity classifier)
-    lr_backbone: float = 1e-5  # learning rate of the open_clip image and text encoders
+    backbone_lr: float = 1e-5  # learning rate of the open_clip image and text encoders
     weight_decay: float = 4e-5  # AdamW decoupled weight decay; never applied to biases and norm weights
     lr_warmup_steps: int = 10  # optimizer steps of linear LR warm-up before the cosine decay to 0
     grad_clip: float = 0.0  # max global gradient norm; 0 = no clipping
 
     # --- losses ----------------------------------------------------------------
-    warmup_steps: int = 50  # CE-only optimizer steps: SDM weight is 0 and the text encoder is not run
+    ce_only_steps: int = 50  # CE-only phase, optimizer steps: SDM weight is 0 and the text encoder is not run (not the LR warm-up)
     sdm_weight: float = 1.0  # target weight of the SDM image-text loss after the ramp
     sdm_ramp_steps: int = 50  # optimizer steps over which the SDM weight rises linearly from 0 to sdm_weight
     logit_scale: float = 50.0  # SDM similarity scale (1 / temperature 0.02), fixed as in IRRA
@@ -86,7 +87,7 @@ class TrainConfig:
     def from_dict(cls, values: Mapping[str, Any], base: Optional["TrainConfig"] = None) -> "TrainConfig":
         """Build a config from ``values`` on top of ``base`` (default: the defaults)."""
         base = base if base is not None else cls()
-        coerced = {key: coerce_value(key, value) for key, value in values.items()}
+        coerced = {canonical_key(key): coerce_value(key, value) for key, value in values.items()}
         return dataclasses.replace(base, **coerced)
 
     @classmethod
@@ -115,10 +116,26 @@ class TrainConfig:
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(TrainConfig)}
 _HINTS = typing.get_type_hints(TrainConfig)
 
+# Keys renamed since 0.1 (one name per concept): configs, best_config.json files, search spaces and
+# experiments written with the old names still load, each old key noted once per process.
+RENAMED_KEYS = {"lr_backbone": "backbone_lr", "warmup_steps": "ce_only_steps"}
+_noted: set[str] = set()
+
+
+def canonical_key(key: str) -> str:
+    """The field ``key`` names today: an old name is mapped to its new one (with one note on stderr)."""
+    new = RENAMED_KEYS.get(key)
+    if new is None:
+        return key
+    if key not in _noted:
+        _noted.add(key)
+        print(f"note: config key '{key}' is now '{new}'; read as '{new}'", file=sys.stderr)
+    return new
+
 
 def check_field_name(key: str) -> None:
-    """Raise `ConfigError` naming the closest field when ``key`` is not a field."""
-    if key in FIELDS:
+    """Raise `ConfigError` naming the closest field when ``key`` is not a field (or an old name of one)."""
+    if key in FIELDS or key in RENAMED_KEYS:
         return
     # Same words in another order first: the metric 'lr_head' is the field 'head_lr' (difflib says 'threads').
     words = sorted(key.split("_"))
@@ -168,6 +185,7 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
 def coerce_value(key: str, value: Any) -> Any:
     """Convert ``value`` to the type of field ``key`` or raise a `ConfigError` naming both."""
     check_field_name(key)
+    key = canonical_key(key)
     hint = _HINTS[key]
     optional = type(None) in typing.get_args(hint)
     if optional:
@@ -245,11 +263,11 @@ def _problems(cfg: TrainConfig):
         rule("grad_accum_steps", cfg.grad_accum_steps >= 1, ">= 1"),
         rule("max_steps", cfg.max_steps >= 1, ">= 1"),
         rule("head_lr", math.isfinite(cfg.head_lr) and cfg.head_lr > 0, "> 0"),
-        rule("lr_backbone", math.isfinite(cfg.lr_backbone) and cfg.lr_backbone >= 0, ">= 0"),
+        rule("backbone_lr", math.isfinite(cfg.backbone_lr) and cfg.backbone_lr >= 0, ">= 0"),
         rule("weight_decay", cfg.weight_decay >= 0, ">= 0"),
         rule("lr_warmup_steps", cfg.lr_warmup_steps >= 0, ">= 0"),
         rule("grad_clip", cfg.grad_clip >= 0, ">= 0 (0 turns clipping off)"),
-        rule("warmup_steps", cfg.warmup_steps >= 0, ">= 0"),
+        rule("ce_only_steps", cfg.ce_only_steps >= 0, ">= 0"),
         rule("sdm_weight", cfg.sdm_weight >= 0, ">= 0"),
         rule("sdm_ramp_steps", cfg.sdm_ramp_steps >= 0, ">= 0"),
         rule("logit_scale", cfg.logit_scale > 0, "> 0"),

@@ -63,10 +63,10 @@ class Split:
 class ReIDData:
     name: str
     train: Split
-    test: Split  # the evaluated split (cfg.eval_split): the gallery; its captions are the text queries
+    gallery: Split  # the evaluated split (cfg.eval_split): its images are the gallery, its captions the text queries
     labels: torch.Tensor  # contiguous training labels 0..C-1 (N_train,)
     num_classes: int  # C, the head's width; chance CE is log(C)
-    query: Optional[Split] = None  # image queries against test (image ReID); None = text-to-image retrieval
+    query: Optional[Split] = None  # image queries against the gallery (image ReID); None = text-to-image retrieval
     notes: list[str] = field(default_factory=list)  # said once at the start of a run
     image_size: tuple[int, int] = (64, 32)  # (height, width) images are decoded at
 
@@ -84,7 +84,7 @@ class Splits:
     """What a format's loader returns: training split, evaluated split, image queries if any."""
 
     train: Split
-    test: Split
+    gallery: Split  # the evaluated split (cfg.eval_split)
     query: Optional[Split] = None
 
 
@@ -230,7 +230,7 @@ def load_data(cfg: TrainConfig, context_length: int) -> ReIDData:
             "image-to-image (query against gallery, same-identity same-camera gallery images left out)"
         )
     return ReIDData(
-        fmt, train, splits.test, labels, num_classes, query=splits.query, notes=notes, image_size=tuple(cfg.image_size)
+        fmt, train, splits.gallery, labels, num_classes, query=splits.query, notes=notes, image_size=tuple(cfg.image_size)
     )
 
 

@@ -2,7 +2,7 @@
 
 The seed team found their causes by printing the head's weight norm and grad
 norm every 100 steps and reading them. `diagnose` does that reading on the
-per-step metrics (``STEP_METRICS`` in `reid_core.train`), in this order, the
+per-step metrics (``reid_core.schema.STEP_METRICS``), in this order, the
 first match winning:
 
 =======================  =================================================================
@@ -30,6 +30,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
+
+from reid_core.chance import DEFAULT_CHANCE_MARGIN, go_line
 
 # cause -> (what it means, the usual fix)
 CAUSES: dict[str, tuple[str, str]] = {
@@ -122,18 +124,13 @@ def diagnose(rows: Sequence[dict[str, Any]]) -> Optional[Diagnosis]:
         )
     return Diagnosis(
         "lr_too_low",
-        f"head moved {moved:.2g}x its initial norm in {steps} steps at head LR {last['lr_head']:.2g}; "
+        f"head moved {moved:.2g}x its initial norm in {steps} steps at applied head LR {last['head_lr_applied']:.2g}; "
         f"ce_ema {last['ce_ema']:.3f} vs chance {last['chance_ce']:.3f}",
     )
 
 
-def at_chance(row: dict[str, Any], margin: float) -> bool:
-    """Still above the Go line ``log(C) - margin``."""
-    return row["ce_ema"] > row["chance_ce"] - margin
-
-
-def stuck_cause(rows: Sequence[dict[str, Any]], margin: float) -> Optional[Diagnosis]:
+def stuck_cause(rows: Sequence[dict[str, Any]], margin: float = DEFAULT_CHANCE_MARGIN) -> Optional[Diagnosis]:
     """The diagnosis of a run that ended above the Go line; None for one that got below it."""
-    if not rows or not at_chance(rows[-1], margin):
+    if not rows or rows[-1]["ce_ema"] <= go_line(rows[-1]["chance_ce"], margin):
         return None
     return diagnose(rows)

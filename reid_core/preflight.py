@@ -22,7 +22,7 @@ from reid_core.data import ReIDData, load_data
 from reid_core.diagnostics import CAUSES
 from reid_core.errors import UserError
 from reid_core.model import context_length
-from reid_core.train import Trainer
+from reid_core.trainer import Trainer
 
 OVERFIT_BATCHES = 8  # micro-batches replayed by the overfit run (256 images at batch 32)
 OVERFIT_STEPS = 60  # optimizer steps of the overfit run
@@ -126,7 +126,7 @@ def _check_overfit(cfg: TrainConfig, data: ReIDData, head_lr: float) -> float:
         head_lr=head_lr,
         grad_accum_steps=1,
         max_steps=OVERFIT_STEPS,
-        warmup_steps=OVERFIT_STEPS,  # CE only: the question is whether the identity head can learn
+        ce_only_steps=OVERFIT_STEPS,  # CE only: the question is whether the identity head can learn
     )
     trainer = Trainer(overfit_cfg, data=data)
     fixed = list(itertools.islice(trainer.stream, OVERFIT_BATCHES))

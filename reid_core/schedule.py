@@ -5,24 +5,24 @@ from __future__ import annotations
 import math
 
 
-def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+def lr_factor(step: int, lr_warmup_steps: int, total_steps: int) -> float:
     """Multiplier of every group's base LR: linear warm-up, then cosine decay to 0 (as open_clip)."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    decay_steps = total_steps - warmup_steps
+    if step < lr_warmup_steps:
+        return (step + 1) / lr_warmup_steps
+    decay_steps = total_steps - lr_warmup_steps
     if decay_steps <= 0:
         return 1.0
-    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    progress = min(1.0, (step - lr_warmup_steps) / decay_steps)
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def sdm_weight_at(step: int, warmup_steps: int, ramp_steps: int, target: float) -> float:
-    """SDM weight: 0 during the CE-only warm-up, then a linear ramp to ``target``."""
-    if step < warmup_steps:
+def sdm_weight_at(step: int, ce_only_steps: int, ramp_steps: int, target: float) -> float:
+    """SDM weight: 0 during the CE-only phase, then a linear ramp to ``target``."""
+    if step < ce_only_steps:
         return 0.0
     if ramp_steps <= 0:
         return target
-    return target * min(1.0, (step - warmup_steps + 1) / ramp_steps)
+    return target * min(1.0, (step - ce_only_steps + 1) / ramp_steps)
 
 
 def ema(previous: float | None, value: float, beta: float) -> float:

@@ -4,7 +4,7 @@ A space file maps ``TrainConfig`` field names to one Ray Tune domain each::
 
     head_lr: {loguniform: [1.0e-6, 1.0e-1]}
     grad_accum_steps: {choice: [1, 2, 4, 8]}
-    warmup_steps: {randint: [0, 200]}
+    ce_only_steps: {randint: [0, 200]}
 
 `load_space` validates a file into plain `Domain` values (no Ray needed, so a
 bad file fails before Ray starts); `to_tune` turns them into Tune domains.
@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from reid_core.config import TrainConfig, coerce_value, check_field_name
+from reid_core.config import TrainConfig, canonical_key, check_field_name, coerce_value
 from reid_core.errors import UserError
 
 SPACES_DIR = Path(__file__).parent
@@ -77,7 +77,7 @@ def load_space(name_or_path: str) -> dict[str, Domain]:
         raise SpaceError(f"cannot parse search space '{path}': {str(err).splitlines()[0]}; fix the YAML") from None
     if not isinstance(raw, dict) or not raw:
         raise SpaceError(f"search space '{path}' must map TrainConfig fields to domains, e.g. head_lr: {{loguniform: [1.0e-6, 1.0e-1]}}")
-    return {str(key): parse_domain(str(key), value) for key, value in raw.items()}
+    return {canonical_key(str(key)): parse_domain(str(key), value) for key, value in raw.items()}
 
 
 def parse_domain(key: str, spec: Any) -> Domain:
@@ -85,6 +85,7 @@ def parse_domain(key: str, spec: Any) -> Domain:
         check_field_name(key)
     except ValueError as err:
         raise SpaceError(f"search space: {err}") from None
+    key = canonical_key(key)  # a space written before a field was renamed still loads
     if not isinstance(spec, dict) or len(spec) != 1:
         raise SpaceError(f"search space key '{key}' must be one domain, e.g. {{loguniform: [1.0e-6, 1.0e-1]}}; got {spec!r}")
     kind, args = next(iter(spec.items()))

@@ -12,20 +12,22 @@ matplotlib.use("Agg")  # files only; never a window
 import matplotlib.pyplot as plt  # noqa: E402
 
 from reid_core.io import write_bytes_atomic  # noqa: E402
-from tuner.results import Trial  # noqa: E402
+from reid_core.schema import ASHA, COMPLETED, DIVERGED, ERROR, STUCK, UNFINISHED  # noqa: E402
+from tuner.ray_files import TrialFiles  # noqa: E402
+from tuner.settings import SearchSettings  # noqa: E402
 
 # How each end reason is drawn at the curve's last point.
 REASON_STYLE = {
-    "completed": ("o", "tab:green"),
-    "asha": ("v", "tab:orange"),
-    "stuck_at_chance": ("X", "tab:red"),
-    "diverged": ("*", "tab:purple"),
-    "error": ("s", "black"),
-    "unfinished": (">", "tab:gray"),
+    COMPLETED: ("o", "tab:green"),
+    ASHA: ("v", "tab:orange"),
+    STUCK: ("X", "tab:red"),
+    DIVERGED: ("*", "tab:purple"),
+    ERROR: ("s", "black"),
+    UNFINISHED: (">", "tab:gray"),
 }
 
 
-def curves_png(trials: list[Trial], reasons: dict[str, str], search: dict, path: str | Path) -> None:
+def curves_png(trials: list[TrialFiles], reasons: dict[str, str], settings: SearchSettings, path: str | Path) -> None:
     """``ce_ema`` against samples per trial, with the log(C) and Go lines; written atomically."""
     fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
     chance = None
@@ -34,16 +36,16 @@ def curves_png(trials: list[Trial], reasons: dict[str, str], search: dict, path:
         if not rows:
             continue
         chance = rows[-1]["chance_ce"]
-        reason = reasons.get(trial.trial_id, "unfinished")
+        reason = reasons.get(trial.trial_id, UNFINISHED)
         marker, colour = REASON_STYLE.get(reason, ("o", "gray"))
         xs, ys = [r["samples"] for r in rows], [r["ce_ema"] for r in rows]
         ax.plot(xs, ys, color=colour, alpha=0.55, linewidth=1.2)
         ax.plot(xs[-1], ys[-1], marker=marker, color=colour, markersize=8, linestyle="none")
     if chance is not None:
         ax.axhline(chance, color="black", linestyle="--", linewidth=1, label=f"chance log(C) = {chance:.2f}")
-        go = chance - search["chance_margin"]
+        go = settings.go_line(chance)
         ax.axhline(go, color="tab:blue", linestyle=":", linewidth=1.2, label=f"Go line = {go:.2f}")
-    ax.axvline(search["grace_samples"], color="gray", linestyle="-.", linewidth=0.8, label="grace window")
+    ax.axvline(settings.grace_samples, color="gray", linestyle="-.", linewidth=0.8, label="grace window")
     for reason, (marker, colour) in REASON_STYLE.items():
         if reason in reasons.values():
             ax.plot([], [], marker=marker, color=colour, linestyle="none", label=reason)

@@ -9,16 +9,18 @@ from typing import Any
 
 from ray.tune import Callback
 
+from reid_core.schema import ASHA, COMPLETED, DIVERGED, ERROR, STUCK, UNFINISHED
 from tuner.plots import curves_png
 from tuner.results import compute_account, write_exports
+from tuner.settings import SearchSettings, end_reason, trial_config
 
 
 class ProgressPrinter(Callback):
     """Prints one line when a trial ends (with why) and a status line every ``every_s`` seconds."""
 
-    def __init__(self, stopper, search: dict[str, Any], quiet: bool = False, every_s: float = 15.0):
+    def __init__(self, stopper, settings: SearchSettings, quiet: bool = False, every_s: float = 15.0):
         self._stopper = stopper
-        self._search = search
+        self._settings = settings
         self._quiet = quiet
         self._every_s = every_s
         self._last_status = time.monotonic()
@@ -42,20 +44,23 @@ class ProgressPrinter(Callback):
     def _ended_line(self, trial, reason: str) -> None:
         self._ended += 1
         last = self._latest.get(trial.trial_id, {})
-        params = ", ".join(f"{k}={_fmt(trial.config.get(k))}" for k in self._search["space"])
+        params = ", ".join(f"{k}={_fmt(trial.config.get(k))}" for k in self._settings.space)
         where = f"step {last.get('step', 0)}, ce_ema {last.get('ce_ema', math.nan):.3f}" if last else "no step"
         self._say(f"trial {trial.trial_id} {reason:<15} {where}  ({params})")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        reason = self._stopper.reasons.get(trial.trial_id)
-        if reason is None:
-            last = self._latest.get(trial.trial_id, {})
-            budget = self._search["max_samples"]
-            reason = "completed" if last.get("samples", 0) >= budget * 0.999 or last.get("done") else "asha"
+        last = self._latest.get(trial.trial_id, {})
+        reason = end_reason(
+            failed=False,
+            verdict=self._stopper.reasons.get(trial.trial_id),
+            last=last,
+            max_steps=trial_config(self._settings.base, trial.config).max_steps,
+            terminated=True,
+        )
         self._ended_line(trial, reason)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._ended_line(trial, "error")
+        self._ended_line(trial, ERROR)
 
 
 def _fmt(value: Any) -> str:
@@ -67,33 +72,33 @@ def _fmt(value: Any) -> str:
 def summarise(exp_dir: Path, wall_s: float) -> int:
     """Write the exports, print the summary; exit code 1 when some trials failed, else 0."""
     exports = write_exports(exp_dir)
-    frame, search, best = exports["frame"], exports["search"], exports["best"]
+    frame, settings, best = exports["frame"], exports["settings"], exports["best"]
     reasons = dict(zip(frame["trial_id"], frame["end_reason"])) if not frame.empty else {}
-    curves_png(exports["trials"], reasons, search, exp_dir / "curves.png")
+    curves_png(exports["trials"], reasons, settings, exp_dir / "curves.png")
 
     counts = frame["end_reason"].value_counts().to_dict() if not frame.empty else {}
     print(
-        f"\n{len(frame)} trials in {wall_s:.0f}s: {counts.get('completed', 0)} completed, "
-        f"{counts.get('asha', 0)} cut by ASHA, {counts.get('stuck_at_chance', 0)} stuck at chance, "
-        f"{counts.get('diverged', 0)} diverged, {counts.get('error', 0)} errored"
-        + (f", {counts['unfinished']} unfinished" if counts.get("unfinished") else "")
+        f"\n{len(frame)} trials in {wall_s:.0f}s: {counts.get(COMPLETED, 0)} completed, "
+        f"{counts.get(ASHA, 0)} cut by ASHA, {counts.get(STUCK, 0)} stuck at chance, "
+        f"{counts.get(DIVERGED, 0)} diverged, {counts.get(ERROR, 0)} errored"
+        + (f", {counts[UNFINISHED]} unfinished" if counts.get(UNFINISHED) else "")
     )
     causes = frame["stuck_cause"].dropna().value_counts().to_dict() if not frame.empty else {}
     if causes:
         print("stuck at chance because: " + ", ".join(f"{cause} x{n}" for cause, n in causes.items()))
     if best is not None:
-        params = ", ".join(f"{k}={_fmt(best[k])}" for k in search["space"])
-        metric = search["metric"]
+        params = ", ".join(f"{k}={_fmt(best[k])}" for k in settings.space)
+        metric = settings.metric
         print(f"best: trial {best['trial_id']} ({params}): {metric} {best[f'final_{metric}']:.3f}, {best['end_reason']}")
     else:
         print("best: none (no trial completed or was cut by ASHA), so no best_config.json")
     if not frame.empty:
-        account = compute_account(frame, search)
+        account = compute_account(frame, settings)
         print(
             f"compute: {account['spent']:,} of {account['budget']:,} trial-images "
             f"({account['saved_fraction']:.0%} saved by early stops)"
         )
-    errors = frame[frame["end_reason"] == "error"] if not frame.empty else frame
+    errors = frame[frame["end_reason"] == ERROR] if not frame.empty else frame
     for _, row in errors.iterrows():
         print(f"trial {row['trial_id']} failed: {row['error']}")
     written = [exp_dir / "results.csv", exp_dir / "curves.png"]
@@ -101,5 +106,5 @@ def summarise(exp_dir: Path, wall_s: float) -> int:
         written.append(exports["best_config"])
     print("wrote " + ", ".join(str(p) for p in written))
     if exports["best_config"] is not None:
-        print(f"re-run the winner: python -m reid_core.train --config {exports['best_config']} --out DIR")
+        print(f"re-run the winner: reid-tune train --config {exports['best_config']} --out DIR")
     return 1 if len(errors) else 0

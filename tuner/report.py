@@ -20,23 +20,16 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
-from reid_core.cli import ArgumentParser
 from reid_core.config import TrainConfig
 from reid_core.errors import UserError, cli_exit
+from reid_core.flags import ArgumentParser
 from reid_core.io import write_text_atomic
-from tuner.results import (
-    END_REASONS,
-    compute_account,
-    objective_column,
-    read_experiment,
-    read_search,
-    read_trials,
-    results_frame,
-)
-from tuner.trainable import trial_config
+from reid_core.schema import END_REASONS
+from tuner.results import compute_account, objective_column, read_experiment, read_trials, results_frame
+from tuner.settings import SearchSettings, trial_config
 
 PROG = "python -m tuner.report"
-FORMATS = ("table", "csv", "json", "markdown")
+TABLE_FORMATS = ("table", "csv", "json", "markdown")  # how the per-trial table is printed
 
 # On CPU the trial and its plain re-run execute the same float operations in the same order
 # (same seed, threads, data order and fused AdamW), so their CE curves are bit-identical; the
@@ -84,8 +77,8 @@ def _cell(value) -> str:
     return str(value)
 
 
-def account_text(frame: pd.DataFrame, search: dict) -> str:
-    account = compute_account(frame, search)
+def account_text(frame: pd.DataFrame, settings: SearchSettings) -> str:
+    account = compute_account(frame, settings)
     parts = [
         f"{reason} {images:,} ({images / account['spent']:.0%})" if account["spent"] else f"{reason} 0"
         for reason, images in sorted(account["by_reason"].items(), key=lambda kv: -kv[1])
@@ -96,25 +89,25 @@ def account_text(frame: pd.DataFrame, search: dict) -> str:
     )
 
 
-def hyperparams_png(frame: pd.DataFrame, search: dict, path: Path) -> None:
+def hyperparams_png(frame: pd.DataFrame, settings: SearchSettings, path: Path) -> None:
     """Each searched hyperparameter against the final objective, coloured by end reason."""
     import matplotlib.pyplot as plt
 
     from tuner.plots import REASON_STYLE, save_figure
 
-    keys = list(search["space"])
-    col = objective_column(search)
+    keys = list(settings.space)
+    col = objective_column(settings)
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 4), dpi=110, squeeze=False)
     for ax, key in zip(axes[0], keys):
         for reason, group in frame.groupby("end_reason"):
             marker, colour = REASON_STYLE.get(reason, ("o", "gray"))
             ax.scatter(group[key], group[col], marker=marker, color=colour, label=reason, s=40, alpha=0.8)
-        if search["space"][key].startswith(("loguniform", "qloguniform", "lograndint")):
+        if settings.space[key].startswith(("loguniform", "qloguniform", "lograndint")):
             ax.set_xscale("log")
         ax.set_xlabel(key)
         ax.set_ylabel(col)
         ax.grid(alpha=0.3)
-    go = _go_line(frame, search)
+    go = _go_line(frame, settings)
     if go is not None:
         for ax in axes[0]:
             ax.axhline(go, color="tab:blue", linestyle=":", linewidth=1.2, label="Go line")
@@ -123,10 +116,10 @@ def hyperparams_png(frame: pd.DataFrame, search: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
-def _go_line(frame: pd.DataFrame, search: dict) -> Optional[float]:
-    if search["metric"] != "ce_ema" or "chance_ce" not in frame or frame["chance_ce"].isna().all():
+def _go_line(frame: pd.DataFrame, settings: SearchSettings) -> Optional[float]:
+    if settings.metric != "ce_ema" or "chance_ce" not in frame or frame["chance_ce"].isna().all():
         return None
-    return float(frame["chance_ce"].dropna().iloc[0]) - search["chance_margin"]
+    return settings.go_line(float(frame["chance_ce"].dropna().iloc[0]))
 
 
 def compare(exp_dir: Path, rerun_dir: Path) -> tuple[float, int, str, Path]:
@@ -138,18 +131,18 @@ def compare(exp_dir: Path, rerun_dir: Path) -> tuple[float, int, str, Path]:
     metrics_file, config_file = rerun_dir / "metrics.csv", rerun_dir / "config.json"
     if not metrics_file.is_file() or not config_file.is_file():
         raise UserError(
-            f"'{rerun_dir}' is not a reid_core.train run folder (needs metrics.csv and config.json); pass the --out "
-            "folder of python -m reid_core.train"
+            f"'{rerun_dir}' is not a plain training run folder (needs metrics.csv and config.json); pass the --out "
+            "folder of reid-tune train"
         )
     rerun_cfg = TrainConfig.from_file(config_file)
-    search = read_search(exp_dir)
+    settings = SearchSettings.load(exp_dir)
     trial = next(
-        (t for t in read_trials(exp_dir) if trial_config(search["base"], t.sampled) == rerun_cfg and t.rows), None
+        (t for t in read_trials(exp_dir) if trial_config(settings.base, t.sampled) == rerun_cfg and t.rows), None
     )
     if trial is None:
         raise UserError(
             f"no trial of '{exp_dir}' has the config of '{rerun_dir}'; re-run a trial with "
-            f"python -m reid_core.train --config {exp_dir}/best_config.json --out DIR"
+            f"reid-tune train --config {exp_dir}/best_config.json --out DIR"
         )
     rerun = pd.read_csv(metrics_file)
     if rerun.empty:
@@ -175,21 +168,28 @@ def compare(exp_dir: Path, rerun_dir: Path) -> tuple[float, int, str, Path]:
     return diff, len(joined), trial.trial_id, png
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("experiment", metavar="EXPERIMENT_DIR", help="the folder a search wrote (tune_results/NAME)")
     p.add_argument("--top", type=int, help="only the N best trials")
     p.add_argument("--reason", help=f"only trials that ended so: {', '.join(END_REASONS)}")
-    p.add_argument("--format", choices=FORMATS, default="table", help="table (default), csv, json or markdown")
+    p.add_argument("--format", choices=TABLE_FORMATS, default="table", help="table (default), csv, json or markdown")
     p.add_argument("--out", metavar="FILE", help="write the table there instead of printing it")
     p.add_argument("--no-plots", action="store_true", help="skip curves.png and hyperparams.png")
-    p.add_argument("--compare", metavar="RUN_DIR", help="a reid_core.train --out folder re-running a trial")
+    p.add_argument("--compare", metavar="RUN_DIR", help="a reid-tune train --out folder re-running a trial")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> int:
+    p = build_parser()
+    if prog:
+        p.prog = prog
     args = p.parse_args(argv)
     try:
         exp_dir = Path(args.experiment)
         if not exp_dir.is_dir():
             raise UserError(f"experiment folder '{exp_dir}' does not exist")
-        read_search(exp_dir)  # is it an experiment at all? (before any other complaint)
+        SearchSettings.load(exp_dir)  # is it an experiment at all? (before any other complaint)
         if args.reason is not None and args.reason not in END_REASONS:
             raise UserError(f"unknown --reason '{args.reason}'; known: {', '.join(END_REASONS)}")
         if args.top is not None and args.top < 1:
@@ -205,9 +205,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             )
             print(f"wrote {png}")
             return 0 if same else 1
-        search, trials, frame = read_experiment(exp_dir)
+        settings, trials, frame = read_experiment(exp_dir)
     except UserError as err:
-        return cli_exit(err, PROG)
+        return cli_exit(err, p.prog)
 
     text = render(filtered(frame, args.reason, args.top), args.format)
     if args.out:
@@ -215,13 +215,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         sys.stdout.write(text)
     if args.format == "table" or args.out:
-        print(account_text(frame, search))
+        print(account_text(frame, settings))
         if not args.no_plots and not frame.empty:
             from tuner.plots import curves_png
 
             reasons = dict(zip(frame["trial_id"], frame["end_reason"]))
-            curves_png(trials, reasons, search, exp_dir / "curves.png")
-            hyperparams_png(frame, search, exp_dir / "hyperparams.png")
+            curves_png(trials, reasons, settings, exp_dir / "curves.png")
+            hyperparams_png(frame, settings, exp_dir / "hyperparams.png")
             print(f"wrote {exp_dir / 'curves.png'}, {exp_dir / 'hyperparams.png'}")
         if args.out:
             print(f"wrote {args.out}")

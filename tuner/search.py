@@ -12,25 +12,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
-import os
-import socket
 import sys
-import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import yaml
 
-from reid_core.cli import ArgumentParser, add_config_arguments, add_shortcut_arguments, shortcut_values
-from reid_core.config import TrainConfig, coerce_value
+from reid_core.chance import DEFAULT_CHANCE_MARGIN, DEFAULT_GRACE_STEPS
+from reid_core.config import TrainConfig, canonical_key, coerce_value
 from reid_core.errors import UserError, cli_exit
-from reid_core.io import write_json_atomic
-from reid_core.train import EVAL_METRICS, load_cli_config
-from search_spaces import load_space, to_tune
-from tuner.results import SEARCH_FILE, read_search
+from reid_core.flags import ArgumentParser, add_config_arguments, add_shortcut_arguments, shortcut_values
+from reid_core.schema import EVAL_METRICS
+from reid_core.train import load_cli_config
+from search_spaces import load_space
+from tuner.driver import Resources, probe, run
+from tuner.settings import SETTINGS_FILE, SearchSettings
 
 PROG = "python -m tuner.search"
 DEFAULT_CHECKPOINT_EVERY = 50  # steps; a checkpoint of the tiny model with its AdamW moments is ~40 MB
@@ -44,7 +42,8 @@ def build_parser() -> ArgumentParser:
     add_shortcut_arguments(g)  # --data, --data-format, --model, --pretrained
     g.add_argument("--points-to-evaluate", metavar="FILE", help="JSON/YAML list of configs Optuna tries first")
     b = p.add_argument_group("budget and stopping")
-    b.add_argument("--num-samples", type=int, default=8, help="trials (default 8)")
+    b.add_argument("--num-trials", type=int, default=8, help="trials (default 8)")
+    b.add_argument("--num-samples", dest="num_trials", type=int, help=argparse.SUPPRESS)  # Ray's word; before 0.2
     b.add_argument(
         "--max-steps",
         type=int,
@@ -52,8 +51,18 @@ def build_parser() -> ArgumentParser:
         help="optimizer steps per trial at grad_accum_steps=1; a trial with accumulation k runs max_steps/k "
         "steps, so all trials see the same images (default 450)",
     )
-    b.add_argument("--grace-steps", type=int, default=300, help="grace window in steps at accumulation 1 (default 300)")
-    b.add_argument("--chance-margin", type=float, default=0.39, help="Go line = log(C) - margin (default 0.39: 5.6 for 400 ids)")
+    b.add_argument(
+        "--grace-steps",
+        type=int,
+        default=DEFAULT_GRACE_STEPS,
+        help=f"grace window in steps at accumulation 1, i.e. grace-steps x batch_size images (default {DEFAULT_GRACE_STEPS})",
+    )
+    b.add_argument(
+        "--chance-margin",
+        type=float,
+        default=DEFAULT_CHANCE_MARGIN,
+        help=f"Go line = log(C) - margin (default {DEFAULT_CHANCE_MARGIN}: 5.6 for 400 ids)",
+    )
     b.add_argument("--reduction-factor", type=float, default=2.0, help="ASHA reduction factor (default 2)")
     b.add_argument(
         "--metric",
@@ -116,7 +125,7 @@ def _check_args(args) -> None:
             rule = ">= 0" if allow_zero else "> 0"
             raise UserError(f"{flag} is {value}, but must be {rule}")
 
-    positive("--num-samples", args.num_samples)
+    positive("--num-trials", args.num_trials)
     positive("--max-steps", args.max_steps)
     positive("--grace-steps", args.grace_steps)
     positive("--chance-margin", args.chance_margin)
@@ -135,7 +144,7 @@ def _check_args(args) -> None:
     if args.auth_token_file and not Path(args.auth_token_file).is_file():
         raise UserError(f"--auth-token-file '{args.auth_token_file}' does not exist; pass the cluster's token file")
     if args.address:
-        _probe(args.address)
+        probe(args.address)
 
 
 def _base_config(args) -> TrainConfig:
@@ -170,10 +179,10 @@ def _read_points(path: Optional[str], space: dict) -> list[dict[str, Any]]:
         raise UserError(f"--points-to-evaluate '{path}' must hold a list of {{field: value}} mappings")
     for point in points:
         for key in point:
-            if key not in space:
+            if canonical_key(key) not in space:
                 raise UserError(f"--points-to-evaluate names '{key}', which the space does not search ({', '.join(space)})")
     # Typed values (YAML 1.1 reads 1e-6 as a string): Optuna and params.json get numbers.
-    return [{k: coerce_value(k, v) for k, v in point.items()} for point in points]
+    return [{canonical_key(k): coerce_value(k, v) for k, v in point.items()} for point in points]
 
 
 def _experiment_dir(args) -> Path:
@@ -182,103 +191,62 @@ def _experiment_dir(args) -> Path:
     if args.resume:
         if not args.name:
             raise UserError("--resume needs --name: the experiment to continue")
-        if not (exp_dir / SEARCH_FILE).is_file():
+        if not (exp_dir / SETTINGS_FILE).is_file():
             raise UserError(f"--resume: '{exp_dir}' holds no reid-tune experiment; check --storage-path and --name")
     elif exp_dir.exists() and any(exp_dir.iterdir()):
         raise UserError(f"experiment '{exp_dir}' already exists; pass --resume to continue it or a new --name")
     return exp_dir
 
 
-def _connect(args) -> bool:
-    """Start or join Ray; returns whether we started it (and so should shut it down)."""
-    import ray
-
-    if ray.is_initialized():  # e.g. a notebook or a test session that already holds one
-        return False
-    if args.auth_token_file:
-        # Ray reads the token from this file itself; it never passes through our logs or exports.
-        os.environ["RAY_AUTH_TOKEN_PATH"] = str(Path(args.auth_token_file).resolve())
-    kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": True, "logging_level": logging.WARNING}
-    if args.address:
-        try:
-            ray.init(address=args.address, **kwargs)
-        except Exception as err:  # ConnectionError, RuntimeError, auth failures: all the user's to fix
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise UserError(
-                f"cannot connect to the Ray cluster at '{args.address}': {first}; check the address, and for a "
-                "cluster with RAY_AUTH_MODE=token pass its token with --auth-token-file"
-            ) from None
-    else:
-        ray.init(include_dashboard=False, **kwargs)  # no dashboard: nothing listens beyond this process
-    return True
-
-
-def _probe(address: str) -> None:
-    """Fail in seconds on an address nothing listens at (ray.init itself retries for minutes)."""
-    if address == "auto":
-        return
-    hostport = address.split("://", 1)[-1]
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
-        raise UserError(f"--address '{address}' is not HOST:PORT, ray://HOST:PORT or auto")
-    try:
-        socket.create_connection((host, int(port)), timeout=5).close()
-    except OSError as err:
-        raise UserError(
-            f"cannot reach the Ray cluster at '{address}': {err.strerror or err}; check that the head node is "
-            "running and the address and port are right"
-        ) from None
-
-
 def run_search(args) -> int:
+    log = (lambda s: None) if args.quiet else print
+    resources = Resources(
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+        max_concurrent=args.max_concurrent,
+        address=args.address,
+        auth_token_file=args.auth_token_file,
+    )
     if args.resume:
         # Continue with the settings the experiment was started with, whatever the flags say now.
         exp_dir = _experiment_dir(args)
-        search = read_search(exp_dir)
-        base = TrainConfig.from_dict(search["base"])
-        _check_weights_and_data(base, log=(lambda s: None) if args.quiet else print)
-        space, points = None, []
-    else:
-        fault = _parse_fault(args.inject_fault)  # a bad spec fails before the minutes of checks below
-        space = load_space(args.space)
-        base = _base_config(args)
-        points = _read_points(args.points_to_evaluate, space)
-        if "max_steps" in space:
-            raise UserError("search space: max_steps is the budget; set it with --max-steps, not in the space")
-        exp_dir = _experiment_dir(args)
-        _check_weights_and_data(base, log=(lambda s: None) if args.quiet else print)
-        if not args.skip_preflight:
-            from reid_core.preflight import preflight
+        settings = SearchSettings.load(exp_dir)
+        _check_weights_and_data(settings.base_config, log)
+        return run(settings, exp_dir, resources, resume=True, quiet=args.quiet, tensorboard=args.tensorboard)
 
-            preflight(base, overfit_head_lr=_best_head_lr(space, base), log=None if args.quiet else print)
-        search = {
-            "base": base.to_dict(),
-            "space": {k: d.describe() for k, d in space.items()},
-            "metric": args.metric,
-            "mode": args.mode,
-            "grace_samples": args.grace_steps * base.images_per_step,
-            "chance_margin": args.chance_margin,
-            "trend_samples": None,
-            "max_samples": args.max_steps * base.images_per_step,
-            "num_samples": args.num_samples,
-            "reduction_factor": args.reduction_factor,
-            "seed": args.seed,
-            "max_failures": args.max_failures,
-            # a trial that may be retried checkpoints, so the retry continues instead of starting over
-            "checkpoint_every": args.checkpoint_every if args.checkpoint_every is not None else (
-                DEFAULT_CHECKPOINT_EVERY if args.max_failures else 0
-            ),
-            "inject_fault": fault,
-        }
+    fault = _parse_fault(args.inject_fault)  # a bad spec fails before the minutes of checks below
+    space = load_space(args.space)
+    base = _base_config(args)
+    points = _read_points(args.points_to_evaluate, space)
+    if "max_steps" in space:
+        raise UserError("search space: max_steps is the budget; set it with --max-steps, not in the space")
+    exp_dir = _experiment_dir(args)
+    _check_weights_and_data(base, log)
+    if not args.skip_preflight:
+        from reid_core.preflight import preflight
 
-    started_ray = _connect(args)
-    try:
-        return _fit(args, space, points, search, exp_dir)
-    finally:
-        if started_ray:
-            import ray
-
-            ray.shutdown()
+        preflight(base, overfit_head_lr=_best_head_lr(space, base), log=None if args.quiet else print)
+    settings = SearchSettings(
+        base=base.to_dict(),
+        space={k: d.describe() for k, d in space.items()},
+        metric=args.metric,
+        mode=args.mode,
+        grace_samples=args.grace_steps * base.batch_size,  # steps at accumulation 1, as the plain job counts them
+        chance_margin=args.chance_margin,
+        max_samples=args.max_steps * base.images_per_step,
+        num_trials=args.num_trials,
+        reduction_factor=args.reduction_factor,
+        seed=args.seed,
+        max_failures=args.max_failures,
+        # a trial that may be retried checkpoints, so the retry continues instead of starting over
+        checkpoint_every=args.checkpoint_every
+        if args.checkpoint_every is not None
+        else (DEFAULT_CHECKPOINT_EVERY if args.max_failures else 0),
+        inject_fault=fault,
+    )
+    return run(
+        settings, exp_dir, resources, space=space, points=points, quiet=args.quiet, tensorboard=args.tensorboard
+    )
 
 
 def _parse_fault(spec: Optional[str]) -> Optional[dict[str, Any]]:
@@ -296,7 +264,8 @@ def _check_weights_and_data(base: TrainConfig, log) -> None:
     """In the driver, once: pretrained weights fetched (or, offline, one line naming the fix) and the data
     set read and checked, not in every trial; what the data set changes (no captions: no SDM) said once."""
     from reid_core.data import load_data
-    from reid_core.model import check_model, context_length, resolve_pretrained
+    from reid_core.model import context_length
+    from reid_core.pretrained import check_model, resolve_pretrained
 
     check_model(base)
     resolve_pretrained(base)
@@ -313,118 +282,16 @@ def _best_head_lr(space: dict, base: TrainConfig) -> float:
     return float(max(domain.args) if domain.kind == "choice" else domain.args[1])
 
 
-def _fast_reporting() -> None:
-    """Every optimizer step is reported to Ray; keep that from slowing the trial down.
-
-    - Ray's result buffering, with asynchronous reporting (``tuner.trainable.FastReporting``): the
-      trial's actor collects results for 0.2 s and the driver processes them together while the
-      trial trains on; every result is still logged, and ASHA and the chance-level rule still
-      judge every result in order.
-    - One logger, ``result.json`` (what ``tuner.results`` and Ray's own readers use), instead of
-      Ray's three: ``progress.csv`` and TensorBoard events would be written per result too, by
-      the driver, on CPUs the trials share. ``--tensorboard`` adds TensorBoard back.
-
-    ``setdefault``: a user's own settings of these variables win.
-    """
-    from tuner.trainable import RESULT_BUFFER_LENGTH
-
-    os.environ.setdefault("TUNE_RESULT_BUFFER_LENGTH", str(RESULT_BUFFER_LENGTH))
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-
-
-def _fit(args, space, points, search: dict, exp_dir: Path) -> int:
-    import optuna
-    import torch
-    from ray import tune
-    from ray.tune.logger import JsonLoggerCallback, TBXLoggerCallback
-    from ray.tune.search.optuna import OptunaSearch
-
-    from tuner.progress import ProgressPrinter, summarise
-    from tuner.schedulers import RecheckingASHA, rung_milestones
-    from tuner.stoppers import ChanceLevelStopper
-    from tuner.trainable import train_trial
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created" is not news
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Ray's legacy reporter honours verbose=0; ours prints instead
-    _fast_reporting()
-    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (1.0 if torch.cuda.is_available() else 0.0)
-    trainable = tune.with_resources(
-        tune.with_parameters(
-            train_trial,
-            base=search["base"],
-            metric=search["metric"],
-            # a retrieval metric is measured at every rung, where ASHA compares trials by it
-            eval_at_samples=rung_milestones(search["grace_samples"], search["max_samples"], search["reduction_factor"])
-            if search["metric"] in EVAL_METRICS
-            else (),
-            checkpoint_every=search["checkpoint_every"],
-            inject_fault=search["inject_fault"],
-        ),
-        {"cpu": args.cpus_per_trial, "gpu": gpus},
-    )
-    stopper = ChanceLevelStopper(search["grace_samples"], search["chance_margin"])
-    progress = ProgressPrinter(stopper, search, quiet=args.quiet)
-    run_config = tune.RunConfig(
-        name=exp_dir.name,
-        storage_path=str(exp_dir.parent),
-        stop=stopper,
-        callbacks=[progress, JsonLoggerCallback(), *([TBXLoggerCallback()] if args.tensorboard else [])],
-        verbose=0,
-        failure_config=tune.FailureConfig(max_failures=search["max_failures"]),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # only the newest: a retry needs no other
-    )
-    t0 = time.perf_counter()
-    if args.resume:
-        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        exp_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(exp_dir / SEARCH_FILE, search)
-        searcher = OptunaSearch(
-            metric=search["metric"],
-            mode=search["mode"],
-            points_to_evaluate=points or None,
-            seed=args.seed,
-        )
-        scheduler = RecheckingASHA(
-            time_attr="samples",  # images seen: trials with different accumulation compare at equal compute
-            grace_period=search["grace_samples"],
-            max_t=search["max_samples"],
-            reduction_factor=search["reduction_factor"],
-        )
-        tuner = tune.Tuner(
-            trainable,
-            param_space=to_tune(space),
-            tune_config=tune.TuneConfig(
-                metric=search["metric"],
-                mode=search["mode"],
-                search_alg=searcher,
-                scheduler=scheduler,
-                num_samples=search["num_samples"],
-                max_concurrent_trials=args.max_concurrent,
-                reuse_actors=True,
-            ),
-            run_config=run_config,
-        )
-    if not args.quiet:
-        print(
-            f"{'resuming' if args.resume else 'searching'} {', '.join(search['space'])} over "
-            f"{search['num_samples']} trials of up to "
-            f"{search['max_samples']} images each; grace window {search['grace_samples']} images; "
-            f"results in {exp_dir}",
-            flush=True,
-        )
-    tuner.fit()
-    return summarise(exp_dir, time.perf_counter() - t0)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> int:
     parser = build_parser()
+    if prog:
+        parser.prog = prog
     args = parser.parse_args(argv)
     try:
         _check_args(args)
         return run_search(args)
     except UserError as err:
-        return cli_exit(err, PROG)
+        return cli_exit(err, parser.prog)
 
 
 if __name__ == "__main__":

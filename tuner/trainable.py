@@ -8,100 +8,19 @@ from __future__ import annotations
 
 import math
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import torch
 from ray import tune
 from ray.tune import Checkpoint
-from ray.tune.result import DONE, RESULT_DUPLICATE, SHOULD_CHECKPOINT
 
-from reid_core.config import TrainConfig
-from reid_core.train import EVAL_METRICS, train
+from reid_core.schema import EVAL_METRICS
+from reid_core.train import train
+from tuner._ray_compat import FastReporting
+from tuner.settings import trial_config
 
-
-def trial_config(base: dict[str, Any], sampled: dict[str, Any]) -> TrainConfig:
-    """The trial's complete config: the search's base config plus the sampled values.
-
-    ``base['max_steps']`` is the budget in optimizer steps *at accumulation 1*: a trial
-    with ``grad_accum_steps=k`` trains for ``ceil(max_steps / k)`` steps, so every
-    trial may see the same number of images and trials compare at equal compute.
-    """
-    base_cfg = TrainConfig.from_dict(base)
-    cfg = TrainConfig.from_dict(sampled, base=base_cfg)
-    steps = math.ceil(base_cfg.max_steps * base_cfg.grad_accum_steps / cfg.grad_accum_steps)
-    return TrainConfig.from_dict({"max_steps": max(1, steps)}, base=cfg)
-
-
-CHECKPOINT_FILE = "trainer.pt"
-RESULT_BUFFER_S = 0.2  # seconds a trial's actor collects results before the driver gets them together
-RESULT_BUFFER_LENGTH = 1000  # results per batch at most
-
-
-class FastReporting:
-    """Mixin for the trial's function trainable (Ray's ``__mixins__`` hook): reports that cost ~0.5 ms.
-
-    Every optimizer step is one ``tune.report``. Out of the box, a Ray function trainable
-    reports synchronously: after each report the training thread waits until the driver has
-    processed the result and asked the actor for the next one, ~3 ms here, every step
-    (``benchmarks/harness_overhead.py``). Two changes, neither of which drops a result:
-
-    - **Asynchronous reporting**, as Ray Train's own workers do: the training thread goes on with
-      the next step as soon as the actor has taken its result, instead of when the driver asks
-      for the next. A trial runs at most one step ahead of the results the driver has judged.
-    - **Result buffering** (``TUNE_RESULT_BUFFER_LENGTH`` > 1, which ``tuner.search`` sets): the
-      actor collects results for ``RESULT_BUFFER_S`` and the driver processes them in order, each
-      one logged and judged by the stoppers and ASHA as before; a trial stopped at a result keeps
-      no later one. Ray 2.60's controller calls ``train_buffered(buffer_length, buffer_time_s)``
-      while the method takes ``(buffer_time_s, max_buffer_length)``; with the two swapped every
-      batch ends after its first result, so ``train_buffered`` below uses ``RESULT_BUFFER_S`` and
-      ``RESULT_BUFFER_LENGTH`` whatever it is passed. A batch also ends at a checkpoint (Ray's
-      rule), so no checkpoint is ahead of the results the driver has seen.
-
-    Together: a stopped trial computes up to ``RESULT_BUFFER_S`` plus one step past its verdict,
-    and those steps are dropped. Where a Ray version lacks the session flag, reporting stays
-    synchronous: slower, still correct.
-    """
-
-    def setup(self, config: dict[str, Any]) -> None:
-        super().setup(config)  # type: ignore[misc]  # FunctionTrainable.setup opens the session
-        self._pending_error: Optional[Exception] = None  # raised by the next train_buffered call
-        from ray.train._internal.session import get_session
-
-        session = get_session()
-        if session is not None and hasattr(session, "synchronous_result_reporting"):
-            session.synchronous_result_reporting = False
-
-    def train_buffered(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
-        """Ray's ``Trainable.train_buffered`` loop with our bounds, and no result lost to an error.
-
-        Ray's loop loses the batch collected so far when the trial raises; here the batch goes to
-        the driver first and the error is raised by the next call, so a failed trial's
-        ``result.json`` ends at its last good step.
-        """
-        if self._pending_error is not None:
-            error, self._pending_error = self._pending_error, None
-            raise error
-        results: list[dict[str, Any]] = []
-        send_at = time.time() + RESULT_BUFFER_S
-        while not results or time.time() < send_at:
-            try:
-                result = self.train()  # type: ignore[attr-defined]
-            except Exception as err:
-                if not results:
-                    raise
-                self._pending_error = err
-                break
-            results.append(result)
-            if (
-                result.get(DONE, False)
-                or result.get(SHOULD_CHECKPOINT, False)
-                or result.get(RESULT_DUPLICATE)
-                or len(results) >= RESULT_BUFFER_LENGTH
-            ):
-                break
-        return results
+CHECKPOINT_FILE = "trainer.pt"  # the Trainer's state_dict inside each Ray checkpoint
 
 
 def train_trial(

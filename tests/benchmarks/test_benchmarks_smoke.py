@@ -26,8 +26,8 @@ TINY = ["--set", "synthetic_identities=20", "batch_size=8"]  # 160 images: data 
 
 SMOKES = {
     "harness_overhead": ["--steps", "6", "--repeats", "1", *TINY],
-    "early_stop": ["--num-samples", "1", "--max-steps", "6", "--grace-steps", "3", "--max-concurrent", "1", *TINY],
-    "stuck_latency": ["--num-samples", "1", "--grace-steps", "3", *TINY],
+    "early_stop": ["--num-trials", "1", "--max-steps", "6", "--grace-steps", "3", "--max-concurrent", "1", *TINY],
+    "stuck_latency": ["--num-trials", "1", "--grace-steps", "3", *TINY],
     "step_throughput": ["--steps", "2", "--warmup", "1", "--repeats", "1", *TINY],
 }
 
@@ -144,7 +144,7 @@ def test_bad_input_is_one_line_and_exit_2(scripts, name, argv, message, capsys):
     [
         ("harness_overhead", ["--steps", "3"]),
         ("early_stop", ["--grace-steps", "800", "--max-steps", "800"]),
-        ("stuck_latency", ["--num-samples", "0"]),
+        ("stuck_latency", ["--num-trials", "0"]),
         ("step_throughput", ["--repeats", "0"]),
     ],
 )

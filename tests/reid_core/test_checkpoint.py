@@ -9,7 +9,7 @@ import torch
 from reid_core.config import TrainConfig
 from reid_core.train import train
 
-CFG = TrainConfig(synthetic_identities=40, batch_size=16, grad_accum_steps=2, max_steps=24, warmup_steps=6, sdm_ramp_steps=4, threads=1)
+CFG = TrainConfig(synthetic_identities=40, batch_size=16, grad_accum_steps=2, max_steps=24, ce_only_steps=6, sdm_ramp_steps=4, threads=1)
 
 
 def test_resumed_run_reproduces_the_uninterrupted_curve():
@@ -35,6 +35,6 @@ def test_resumed_run_reproduces_the_uninterrupted_curve():
 
     assert [m["step"] for m in resumed] == list(range(11, 25))  # no gap, no repeated step
     for a, b in zip(straight[10:], resumed):
-        for key in ("ce", "ce_ema", "sdm", "loss", "head_weight_norm", "head_weight_change", "lr_head"):
+        for key in ("ce", "ce_ema", "sdm", "loss", "head_weight_norm", "head_weight_change", "head_lr_applied"):
             assert a[key] == b[key], (a["step"], key)
     assert [m["step"] for m in first] == list(range(1, 25))  # one call per step, checkpoint or not

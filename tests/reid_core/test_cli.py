@@ -16,15 +16,17 @@ from pathlib import Path
 
 import pytest
 
+import reid_core.config
 from reid_core.config import TrainConfig
-from reid_core.train import METRIC_COLUMNS, main
+from reid_core.schema import METRIC_COLUMNS
+from reid_core.train import main
 
 # Small and fast, and crossing every phase: CE-only warm-up, SDM ramp, full SDM, an evaluation mid-way.
 SMALL = [
     "synthetic_identities=20",
     "batch_size=8",
     "max_steps=6",
-    "warmup_steps=2",
+    "ce_only_steps=2",
     "sdm_ramp_steps=2",
     "eval_every=3",
     "threads=1",
@@ -65,6 +67,32 @@ def test_writes_one_metrics_row_per_step(run_dir: Path):
     assert [float(r["sdm_weight"]) for r in rows] == [0.0, 0.0, 0.5, 1.0, 1.0, 1.0]
     assert [bool(r["val_r1"]) for r in rows] == [False, False, True, False, False, True]  # eval_every=3
     assert all(math.isfinite(float(r["ce_ema"])) for r in rows)
+
+
+def test_reports_the_lrs_the_optimizer_applied_under_the_fields_names(run_dir: Path):
+    rows = read_rows(run_dir / "metrics.csv")
+    assert {"head_lr_applied", "backbone_lr_applied"} <= set(rows[0]) and not {"lr_head", "lr_backbone"} & set(rows[0])
+    cfg = TrainConfig.from_file(run_dir / "config.json")
+    # LR warm-up (10 steps) then cosine: the first step applies a tenth of each configured LR
+    assert float(rows[0]["head_lr_applied"]) == pytest.approx(cfg.head_lr / cfg.lr_warmup_steps)
+    assert float(rows[0]["backbone_lr_applied"]) == pytest.approx(cfg.backbone_lr / cfg.lr_warmup_steps)
+
+
+def test_a_best_config_written_before_the_renames_still_reruns(tmp_path: Path, capsys, monkeypatch):
+    """best_config.json files exported by 0.1 name the fields lr_backbone and warmup_steps."""
+    monkeypatch.setattr(reid_core.config, "_noted", set())  # each old key is noted once per process
+    old = TrainConfig.from_dict({k.split("=")[0]: k.split("=")[1] for k in SMALL}).to_dict()
+    old["lr_backbone"], old["warmup_steps"] = old.pop("backbone_lr"), old.pop("ce_only_steps")
+    old_file = tmp_path / "best_config.json"
+    old_file.write_text(json.dumps({"config": old, "trial_id": "abc", "metrics": {"lr_head": 0.01}}))
+    assert main(["--config", str(old_file), "--out", str(tmp_path / "rerun")]) == 0
+    cfg = TrainConfig.from_file(tmp_path / "rerun" / "config.json")
+    assert cfg.ce_only_steps == 2 and cfg.backbone_lr == 1e-5
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: config key")]
+    assert sorted(notes) == [
+        "note: config key 'lr_backbone' is now 'backbone_lr'; read as 'backbone_lr'",
+        "note: config key 'warmup_steps' is now 'ce_only_steps'; read as 'ce_only_steps'",
+    ]
 
 
 def test_writes_summary(run_dir: Path):

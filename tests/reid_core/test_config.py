@@ -6,6 +6,8 @@ import ast
 import dataclasses
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,7 +27,7 @@ CUSTOM = {
     "context_length": 16,
     "head_lr": 3e-3,
     "grad_accum_steps": 4,
-    "warmup_steps": 120,
+    "ce_only_steps": 120,
     "label_smoothing": 0.1,
     "seed": 7,
 }
@@ -90,10 +92,10 @@ def test_yaml_exponent_without_dot_becomes_float(tmp_path: Path):
     """YAML 1.1 reads ``1e-3`` as the *string* '1e-3'; the config must still get the number."""
     assert yaml.safe_load("head_lr: 1e-3") == {"head_lr": "1e-3"}  # the trap this guards against
     path = tmp_path / "c.yaml"
-    path.write_text("head_lr: 1e-3\nlr_backbone: 5e-6\n")
+    path.write_text("head_lr: 1e-3\nbackbone_lr: 5e-6\n")
     cfg = TrainConfig.from_file(path)
     assert cfg.head_lr == 1e-3 and isinstance(cfg.head_lr, float)
-    assert cfg.lr_backbone == 5e-6
+    assert cfg.backbone_lr == 5e-6
 
 
 @pytest.mark.parametrize(
@@ -148,7 +150,7 @@ def test_parse_overrides_returns_plain_values():
 
 @pytest.mark.parametrize(
     "key, closest",
-    [("head_lrr", "head_lr"), ("grad_accum_step", "grad_accum_steps"), ("warmup_step", "warmup_steps"), ("lr_head", "head_lr")],
+    [("head_lrr", "head_lr"), ("grad_accum_step", "grad_accum_steps"), ("ce_only_step", "ce_only_steps"), ("lr_head", "head_lr")],
 )
 def test_unknown_key_names_the_closest_field(key: str, closest: str):
     with pytest.raises(ConfigError, match=f"unknown config key '{key}'; did you mean '{closest}'"):
@@ -200,11 +202,11 @@ def test_wrong_type_names_key_and_value(values: dict, message: str):
         ("head_lr", 0.0, "> 0"),
         ("head_lr", math.nan, "> 0"),
         ("head_lr", math.inf, "> 0"),
-        ("lr_backbone", -1e-5, ">= 0"),
+        ("backbone_lr", -1e-5, ">= 0"),
         ("weight_decay", -0.1, ">= 0"),
         ("lr_warmup_steps", -1, ">= 0"),
         ("grad_clip", -1.0, ">= 0"),
-        ("warmup_steps", -5, ">= 0"),
+        ("ce_only_steps", -5, ">= 0"),
         ("sdm_weight", -1.0, ">= 0"),
         ("sdm_ramp_steps", -1, ">= 0"),
         ("logit_scale", 0.0, "> 0"),
@@ -282,3 +284,10 @@ def test_every_field_has_a_comment():
 
 def test_images_per_step():
     assert TrainConfig(batch_size=16, grad_accum_steps=4).images_per_step == 64
+
+
+def test_reading_a_config_pulls_in_neither_torch_nor_ray():
+    """A config (and a search space) can be checked where neither is installed: the package stays light."""
+    code = "import sys, reid_core.config, search_spaces; print('torch' in sys.modules, 'ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False False"

@@ -13,7 +13,7 @@ import pytest
 
 from reid_core.config import TrainConfig
 from reid_core.diagnostics import CAUSES, diagnose, stuck_cause
-from reid_core.train import Trainer
+from reid_core.trainer import Trainer
 
 STEPS = 100
 
@@ -60,7 +60,7 @@ CASES = {
 
 
 def run(overrides, plant, steps=STEPS):
-    trainer = Trainer(TrainConfig(max_steps=steps, warmup_steps=10 * steps, threads=1, **overrides))
+    trainer = Trainer(TrainConfig(max_steps=steps, ce_only_steps=10 * steps, threads=1, **overrides))
     if plant is not None:
         plant(trainer)
     return [trainer.train_step() for _ in range(steps)]

@@ -90,14 +90,14 @@ def test_caption_formats_load_and_remap_ids(fmt, data_sets):
     assert sorted(set(data.labels.tolist())) == list(range(len(tiny.TRAIN_IDS)))
     assert data.train.images is None and len(data.train.paths) == len(tiny.TRAIN_IDS) * per_id
     # every caption is a text query of the test split, with its image's identity
-    assert set(data.test.pids.tolist()) == set(tiny.TEST_IDS)
-    assert data.test.tokens.shape == (len(tiny.TEST_IDS) * per_id * captions, CONTEXT)
-    assert data.test.caption_pids.tolist() == [pid for pid in data.test.pids.tolist() for _ in range(captions)]
+    assert set(data.gallery.pids.tolist()) == set(tiny.TEST_IDS)
+    assert data.gallery.tokens.shape == (len(tiny.TEST_IDS) * per_id * captions, CONTEXT)
+    assert data.gallery.caption_pids.tolist() == [pid for pid in data.gallery.pids.tolist() for _ in range(captions)]
 
 
 def test_eval_split_val(data_sets):
     data = load_data(cfg_for(data_sets["cuhk-pedes"], eval_split="val"), CONTEXT)
-    assert set(data.test.pids.tolist()) == set(tiny.VAL_IDS)
+    assert set(data.gallery.pids.tolist()) == set(tiny.VAL_IDS)
 
 
 def test_market_loads_cameras_and_leaves_junk_out(data_sets):
@@ -106,7 +106,7 @@ def test_market_loads_cameras_and_leaves_junk_out(data_sets):
     assert data.num_classes == 4 and sorted(set(data.train.pids.tolist())) == [2, 7, 9, 40]
     assert data.query.pids.tolist() == [101, 102, 103] and data.query.camids.tolist() == [1, 2, 1]
     kept = [(pid, cam) for pid, cam in tiny.MARKET_GALLERY if pid != -1]  # -1 is junk; 0 (distractor) stays
-    assert sorted(zip(data.test.pids.tolist(), data.test.camids.tolist())) == sorted(kept)
+    assert sorted(zip(data.gallery.pids.tolist(), data.gallery.camids.tolist())) == sorted(kept)
     assert any("no captions: SDM is off" in note for note in data.notes)
 
 
@@ -173,7 +173,7 @@ def test_each_epoch_from_files_sees_every_image_once(cuhk):
 @pytest.mark.parametrize("fmt", WRITERS)
 def test_each_format_trains_end_to_end(fmt, data_sets, tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["--data", str(data_sets[fmt]), "--set", *FAST, "max_steps=3", "warmup_steps=1", "sdm_ramp_steps=1"]
+    argv = ["--data", str(data_sets[fmt]), "--set", *FAST, "max_steps=3", "ce_only_steps=1", "sdm_ramp_steps=1"]
     assert main([*argv, "--out", str(out), "--log-every", "1000"]) == 0
     rows = read_rows(out / "metrics.csv")
     assert [int(r["step"]) for r in rows] == [1, 2, 3]

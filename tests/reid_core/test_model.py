@@ -10,17 +10,18 @@ import time
 import pytest
 import torch
 
-from reid_core.cli import shortcut_values
+from reid_core.flags import shortcut_values
 from reid_core.config import TrainConfig
 from reid_core.errors import UserError
 from reid_core.model import build_model, context_length, parameter_groups
-from reid_core.train import Trainer, load_cli_config
+from reid_core.train import load_cli_config
+from reid_core.trainer import Trainer
 from tests.reid_core.test_cli import check_one_line_error, run_main
 
 
 @pytest.fixture(scope="module")
 def cfg() -> TrainConfig:
-    return TrainConfig(head_lr=3e-3, lr_backbone=2e-5, weight_decay=1e-4)
+    return TrainConfig(head_lr=3e-3, backbone_lr=2e-5, weight_decay=1e-4)
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +58,13 @@ def test_every_trainable_parameter_is_in_exactly_one_group(model, cfg):
     assert set(grouped) == set(trainable)
 
 
-def test_head_trains_at_head_lr_and_backbone_at_lr_backbone(model, cfg):
+def test_head_trains_at_head_lr_and_backbone_at_backbone_lr(model, cfg):
     groups = {g["name"]: g for g in parameter_groups(model, cfg)}
     head_ids = {id(model.classifier.weight), id(model.bnneck.weight)}
     for group in groups.values():
         in_head = {id(p) in head_ids for p in group["params"]}
         assert len(in_head) == 1, group["name"]  # a group is all head or all backbone
-        expected = cfg.head_lr if in_head.pop() else cfg.lr_backbone
+        expected = cfg.head_lr if in_head.pop() else cfg.backbone_lr
         assert group["lr"] == group["base_lr"] == expected, group["name"]
     assert any(p is model.classifier.weight for p in groups["head"]["params"])
 
@@ -146,7 +147,7 @@ def test_offline_tag_is_one_line_naming_a_local_file(monkeypatch, tmp_path, caps
     """``--model ViT-B-16 --pretrained openai`` without internet or a cached copy: no network traceback,
     no minute of Hub retries, but one line that names the fix, before any data is read."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr("reid_core.model._cached_weights", lambda tag: None)  # whatever this machine has cached
+    monkeypatch.setattr("reid_core.pretrained._cached_weights", lambda tag: None)  # whatever this machine has cached
     out = tmp_path / "run"
     started = time.perf_counter()
     code = run_main(["--model", "ViT-B-16", "--pretrained", "openai", "--set", "device=cpu", "--out", str(out)])

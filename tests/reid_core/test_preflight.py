@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 import pytest
 
-import reid_core.train
+import reid_core.trainer
 from reid_core.config import TrainConfig
 from reid_core.errors import UserError
 from reid_core.model import ReIDModel
@@ -20,8 +20,8 @@ def test_default_config_passes_in_seconds():
 
 
 def test_head_left_out_of_the_optimizer(monkeypatch):
-    groups = reid_core.train.parameter_groups
-    monkeypatch.setattr(reid_core.train, "parameter_groups", lambda m, c: [g for g in groups(m, c) if "head" not in g["name"]])
+    groups = reid_core.trainer.parameter_groups
+    monkeypatch.setattr(reid_core.trainer, "parameter_groups", lambda m, c: [g for g in groups(m, c) if "head" not in g["name"]])
     with pytest.raises(PreflightError, match="head_not_in_optimizer: 2 trainable parameters are in no optimizer group"):
         preflight(TrainConfig())
 

@@ -23,7 +23,7 @@ from reid_core.schedule import ema, lr_factor, sdm_weight_at
     ],
 )
 def test_lr_factor_warmup_then_cosine(step: int, expected: float):
-    assert lr_factor(step, warmup_steps=10, total_steps=100) == pytest.approx(expected, abs=1e-12)
+    assert lr_factor(step, lr_warmup_steps=10, total_steps=100) == pytest.approx(expected, abs=1e-12)
 
 
 def test_lr_factor_cosine_matches_formula():
@@ -40,12 +40,12 @@ def test_lr_factor_never_increases_after_warmup_and_stays_positive_while_trainin
 
 
 def test_lr_factor_without_warmup_starts_at_full_lr():
-    assert lr_factor(0, warmup_steps=0, total_steps=100) == 1.0
+    assert lr_factor(0, lr_warmup_steps=0, total_steps=100) == 1.0
 
 
 def test_lr_factor_warmup_longer_than_run_holds_at_full_lr():
-    assert lr_factor(19, warmup_steps=20, total_steps=10) == 1.0
-    assert lr_factor(25, warmup_steps=20, total_steps=10) == 1.0
+    assert lr_factor(19, lr_warmup_steps=20, total_steps=10) == 1.0
+    assert lr_factor(25, lr_warmup_steps=20, total_steps=10) == 1.0
 
 
 @pytest.mark.parametrize(
@@ -60,20 +60,20 @@ def test_lr_factor_warmup_longer_than_run_holds_at_full_lr():
     ],
 )
 def test_sdm_weight_zero_during_warmup_then_linear_ramp(step: int, expected: float):
-    assert sdm_weight_at(step, warmup_steps=50, ramp_steps=50, target=1.0) == pytest.approx(expected)
+    assert sdm_weight_at(step, ce_only_steps=50, ramp_steps=50, target=1.0) == pytest.approx(expected)
 
 
 def test_sdm_weight_ramp_reaches_the_target_weight():
-    assert sdm_weight_at(200, warmup_steps=50, ramp_steps=50, target=0.3) == pytest.approx(0.3)
+    assert sdm_weight_at(200, ce_only_steps=50, ramp_steps=50, target=0.3) == pytest.approx(0.3)
 
 
 def test_sdm_weight_without_ramp_jumps_to_target_after_warmup():
-    assert sdm_weight_at(9, warmup_steps=10, ramp_steps=0, target=2.0) == 0.0
-    assert sdm_weight_at(10, warmup_steps=10, ramp_steps=0, target=2.0) == 2.0
+    assert sdm_weight_at(9, ce_only_steps=10, ramp_steps=0, target=2.0) == 0.0
+    assert sdm_weight_at(10, ce_only_steps=10, ramp_steps=0, target=2.0) == 2.0
 
 
 def test_sdm_weight_without_warmup_is_on_from_the_first_step():
-    assert sdm_weight_at(0, warmup_steps=0, ramp_steps=0, target=1.0) == 1.0
+    assert sdm_weight_at(0, ce_only_steps=0, ramp_steps=0, target=1.0) == 1.0
 
 
 def test_ema_starts_at_first_value_then_smooths():

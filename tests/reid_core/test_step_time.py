@@ -53,5 +53,5 @@ def test_phases_hold_sdm_weight(step_time):
     cfg = TrainConfig()
     (ce_name, ce_step), (sdm_name, sdm_step) = step_time.phases(cfg)
     assert (ce_name, sdm_name) == ("CE-only", "CE+SDM")
-    assert sdm_weight_at(ce_step, cfg.warmup_steps, cfg.sdm_ramp_steps, cfg.sdm_weight) == 0.0
-    assert sdm_weight_at(sdm_step, cfg.warmup_steps, cfg.sdm_ramp_steps, cfg.sdm_weight) == cfg.sdm_weight
+    assert sdm_weight_at(ce_step, cfg.ce_only_steps, cfg.sdm_ramp_steps, cfg.sdm_weight) == 0.0
+    assert sdm_weight_at(sdm_step, cfg.ce_only_steps, cfg.sdm_ramp_steps, cfg.sdm_weight) == cfg.sdm_weight

@@ -13,7 +13,9 @@ import torch
 from reid_core.config import TrainConfig
 from reid_core.errors import UserError
 from reid_core.schedule import lr_factor, sdm_weight_at
-from reid_core.train import EVAL_METRICS, STEP_METRICS, Trainer, train
+from reid_core.schema import EVAL_METRICS, STEP_METRICS
+from reid_core.train import train
+from reid_core.trainer import Trainer
 
 
 def text_tower(trainer: Trainer) -> dict[str, torch.nn.Parameter]:
@@ -39,7 +41,7 @@ def text_tower(trainer: Trainer) -> dict[str, torch.nn.Parameter]:
 def test_head_lr_decides_whether_ce_leaves_chance(head_lr: float, check):
     """The failure this project exists for: with the synthetic default (400 identities), a good head LR
     takes ce_ema below 5.6 within 300 optimizer steps, a tiny one leaves it at chance. ~20 s each."""
-    cfg = TrainConfig(head_lr=head_lr, lr_backbone=1e-5, max_steps=300, threads=1, device="cpu")
+    cfg = TrainConfig(head_lr=head_lr, backbone_lr=1e-5, max_steps=300, threads=1, device="cpu")
     reports: list[dict[str, Any]] = []
     summary = train(cfg, reports.append)
     at_300 = reports[-1]
@@ -77,7 +79,7 @@ def test_grad_accumulation_equals_one_big_batch(b: int, k: int):
     Tolerance rtol 1e-4 / atol 1e-6: the same fp32 numbers summed in another order
     (k partial sums instead of one); a missing 1/k would be off by a factor of k.
     """
-    base = TrainConfig(synthetic_identities=20, warmup_steps=1000, seed=5, threads=1, device="cpu")
+    base = TrainConfig(synthetic_identities=20, ce_only_steps=1000, seed=5, threads=1, device="cpu")
     big = Trainer(dataclasses.replace(base, batch_size=k * b, grad_accum_steps=1))
     acc = Trainer(dataclasses.replace(base, batch_size=b, grad_accum_steps=k))
     for name, p in big.model.named_parameters():
@@ -123,10 +125,10 @@ def test_accumulation_counts_samples_per_optimizer_step(small_cfg):
 
 
 def test_warmup_runs_no_text_encoder_and_leaves_text_tower_untouched(small_cfg):
-    """During ``warmup_steps`` the SDM weight is 0 and SDM contributes nothing: the text encoder is not
+    """During ``ce_only_steps`` the SDM weight is 0 and SDM contributes nothing: the text encoder is not
     run, its parameters get no gradient, and AdamW (momentum, weight decay) leaves them as they were.
     The first step after the warm-up turns all of that on, so the checks below can fail."""
-    cfg = dataclasses.replace(small_cfg, warmup_steps=3, sdm_ramp_steps=2, max_steps=10)
+    cfg = dataclasses.replace(small_cfg, ce_only_steps=3, sdm_ramp_steps=2, max_steps=10)
     trainer = Trainer(cfg)
     text = text_tower(trainer)
     assert {"transformer.resblocks.0.attn.in_proj_weight", "token_embedding.weight", "text_projection"} <= set(text)
@@ -137,13 +139,13 @@ def test_warmup_runs_no_text_encoder_and_leaves_text_tower_untouched(small_cfg):
     trainer.model.clip.token_embedding.register_forward_pre_hook(lambda module, args: text_calls.append(1))
 
     # the gradients one warm-up step leaves
-    assert sdm_weight_at(0, cfg.warmup_steps, cfg.sdm_ramp_steps, cfg.sdm_weight) == 0.0
+    assert sdm_weight_at(0, cfg.ce_only_steps, cfg.sdm_ramp_steps, cfg.sdm_weight) == 0.0
     trainer.backward(sdm_weight=0.0)
     assert all(p.grad is None for p in text.values())
     assert trainer.model.classifier.weight.grad.abs().sum() > 0
     trainer.optimizer.zero_grad(set_to_none=True)
 
-    for _ in range(cfg.warmup_steps):
+    for _ in range(cfg.ce_only_steps):
         metrics = trainer.train_step()
         assert metrics["sdm_weight"] == 0.0 and metrics["sdm"] == 0.0
         assert metrics["loss"] == metrics["ce"]
@@ -162,7 +164,7 @@ def test_warmup_runs_no_text_encoder_and_leaves_text_tower_untouched(small_cfg):
 
 
 def test_sdm_weight_follows_the_ramp_in_reports(small_cfg):
-    cfg = dataclasses.replace(small_cfg, warmup_steps=2, sdm_ramp_steps=2, sdm_weight=0.5, max_steps=5)
+    cfg = dataclasses.replace(small_cfg, ce_only_steps=2, sdm_ramp_steps=2, sdm_weight=0.5, max_steps=5)
     reports: list[dict] = []
     train(cfg, reports.append)
     assert [r["sdm_weight"] for r in reports] == [0.0, 0.0, 0.25, 0.5, 0.5]
@@ -191,7 +193,7 @@ def test_nan_ends_the_run_as_diverged(small_cfg):
 
 def test_reports_every_step_metric(small_cfg):
     cfg = dataclasses.replace(
-        small_cfg, max_steps=4, grad_accum_steps=2, lr_warmup_steps=2, warmup_steps=2, sdm_ramp_steps=1, eval_every=2
+        small_cfg, max_steps=4, grad_accum_steps=2, lr_warmup_steps=2, ce_only_steps=2, sdm_ramp_steps=1, eval_every=2
     )
     reports: list[dict] = []
     summary = train(cfg, reports.append)
@@ -201,8 +203,8 @@ def test_reports_every_step_metric(small_cfg):
         assert r["step"] == step
         assert r["samples"] == step * 16
         assert r["chance_ce"] == pytest.approx(math.log(20))
-        assert r["lr_head"] == pytest.approx(cfg.head_lr * lr_factor(step - 1, 2, 4))
-        assert r["lr_backbone"] == pytest.approx(cfg.lr_backbone * lr_factor(step - 1, 2, 4))
+        assert r["head_lr_applied"] == pytest.approx(cfg.head_lr * lr_factor(step - 1, 2, 4))
+        assert r["backbone_lr_applied"] == pytest.approx(cfg.backbone_lr * lr_factor(step - 1, 2, 4))
         assert r["loss_scale"] == 1.0 and r["skipped_steps"] == 0  # no fp16 on CPU
         assert r["head_grad_norm"] > 0 and r["head_weight_change"] > 0
         assert r["images_per_s"] > 0

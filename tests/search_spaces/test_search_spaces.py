@@ -17,7 +17,14 @@ def test_default_space_is_the_documented_one():
     space = load_space("default")
     assert space["head_lr"].kind == "loguniform" and space["head_lr"].args == (1e-6, 1e-1)
     assert space["grad_accum_steps"].args == (1, 2, 4, 8)
-    assert space["warmup_steps"].kind == "randint"
+    assert space["ce_only_steps"].kind == "randint"
+
+
+def test_a_space_naming_a_renamed_field_searches_the_field_under_its_new_name(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text("warmup_steps: {randint: [0, 200]}\nlr_backbone: {loguniform: [1e-6, 1e-4]}\n")
+    space = load_space(str(path))
+    assert set(space) == {"ce_only_steps", "backbone_lr"} and space["ce_only_steps"].args == (0, 200)
 
 
 def test_a_users_file_is_loaded_and_yaml_1_1_exponents_are_numbers(tmp_path):
@@ -42,8 +49,8 @@ def test_a_users_file_is_loaded_and_yaml_1_1_exponents_are_numbers(tmp_path):
         ("grad_accum_steps: {uniform: [1, 8]}", "integer field"),
         ("grad_accum_steps: {choice: [1, two]}", "choice 'two' is invalid"),
         ("grad_accum_steps: {choice: []}", "choice takes"),
-        ("warmup_steps: {randint: [0.5, 10]}", "needs integers"),
-        ("warmup_steps: {quniform: [0, 10, 0]}", "needs q > 0"),
+        ("ce_only_steps: {randint: [0.5, 10]}", "needs integers"),
+        ("ce_only_steps: {quniform: [0, 10, 0]}", "needs q > 0"),
         ("[1, 2]", "must map TrainConfig fields"),
         ("head_lr: {loguniform: [1.0e-6, 1.0e-1]", "cannot parse search space"),
     ],

@@ -55,12 +55,12 @@ def run_search(tmp_path, name, points, extra=(), space="head_lr: {loguniform: [1
         [
             "--space", str(tmp_path / f"{name}-space.yaml"),
             "--points-to-evaluate", str(tmp_path / f"{name}-points.json"),
-            "--num-samples", str(len(points)),
+            "--num-trials", str(len(points)),
             "--max-steps", str(MAX_STEPS),
             "--grace-steps", str(GRACE_STEPS),
             "--storage-path", str(tmp_path / "results"),
             "--name", name,
-            "--set", "warmup_steps=1000", f"batch_size={BATCH}",
+            "--set", "ce_only_steps=1000", f"batch_size={BATCH}",
             *extra,
         ]
     )

@@ -20,7 +20,7 @@ from reid_core.train import train
 from tests.tuner.conftest import BATCH, run_search
 from tuner.results import read_trials
 from tuner.search import main as search_main
-from tuner.trainable import trial_config
+from tuner.settings import SearchSettings, trial_config
 
 pytestmark = pytest.mark.ray
 
@@ -53,9 +53,9 @@ def test_a_retried_trial_resumes_from_its_checkpoint_on_the_same_curve(ray_sessi
     assert [r["step"] for r in trial.rows] == list(range(1, 41))  # no gap, no duplicate step
     # The retry restored the step-20 checkpoint (from step 0 the fault would have fired again)
     # and continued the very curve an uninterrupted run draws.
-    search = json.loads((exp / "reid_tune.json").read_text())
+    settings = SearchSettings.load(exp)
     plain: list[dict] = []
-    train(trial_config(search["base"], trial.sampled), report=plain.append)
+    train(trial_config(settings.base, trial.sampled), report=plain.append)
     assert [r["ce"] for r in trial.rows] == [r["ce"] for r in plain]
 
 
@@ -74,8 +74,8 @@ def test_driver_killed_with_sigkill_resumes_without_losing_or_repeating_trials(r
     storage, name = tmp_path / "results", "killed"
     args = [
         "--space", str(tmp_path / "space.yaml"), "--points-to-evaluate", str(tmp_path / "points.json"),
-        "--num-samples", "3", "--max-concurrent", "1", *SHORT, "--skip-preflight",
-        "--storage-path", str(storage), "--name", name, "--set", "warmup_steps=1000", f"batch_size={BATCH}",
+        "--num-trials", "3", "--max-concurrent", "1", *SHORT, "--skip-preflight",
+        "--storage-path", str(storage), "--name", name, "--set", "ce_only_steps=1000", f"batch_size={BATCH}",
     ]
     ray_home = tempfile.mkdtemp(prefix="rk-")  # the killed driver's own Ray: short paths, removed below
     env = dict(os.environ, HOME=ray_home, RAY_TMPDIR=ray_home)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -89,7 +92,7 @@ def exit_code(argv) -> int:
         (lambda exp, tmp: [str(tmp / "missing")], "does not exist"),
         (lambda exp, tmp: [str(exp), "--reason", "stuck"], "unknown --reason 'stuck'; known: completed"),
         (lambda exp, tmp: [str(exp), "--top", "0"], "--top is 0"),
-        (lambda exp, tmp: [str(exp), "--compare", str(tmp)], "is not a reid_core.train run folder"),
+        (lambda exp, tmp: [str(exp), "--compare", str(tmp)], "is not a plain training run folder"),
         (lambda exp, tmp: [str(exp), "--format", "xml"], "invalid choice: 'xml'"),
     ],
 )
@@ -98,3 +101,33 @@ def test_bad_input_is_one_line_and_exit_2(exp, tmp_path, capsys, args, message):
     err = capsys.readouterr().err
     assert message in err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_reading_an_experiment_imports_neither_ray_nor_torch(learner_and_stuck):
+    """Tables and pictures are pandas and matplotlib over files: a laptop without Ray or a GPU reads them."""
+    _, exp, _ = learner_and_stuck
+    code = f"import sys, tuner.report; tuner.report.load({str(exp)!r}); print('ray' in sys.modules, 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False False"
+
+
+def test_an_experiment_written_with_the_old_names_still_reads(learner_and_stuck, tmp_path):
+    """0.1 wrote num_samples and trend_samples in reid_tune.json, lr_backbone/warmup_steps in the base
+    config and lr_head/lr_backbone in every result: the same table comes out."""
+    _, exp, _ = learner_and_stuck
+    old = tmp_path / "old"
+    shutil.copytree(exp, old)
+    settings = json.loads((old / "reid_tune.json").read_text())
+    settings["num_samples"] = settings.pop("num_trials")
+    settings["trend_samples"] = None
+    settings["base"]["lr_backbone"] = settings["base"].pop("backbone_lr")
+    settings["base"]["warmup_steps"] = settings["base"].pop("ce_only_steps")
+    (old / "reid_tune.json").write_text(json.dumps(settings))
+    for result in old.glob("*/result.json"):
+        rows = [json.loads(line) for line in result.read_text().splitlines()]
+        for row in rows:
+            row["lr_head"], row["lr_backbone"] = row.pop("head_lr_applied"), row.pop("backbone_lr_applied")
+        result.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    columns = ["trial_id", "head_lr", "end_reason", "stuck_cause", "steps", "final_ce_ema"]
+    pd.testing.assert_frame_equal(load(old)[columns], load(exp)[columns])
+    assert set(load(old).end_reason) == {"completed", "stuck_at_chance"}

@@ -87,3 +87,11 @@ def test_when_every_trial_is_stuck_every_trial_is_stopped_at_chance(ray_session,
     assert code == 0
     assert list(table.end_reason) == ["stuck_at_chance"] * 3
     assert (table.samples <= GRACE_STEPS * BATCH + BATCH).all()
+
+
+def test_trials_report_the_applied_lrs_under_the_fields_names(learner_and_stuck):
+    _, exp, table = learner_and_stuck
+    for trial_dir in table.trial_dir:
+        first = json.loads((exp / trial_dir / "result.json").read_text().splitlines()[0])
+        assert {"head_lr_applied", "backbone_lr_applied"} <= set(first)
+        assert not {"lr_head", "lr_backbone"} & set(first)

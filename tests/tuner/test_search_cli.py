@@ -28,7 +28,7 @@ CASES = {
     "key outside TrainConfig": (lambda t: bad_space(t, "head_lrr: {loguniform: [1.0e-6, 1.0e-1]}"), "did you mean 'head_lr'"),
     "malformed domain": (lambda t: bad_space(t, "head_lr: {loguniform: [1.0e-1, 1.0e-6]}"), "needs low < high"),
     "max_steps in the space": (lambda t: bad_space(t, "max_steps: {randint: [10, 20]}"), "max_steps is the budget"),
-    "zero trials": (lambda t: ["--num-samples", "0"], "--num-samples is 0, but must be > 0"),
+    "zero trials": (lambda t: ["--num-trials", "0"], "--num-trials is 0, but must be > 0"),
     "negative budget": (lambda t: ["--max-steps", "-5"], "--max-steps is -5, but must be > 0"),
     "grace past the budget": (lambda t: ["--grace-steps", "500", "--max-steps", "100"], "exceeds --max-steps"),
     "zero margin": (lambda t: ["--chance-margin", "0"], "--chance-margin is 0.0"),

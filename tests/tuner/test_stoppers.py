@@ -1,11 +1,17 @@
 """The chance-level rule on plain metric sequences: no Ray session needed."""
 
+import csv
+import io
 import math
 import pickle
+from pathlib import Path
 
 import pytest
 
-from tuner.stoppers import ChanceLevelRule, ChanceLevelStopper
+from reid_core.chance import DEFAULT_CHANCE_MARGIN, ChanceLevelRule, go_line
+from reid_core.config import TrainConfig
+from reid_core.train import RunWriter
+from tuner.stoppers import ChanceLevelStopper
 
 CHANCE = math.log(400)  # 5.99
 GRACE = 300 * 32  # the seed's smoke window: 300 steps of 32 images
@@ -128,3 +134,39 @@ def test_stopper_survives_a_pickle_round_trip_mid_trial():
     verdicts = [clone("t", r) for r in stream[200:301]]
     assert verdicts.index(True) == 99  # step 300 = the window, exactly as without the round trip
     assert clone.reasons == {"t": "stuck_at_chance"}
+
+
+# --- one rule for both jobs -----------------------------------------------------------------------
+
+CURVES = Path(__file__).parent.parent / "data" / "curves"  # recorded plain runs of the random-init default
+
+
+def recorded(name: str) -> list[dict]:
+    with open(CURVES / f"{name}.csv", newline="") as f:
+        return [{k: float(v) if k not in ("step", "samples", "skipped_steps") else int(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+@pytest.mark.parametrize(
+    "curve, verdict_step",
+    [("flat_head_lr_1e-6", 300), ("slow_learner_head_lr_3e-4", None)],
+    ids=["flat near chance: stuck at the window", "slow learner above the line at the window: goes on"],
+)
+def test_plain_job_and_search_reach_the_same_verdict_on_the_same_curve(curve, verdict_step, tmp_path):
+    rows = recorded(curve)
+    grace_steps, batch = 300, 32
+    # the search: Ray's stopper, fed the trial's results in order
+    stopper = ChanceLevelStopper(grace_steps * batch, DEFAULT_CHANCE_MARGIN)
+    stopped = next((r for r in rows if stopper("trial", r)), None)
+    # the plain job: its RunWriter, fed the same rows as train() would
+    cfg = TrainConfig(batch_size=batch, max_steps=len(rows))
+    writer = RunWriter(cfg, tmp_path / "run", stream=io.StringIO(), grace_steps=grace_steps)
+    for r in rows:
+        writer({**r, "images_per_s": 1.0})
+    writer.close()
+    assert (stopped["step"] if stopped else None) == writer.verdict_step == verdict_step
+    assert stopper.reasons.get("trial") == writer.verdict == ("stuck_at_chance" if verdict_step else None)
+    at_window = next(r for r in rows if r["step"] == grace_steps)
+    # a pure threshold at the window would stop both; the trend rule keeps the one still clearly falling
+    assert at_window["ce_ema"] > go_line(at_window["chance_ce"])
+    if verdict_step is None:
+        assert rows[-1]["ce_ema"] < go_line(rows[-1]["chance_ce"])  # and it did cross the Go line later

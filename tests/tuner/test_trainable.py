@@ -7,7 +7,8 @@ import math
 import pytest
 
 from reid_core.config import TrainConfig
-from tuner.trainable import carry_evaluation, trial_config
+from tuner.settings import trial_config
+from tuner.trainable import carry_evaluation
 
 
 def test_carry_evaluation_puts_the_latest_evaluation_in_every_result():

@@ -1,0 +1,255 @@
+"""One training run's state and its optimizer step: `Trainer`, plus evaluation and device setup.
+
+The loop around it (`reid_core.train.train`) and the plain command line live in `reid_core.train`;
+tests, the pre-flight checks and checkpoints drive a `Trainer` one step at a time. Never imports ray.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from reid_core.config import TrainConfig
+from reid_core.data import EVAL_BATCH, ReIDData, Split, batches, eval_images, load_data, loader_workers
+from reid_core.errors import UserError
+from reid_core.losses import id_loss, sdm_loss
+from reid_core.metrics import retrieval_metrics
+from reid_core.model import ReIDModel, build_model, context_length, parameter_groups
+from reid_core.pretrained import check_model, resolve_pretrained
+from reid_core.schedule import ema, lr_factor, sdm_weight_at
+
+
+# --- runtime setup --------------------------------------------------------------
+
+
+def resolve_device(cfg: TrainConfig) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device '{cfg.device}' requested but CUDA is not available; use --set device=cpu or auto")
+    return torch.device(cfg.device)
+
+
+def amp_dtype(cfg: TrainConfig, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype, or None for full fp32 (always on CPU)."""
+    if device.type != "cuda" or cfg.amp == "off":
+        return None
+    if cfg.amp == "fp16" or (cfg.amp == "auto" and not torch.cuda.is_bf16_supported()):
+        return torch.float16
+    return torch.bfloat16
+
+
+def seed_everything(seed: int, threads: int) -> None:
+    """Same seed and threads, same curve: the re-run of a trial depends on it."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# --- evaluation --------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate(
+    model: ReIDModel, data: ReIDData, device: torch.device, dtype: Optional[torch.dtype], workers: int = 0
+) -> dict[str, float]:
+    """Retrieval on the evaluated split (``eval_split``): each caption queries its images (text-to-image),
+    or, for a data set without captions, each query image queries the gallery (image ReID, same-camera
+    matches left out). Features are CLIP's L2-normalised projections, compared by cosine similarity."""
+    was_training = model.training
+    model.eval()
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+    try:
+        with autocast:
+            gallery = _image_features(model, data.gallery, data.image_size, device, workers)
+            if data.query is not None:
+                query = _image_features(model, data.query, data.image_size, device, workers)
+                similarity = query @ gallery.t()
+                scores = retrieval_metrics(
+                    similarity.cpu(), data.query.pids, data.gallery.pids, data.query.camids, data.gallery.camids
+                )
+            else:
+                text = [
+                    model.encode_text(data.gallery.tokens[start : start + EVAL_BATCH].to(device)).float()
+                    for start in range(0, len(data.gallery.tokens), EVAL_BATCH)
+                ]
+                similarity = nn.functional.normalize(torch.cat(text), dim=-1) @ gallery.t()
+                scores = retrieval_metrics(similarity.cpu(), data.gallery.caption_pids, data.gallery.pids)
+    finally:
+        model.train(was_training)
+    return {f"val_{k}": v for k, v in scores.items()}
+
+
+def _image_features(model: ReIDModel, split: Split, size, device: torch.device, workers: int) -> torch.Tensor:
+    feats = [model.encode_image(images).float() for images in eval_images(split, size, device, workers)]
+    return nn.functional.normalize(torch.cat(feats), dim=-1)
+
+
+# --- training ----------------------------------------------------------------------
+
+
+class Trainer:
+    """The state of one training run and its optimizer step, separated from the loop so that
+    tests, pre-flight checks and checkpoints can drive it one step at a time."""
+
+    def __init__(self, cfg: TrainConfig, data: Optional[ReIDData] = None):
+        self.cfg = cfg
+        seed_everything(cfg.seed, cfg.threads)
+        self.device = resolve_device(cfg)
+        self.dtype = amp_dtype(cfg, self.device)
+        check_model(cfg)  # before the data: a bad model name is one error line, not tokenizer warnings too
+        resolve_pretrained(cfg)  # and missing weights (offline) fail before minutes of data checks
+        self.data = data if data is not None else load_data(cfg, context_length(cfg))
+        self.model = build_model(cfg, num_classes=self.data.num_classes).to(self.device).train()
+        self.workers = loader_workers(cfg, self.device)
+        self.chance_ce = math.log(self.data.num_classes)
+        self.optimizer = _adamw(parameter_groups(self.model, cfg))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.stream = batches(self.data, cfg.batch_size, cfg.seed, self.device, self.workers)
+        self.head_weight_start = self.model.classifier.weight.detach().clone()
+        self.head_weight_start_norm = max(self.head_weight_start.norm().item(), 1e-12)
+        self.step = 0  # optimizer steps taken
+        self.ce_ema: Optional[float] = None
+        self.skipped_steps = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue the same curve: only tensors and plain
+        numbers, so it loads with ``torch.load(weights_only=True)``."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "ce_ema": self.ce_ema,
+            "skipped_steps": self.skipped_steps,
+            "head_weight_start": self.head_weight_start,
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from `state_dict`: weights, optimizer moments, step, EMA, RNG and data position."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.ce_ema, self.skipped_steps = state["step"], state["ce_ema"], state["skipped_steps"]
+        self.head_weight_start = state["head_weight_start"].to(self.device)
+        self.head_weight_start_norm = max(self.head_weight_start.norm().item(), 1e-12)
+        # The micro-batch stream is a pure function of its seed and of how many batches were drawn:
+        # drawing the same number again puts it where the checkpointed run was.
+        for _ in range(self.step * self.cfg.grad_accum_steps):
+            next(self.stream)
+        torch.set_rng_state(state["torch_rng"])
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else contextlib.nullcontext()
+
+    def backward(self, sdm_weight: float) -> torch.Tensor:
+        """Run one optimizer step's micro-batches forward and backward; gradients are left in ``.grad``.
+
+        Each micro-batch loss is divided by ``grad_accum_steps``, so the accumulated gradient is
+        that of the mean loss over all the step's images. Returns the micro-batch means of
+        (ce, sdm, loss, feature_norm, logit_std).
+        """
+        cfg, model = self.cfg, self.model
+        sums = torch.zeros(5)
+        for _ in range(cfg.grad_accum_steps):
+            images, labels, tokens = next(self.stream)
+            with self._autocast():
+                features = model.encode_image(images)  # raw features: the BNNeck needs them unnormalised
+                logits = model.identity_logits(features)
+                ce = id_loss(logits, labels, cfg.label_smoothing)
+                sdm = torch.zeros((), device=self.device)
+                if sdm_weight > 0:  # CE-only phase: the text encoder is not even run
+                    sdm = sdm_loss(features, model.encode_text(tokens), labels, cfg.logit_scale)
+                loss = ce + sdm_weight * sdm
+            self.scaler.scale(loss / cfg.grad_accum_steps).backward()
+            with torch.no_grad():
+                stats = [ce, sdm, loss, features.float().norm(dim=1).mean(), logits.float().std()]
+                sums += torch.stack(stats).float().cpu()
+        return sums / cfg.grad_accum_steps
+
+    def train_step(self) -> dict[str, Any]:
+        """One optimizer step; returns its metrics (``reid_core.schema.STEP_METRICS``)."""
+        cfg, optimizer, scaler = self.cfg, self.optimizer, self.scaler
+        started = time.perf_counter()
+        factor = lr_factor(self.step, cfg.lr_warmup_steps, cfg.max_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+        sdm_weight = sdm_weight_at(self.step, cfg.ce_only_steps, cfg.sdm_ramp_steps, cfg.sdm_weight)
+        if not self.data.has_captions:
+            sdm_weight = 0.0  # no captions (Market-1501): identity CE only
+
+        ce, sdm, loss, feature_norm, logit_std = self.backward(sdm_weight).tolist()
+
+        scaler.unscale_(optimizer)  # no-op without fp16; makes grad norms real numbers
+        head_weight = self.model.classifier.weight
+        head_grad_norm = head_weight.grad.norm().item() if head_weight.grad is not None else 0.0
+        if cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        scale_before = scaler.get_scale() if scaler.is_enabled() else 1.0
+        scaler.step(optimizer)
+        scaler.update()
+        if scaler.is_enabled() and scaler.get_scale() < scale_before:
+            self.skipped_steps += 1  # GradScaler found inf/nan gradients and skipped the update
+        optimizer.zero_grad(set_to_none=True)  # None, not 0: AdamW leaves grad-less params (idle text tower) alone
+        self.step += 1
+
+        finite = math.isfinite(ce) and math.isfinite(loss)
+        # beta per batch of images: a step of k micro-batches weighs k batches, so ce_ema spans the same
+        # images at any accumulation (the stopping rule and ASHA compare trials at equal images)
+        self.ce_ema = ema(self.ce_ema, ce, cfg.ce_ema_beta**cfg.grad_accum_steps) if finite else float("nan")
+        with torch.no_grad():
+            weight_norm = head_weight.norm().item()
+            weight_change = (head_weight - self.head_weight_start).norm().item() / self.head_weight_start_norm
+        return {
+            "step": self.step,
+            "samples": self.step * cfg.images_per_step,
+            "ce": ce,
+            "ce_ema": self.ce_ema,
+            "sdm": sdm,
+            "loss": loss,
+            "sdm_weight": sdm_weight,
+            "head_lr_applied": self._applied_lr(head=True),
+            "backbone_lr_applied": self._applied_lr(head=False),
+            "head_weight_norm": weight_norm,
+            "head_weight_change": weight_change,
+            "head_grad_norm": head_grad_norm,
+            "feature_norm": feature_norm,
+            "logit_std": logit_std,
+            "loss_scale": scaler.get_scale() if scaler.is_enabled() else 1.0,
+            "skipped_steps": self.skipped_steps,
+            "chance_ce": self.chance_ce,
+            "images_per_s": cfg.images_per_step / max(time.perf_counter() - started, 1e-9),
+        }
+
+    def _applied_lr(self, head: bool) -> float:
+        """The LR the optimizer used this step for the classifier's group (``head``) or the backbone's:
+        read from its parameter groups, so a schedule or a group that lost the head shows as it is
+        (0 when the classifier is in no group)."""
+        classifier = self.model.classifier.weight
+        for group in self.optimizer.param_groups:
+            holds_head = any(p is classifier for p in group["params"])
+            if holds_head == head and (head or group.get("name", "").startswith("backbone")):
+                return float(group["lr"])
+        return 0.0
+
+    def evaluate(self) -> dict[str, float]:
+        return evaluate(self.model, self.data, self.device, self.dtype, self.workers)
+
+
+def _adamw(groups: list[dict]) -> torch.optim.Optimizer:
+    # Fused AdamW: the 49408-row token embedding is most of a small CLIP's parameters and the
+    # per-parameter foreach update cost ~40% of a CPU step; fused does it in one pass.
+    try:
+        return torch.optim.AdamW(groups, fused=True)
+    except (RuntimeError, TypeError):  # a device or dtype the fused kernel does not cover
+        return torch.optim.AdamW(groups)

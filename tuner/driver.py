@@ -1,0 +1,194 @@
+"""The Ray wiring: start or join Ray, build the Tuner (or restore one), fit, summarise.
+
+``tuner.search`` parses and checks everything a user can get wrong and builds the
+`SearchSettings`; this module only runs them. Optuna proposes, `RecheckingASHA` ranks on images
+seen, `ChanceLevelStopper` kills trials stuck at chance, `ProgressPrinter` says what happened.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from reid_core.errors import UserError
+from search_spaces import Domain, to_tune
+from tuner.settings import SearchSettings
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What each trial holds and where Ray runs; not part of the experiment (a resume may change them)."""
+
+    cpus_per_trial: float = 1.0  # CPUs per trial (its torch threads follow)
+    gpus_per_trial: Optional[float] = None  # GPUs per trial, fractions allowed; None = 1 with CUDA, else 0
+    max_concurrent: Optional[int] = None  # trials at once; None = what resources allow
+    address: Optional[str] = None  # an existing cluster to join; None = start Ray here
+    auth_token_file: Optional[str] = None  # that cluster's token file (RAY_AUTH_MODE=token)
+
+
+def probe(address: str) -> None:
+    """Fail in seconds on an address nothing listens at (ray.init itself retries for minutes)."""
+    if address == "auto":
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--address '{address}' is not HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as err:
+        raise UserError(
+            f"cannot reach the Ray cluster at '{address}': {err.strerror or err}; check that the head node is "
+            "running and the address and port are right"
+        ) from None
+
+
+def connect(resources: Resources) -> bool:
+    """Start or join Ray; returns whether we started it (and so should shut it down)."""
+    import ray
+
+    if ray.is_initialized():  # e.g. a notebook or a test session that already holds one
+        return False
+    if resources.auth_token_file:
+        # Ray reads the token from this file itself; it never passes through our logs or exports.
+        os.environ["RAY_AUTH_TOKEN_PATH"] = str(Path(resources.auth_token_file).resolve())
+    kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": True, "logging_level": logging.WARNING}
+    if resources.address:
+        try:
+            ray.init(address=resources.address, **kwargs)
+        except Exception as err:  # ConnectionError, RuntimeError, auth failures: all the user's to fix
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise UserError(
+                f"cannot connect to the Ray cluster at '{resources.address}': {first}; check the address, and for a "
+                "cluster with RAY_AUTH_MODE=token pass its token with --auth-token-file"
+            ) from None
+    else:
+        ray.init(include_dashboard=False, **kwargs)  # no dashboard: nothing listens beyond this process
+    return True
+
+
+def fast_reporting() -> None:
+    """Every optimizer step is reported to Ray; keep that from slowing the trial down.
+
+    - Ray's result buffering, with asynchronous reporting (``tuner._ray_compat.FastReporting``):
+      the trial's actor collects results for 0.2 s and the driver processes them together while
+      the trial trains on; every result is still logged, and ASHA and the chance-level rule still
+      judge every result in order.
+    - One logger, ``result.json`` (what ``tuner.results`` and Ray's own readers use), instead of
+      Ray's three: ``progress.csv`` and TensorBoard events would be written per result too, by
+      the driver, on CPUs the trials share. ``--tensorboard`` adds TensorBoard back.
+
+    ``setdefault``: a user's own settings of these variables win.
+    """
+    from tuner._ray_compat import RESULT_BUFFER_LENGTH
+
+    os.environ.setdefault("TUNE_RESULT_BUFFER_LENGTH", str(RESULT_BUFFER_LENGTH))
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Ray's legacy reporter honours verbose=0; ours prints instead
+
+
+def run(
+    settings: SearchSettings,
+    exp_dir: Path,
+    resources: Resources,
+    *,
+    space: Optional[dict[str, Domain]] = None,
+    points: Optional[list[dict[str, Any]]] = None,
+    resume: bool = False,
+    quiet: bool = False,
+    tensorboard: bool = False,
+) -> int:
+    """Run (or, with ``resume``, continue) the search; returns the exit code of its summary."""
+    started_ray = connect(resources)
+    try:
+        return _fit(settings, exp_dir, resources, space, points or [], resume, quiet, tensorboard)
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def _fit(settings, exp_dir: Path, resources: Resources, space, points, resume: bool, quiet: bool, tensorboard: bool) -> int:
+    import optuna
+    import torch
+    from ray import tune
+    from ray.tune.logger import JsonLoggerCallback, TBXLoggerCallback
+    from ray.tune.search.optuna import OptunaSearch
+
+    from tuner.progress import ProgressPrinter, summarise
+    from tuner.schedulers import RecheckingASHA, rung_milestones
+    from tuner.stoppers import ChanceLevelStopper
+    from tuner.trainable import train_trial
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created" is not news
+    fast_reporting()
+    gpus = resources.gpus_per_trial
+    if gpus is None:
+        gpus = 1.0 if torch.cuda.is_available() else 0.0
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            train_trial,
+            base=settings.base,
+            metric=settings.metric,
+            eval_at_samples=rung_milestones(settings.grace_samples, settings.max_samples, settings.reduction_factor)
+            if settings.evaluates_at_rungs
+            else (),
+            checkpoint_every=settings.checkpoint_every,
+            inject_fault=settings.inject_fault,
+        ),
+        {"cpu": resources.cpus_per_trial, "gpu": gpus},
+    )
+    stopper = ChanceLevelStopper(settings.grace_samples, settings.chance_margin)
+    progress = ProgressPrinter(stopper, settings, quiet=quiet)
+    run_config = tune.RunConfig(
+        name=exp_dir.name,
+        storage_path=str(exp_dir.parent),
+        stop=stopper,
+        callbacks=[progress, JsonLoggerCallback(), *([TBXLoggerCallback()] if tensorboard else [])],
+        verbose=0,
+        failure_config=tune.FailureConfig(max_failures=settings.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # only the newest: a retry needs no other
+    )
+    t0 = time.perf_counter()
+    if resume:
+        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        settings.save(exp_dir)
+        searcher = OptunaSearch(
+            metric=settings.metric, mode=settings.mode, points_to_evaluate=points or None, seed=settings.seed
+        )
+        scheduler = RecheckingASHA(
+            time_attr="samples",  # images seen: trials with different accumulation compare at equal compute
+            grace_period=settings.grace_samples,
+            max_t=settings.max_samples,
+            reduction_factor=settings.reduction_factor,
+        )
+        tuner = tune.Tuner(
+            trainable,
+            param_space=to_tune(space),
+            tune_config=tune.TuneConfig(
+                metric=settings.metric,
+                mode=settings.mode,
+                search_alg=searcher,
+                scheduler=scheduler,
+                num_samples=settings.num_trials,
+                max_concurrent_trials=resources.max_concurrent,
+                reuse_actors=True,
+            ),
+            run_config=run_config,
+        )
+    if not quiet:
+        print(
+            f"{'resuming' if resume else 'searching'} {', '.join(settings.space)} over {settings.num_trials} trials of "
+            f"up to {settings.max_samples} images each; grace window {settings.grace_samples} images; results in {exp_dir}",
+            flush=True,
+        )
+    tuner.fit()
+    return summarise(exp_dir, time.perf_counter() - t0)
