@@ -10,6 +10,9 @@ from __future__ import annotations
 import sys
 
 
+INTERRUPTED = 130  # exit code of a command ended by Ctrl-C: the shell's 128 + SIGINT
+
+
 class UserError(Exception):
     """A bad input the user can fix; the message names the problem and the fix."""
 

@@ -11,6 +11,8 @@ matter here.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import pickle
 import zipfile
 
@@ -74,15 +76,16 @@ def build_model(cfg: TrainConfig, num_classes: int) -> ReIDModel:
     if cfg.context_length is not None:
         kwargs["force_context_length"] = cfg.context_length
     try:
-        clip = open_clip.create_model(
-            cfg.model,
-            pretrained=weights,
-            force_image_size=tuple(cfg.image_size),
-            force_quick_gelu=quick_gelu,  # what the tag was trained with (OpenAI's ViT-B-16: QuickGELU)
-            weights_only=True,  # never unpickle arbitrary objects from a user's file
-            require_pretrained=weights is not None,  # a file that fails to load is an error, not random init
-            **kwargs,
-        )
+        with _quiet_random_init():
+            clip = open_clip.create_model(
+                cfg.model,
+                pretrained=weights,
+                force_image_size=tuple(cfg.image_size),
+                force_quick_gelu=quick_gelu,  # what the tag was trained with (OpenAI's ViT-B-16: QuickGELU)
+                weights_only=True,  # never unpickle arbitrary objects from a user's file
+                require_pretrained=weights is not None,  # a file that fails to load is an error, not random init
+                **kwargs,
+            )
     except (RuntimeError, OSError, ValueError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
         if weights is None:
             raise
@@ -92,6 +95,25 @@ def build_model(cfg: TrainConfig, num_classes: int) -> ReIDModel:
             f"{cfg.image_size[0]}x{cfg.image_size[1]}: {first}; pass weights saved from this model"
         ) from None
     return ReIDModel(clip, num_classes)
+
+
+class _DropRandomInitNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No pretrained weights loaded for model")
+
+
+@contextlib.contextmanager
+def _quiet_random_init():
+    """open_clip logs "No pretrained weights loaded ... initialized randomly" on the root logger for every
+    random-init model: for reid-tiny's default that is the expected case, not news, and the search
+    builds the model several times. Other warnings still show."""
+    root = logging.getLogger()
+    notice = _DropRandomInitNotice()
+    root.addFilter(notice)
+    try:
+        yield
+    finally:
+        root.removeFilter(notice)
 
 
 def context_length(cfg: TrainConfig) -> int:

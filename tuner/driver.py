@@ -10,14 +10,15 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from reid_core.errors import UserError
+from reid_core.errors import INTERRUPTED, UserError
 from search_spaces import Domain, to_tune
-from tuner.settings import SearchSettings
+from tuner.settings import SETTINGS_FILE, SearchSettings
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,36 @@ def fast_reporting() -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Ray's legacy reporter honours verbose=0; ours prints instead
 
 
+class _DropMessages(logging.Filter):
+    """Drops a logger's records that start with one of ``prefixes``; every other record passes."""
+
+    def __init__(self, *prefixes: str):
+        super().__init__()
+        self._prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self._prefixes)
+
+
+# Ray's lines that tell a user of this command nothing, or that we say better ourselves (checked
+# against Ray 2.60; a renamed logger or message just shows again). Its real warnings still show.
+_QUIET = {
+    # local clusters turn token auth on by default since 2.59; the notice repeats at every start
+    "ray._private.authentication.authentication_token_setup": ("Token authentication is enabled for this Ray cluster",),
+    # Ctrl-C: we print one line saying how to resume instead of these two
+    "ray.tune.tune": ("Stop signal received", "Experiment has been interrupted"),
+    # a trial interrupted before its first report has no result file yet: not an error
+    "ray.tune.analysis.experiment_analysis": ("Failed to fetch metrics",),
+}
+
+
+def quiet_ray_logs() -> None:
+    for name, prefixes in _QUIET.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessages) for f in logger.filters):
+            logger.addFilter(_DropMessages(*prefixes))
+
+
 def run(
     settings: SearchSettings,
     exp_dir: Path,
@@ -103,10 +134,23 @@ def run(
     quiet: bool = False,
     tensorboard: bool = False,
 ) -> int:
-    """Run (or, with ``resume``, continue) the search; returns the exit code of its summary."""
+    """Run (or, with ``resume``, continue) the search; returns the exit code of its summary.
+
+    Ctrl-C: Ray Tune takes the first, stops the trials and saves what a resume needs; the summary
+    then says how to resume and the code is 130. Ray puts Python's own handler back after the first,
+    so a second Ctrl-C raises KeyboardInterrupt at once, which ``tuner.search`` turns into the same
+    one line and 130.
+    """
+    quiet_ray_logs()
     started_ray = connect(resources)
     try:
         return _fit(settings, exp_dir, resources, space, points or [], resume, quiet, tensorboard)
+    except KeyboardInterrupt:  # the second Ctrl-C: out at once, Ray's own state as it was last saved
+        from tuner.progress import resume_line
+
+        saved = (exp_dir / SETTINGS_FILE).is_file()
+        print(f"interrupted{'; ' + resume_line(exp_dir) if saved else ''}", file=sys.stderr, flush=True)
+        return INTERRUPTED
     finally:
         if started_ray:
             import ray
@@ -121,7 +165,7 @@ def _fit(settings, exp_dir: Path, resources: Resources, space, points, resume: b
     from ray.tune.logger import JsonLoggerCallback, TBXLoggerCallback
     from ray.tune.search.optuna import OptunaSearch
 
-    from tuner.progress import ProgressPrinter, summarise
+    from tuner.progress import EndReasonRecorder, ProgressPrinter, summarise
     from tuner.schedulers import RecheckingASHA, rung_milestones
     from tuner.stoppers import ChanceLevelStopper
     from tuner.trainable import train_trial
@@ -145,12 +189,13 @@ def _fit(settings, exp_dir: Path, resources: Resources, space, points, resume: b
         {"cpu": resources.cpus_per_trial, "gpu": gpus},
     )
     stopper = ChanceLevelStopper(settings.grace_samples, settings.chance_margin)
-    progress = ProgressPrinter(stopper, settings, quiet=quiet)
+    recorder = EndReasonRecorder(stopper, settings, exp_dir)
+    progress = ProgressPrinter(recorder, settings, quiet=quiet)
     run_config = tune.RunConfig(
         name=exp_dir.name,
         storage_path=str(exp_dir.parent),
         stop=stopper,
-        callbacks=[progress, JsonLoggerCallback(), *([TBXLoggerCallback()] if tensorboard else [])],
+        callbacks=[recorder, progress, JsonLoggerCallback(), *([TBXLoggerCallback()] if tensorboard else [])],
         verbose=0,
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # only the newest: a retry needs no other

@@ -1,4 +1,5 @@
-"""What the user sees: a concise line per finished trial and a status line now and then, then the summary."""
+"""What the user sees (a line per finished trial, a status line now and then, the summary), and the record of
+why each trial ended, written when it is decided."""
 
 from __future__ import annotations
 
@@ -9,58 +10,89 @@ from typing import Any
 
 from ray.tune import Callback
 
+from reid_core.errors import INTERRUPTED
+from reid_core.io import write_json_atomic
 from reid_core.schema import ASHA, COMPLETED, DIVERGED, ERROR, STUCK, UNFINISHED
 from tuner.plots import curves_png
+from tuner.ray_files import END_REASON_FILE
 from tuner.results import compute_account, write_exports
 from tuner.settings import SearchSettings, end_reason, trial_config
 
 
-class ProgressPrinter(Callback):
-    """Prints one line when a trial ends (with why) and a status line every ``every_s`` seconds."""
+class EndReasonRecorder(Callback):
+    """Records why each trial ended, when the driver decides it: ``end_reason.json`` in the trial's folder,
+    written atomically. The tables read the record; replaying the curve is only the fallback for
+    experiments without one, so a curve a crash cut short cannot re-label a trial."""
 
-    def __init__(self, stopper, settings: SearchSettings, quiet: bool = False, every_s: float = 15.0):
+    def __init__(self, stopper, settings: SearchSettings, exp_dir: Path):
         self._stopper = stopper
+        self._settings = settings
+        self._exp_dir = Path(exp_dir)
+        self.latest: dict[str, dict[str, Any]] = {}  # trial_id -> its last result
+        self.reasons: dict[str, str] = {}  # trial_id -> why it ended, for the trials that have
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.latest[trial.trial_id] = result
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        reason = end_reason(
+            failed=False,
+            verdict=self._stopper.reasons.get(trial.trial_id),
+            last=self.latest.get(trial.trial_id, {}),
+            max_steps=trial_config(self._settings.base, trial.config).max_steps,
+            terminated=True,
+        )
+        self._record(trial, reason)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._record(trial, ERROR)
+
+    def _record(self, trial, reason: str) -> None:
+        self.reasons[trial.trial_id] = reason
+        last = self.latest.get(trial.trial_id, {})
+        folder = self._exp_dir / Path(trial.path).name
+        if folder.is_dir():  # the experiment's storage is this machine's disk
+            record = {"trial_id": trial.trial_id, "end_reason": reason, "step": last.get("step", 0), "samples": last.get("samples", 0)}
+            write_json_atomic(folder / END_REASON_FILE, record)
+
+
+class ProgressPrinter(Callback):
+    """Prints one line when a trial ends (with why, from the recorder) and a status line every ``every_s`` seconds."""
+
+    def __init__(self, recorder: EndReasonRecorder, settings: SearchSettings, quiet: bool = False, every_s: float = 15.0):
+        self._recorder = recorder
         self._settings = settings
         self._quiet = quiet
         self._every_s = every_s
         self._last_status = time.monotonic()
-        self._latest: dict[str, dict[str, Any]] = {}
-        self._ended = 0
 
     def _say(self, text: str) -> None:
         if not self._quiet:
             print(text, flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self._latest[trial.trial_id] = result
         now = time.monotonic()
         if now - self._last_status >= self._every_s:
             self._last_status = now
             running = [t for t in trials if t.status == "RUNNING"]
-            best = min((r["ce_ema"] for r in self._latest.values() if math.isfinite(r.get("ce_ema", math.nan))), default=None)
+            latest = self._recorder.latest.values()
+            best = min((r["ce_ema"] for r in latest if math.isfinite(r.get("ce_ema", math.nan))), default=None)
             best_txt = f"best ce_ema {best:.3f}" if best is not None else "no result yet"
-            self._say(f"[{len(trials)} started, {self._ended} ended, {len(running)} running] {best_txt}")
+            ended = len(self._recorder.reasons)
+            self._say(f"[{len(trials)} started, {ended} ended, {len(running)} running] {best_txt}")
 
-    def _ended_line(self, trial, reason: str) -> None:
-        self._ended += 1
-        last = self._latest.get(trial.trial_id, {})
+    def _ended_line(self, trial) -> None:
+        reason = self._recorder.reasons.get(trial.trial_id, UNFINISHED)
+        last = self._recorder.latest.get(trial.trial_id, {})
         params = ", ".join(f"{k}={_fmt(trial.config.get(k))}" for k in self._settings.space)
         where = f"step {last.get('step', 0)}, ce_ema {last.get('ce_ema', math.nan):.3f}" if last else "no step"
         self._say(f"trial {trial.trial_id} {reason:<15} {where}  ({params})")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        last = self._latest.get(trial.trial_id, {})
-        reason = end_reason(
-            failed=False,
-            verdict=self._stopper.reasons.get(trial.trial_id),
-            last=last,
-            max_steps=trial_config(self._settings.base, trial.config).max_steps,
-            terminated=True,
-        )
-        self._ended_line(trial, reason)
+        self._ended_line(trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._ended_line(trial, ERROR)
+        self._ended_line(trial)
 
 
 def _fmt(value: Any) -> str:
@@ -69,8 +101,13 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def resume_line(exp_dir: Path) -> str:
+    return f"resume with: reid-tune search --resume --name {exp_dir.name} --storage-path {exp_dir.parent}"
+
+
 def summarise(exp_dir: Path, wall_s: float) -> int:
-    """Write the exports, print the summary; exit code 1 when some trials failed, else 0."""
+    """Write the exports, print the summary; exit code 130 when the search was interrupted before every
+    trial ended (Ctrl-C), else 1 when some trials failed, else 0."""
     exports = write_exports(exp_dir)
     frame, settings, best = exports["frame"], exports["settings"], exports["best"]
     reasons = dict(zip(frame["trial_id"], frame["end_reason"])) if not frame.empty else {}
@@ -91,7 +128,7 @@ def summarise(exp_dir: Path, wall_s: float) -> int:
         metric = settings.metric
         print(f"best: trial {best['trial_id']} ({params}): {metric} {best[f'final_{metric}']:.3f}, {best['end_reason']}")
     else:
-        print("best: none (no trial completed or was cut by ASHA), so no best_config.json")
+        print("best: none yet (no trial completed or was cut by ASHA), so no best_config.json")
     if not frame.empty:
         account = compute_account(frame, settings)
         print(
@@ -107,4 +144,8 @@ def summarise(exp_dir: Path, wall_s: float) -> int:
     print("wrote " + ", ".join(str(p) for p in written))
     if exports["best_config"] is not None:
         print(f"re-run the winner: reid-tune train --config {exports['best_config']} --out DIR")
+    unfinished = int((frame["end_reason"] == UNFINISHED).sum()) if not frame.empty else 0
+    if unfinished or len(frame) < settings.num_trials:
+        print(f"interrupted with {settings.num_trials - len(frame) + unfinished} of {settings.num_trials} trials unfinished; {resume_line(exp_dir)}")
+        return INTERRUPTED
     return 1 if len(errors) else 0

@@ -1,11 +1,14 @@
 """What Ray Tune writes in an experiment folder, read without Ray (checked against Ray 2.60).
 
 Ray's own readers (``ResultGrid``, ``ExperimentAnalysis``) import Ray and torch; reading tables
-and drawing curves needs neither. This is the one module that knows Ray's file layout:
+and drawing curves needs neither. This is the one module that knows Ray's file layout. It reads
+what a crash leaves: an unreadable line or file is skipped and named in a note, never fatal.
 
 - ``<trial folder>/params.json``: the trial's sampled config;
 - ``<trial folder>/result.json``: one JSON object per line, one line per ``tune.report``;
 - ``<trial folder>/error.txt``: the failure's traceback, when the trial raised;
+- ``<trial folder>/end_reason.json``: ours, not Ray's (`END_REASON_FILE`), written by the driver
+  when the trial's end was decided;
 - ``experiment_state-<timestamp>.json``: the controller's snapshot; ``trial_data`` is a list of
   ``[trial_json, runtime_json]`` pairs, ``trial_json`` a JSON string holding at least
   ``trial_id``, ``status`` (PENDING, RUNNING, PAUSED, TERMINATED, ERROR) and ``relative_logdir``.
@@ -21,6 +24,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 
+END_REASON_FILE = "end_reason.json"  # ours, beside Ray's files: why the trial ended, written when it was decided
+
+
 @dataclass
 class TrialFiles:
     trial_id: str
@@ -29,39 +35,46 @@ class TrialFiles:
     status: Optional[str]  # Ray's status from the newest experiment state; None if unknown
     rows: list[dict[str, Any]] = field(default_factory=list)  # result.json, one per report, by step
     error: Optional[str] = None  # last non-blank line of error.txt
+    recorded: Optional[dict[str, Any]] = None  # end_reason.json: {"end_reason", "step", "samples"}, if written
+    damage: list[str] = field(default_factory=list)  # what a crash left unreadable, one note each
 
 
-def statuses(exp_dir: Path) -> dict[str, tuple[Optional[str], Optional[str]]]:
-    """trial_id -> (status, relative_logdir) from Ray's newest experiment state, if readable."""
+def statuses(exp_dir: Path) -> tuple[dict[str, tuple[Optional[str], Optional[str]]], Optional[str]]:
+    """``(trial_id -> (status, relative_logdir), note)`` from Ray's newest experiment state; the note says
+    why the state could not be read (then every status is unknown)."""
     states = sorted(Path(exp_dir).glob("experiment_state-*.json"))
     if not states:
-        return {}
+        return {}, None
     try:
         data = json.loads(states[-1].read_text())
         out = {}
         for trial_json, _runtime in data.get("trial_data", []):
             t = json.loads(trial_json)
             out[t["trial_id"]] = (t.get("status"), t.get("relative_logdir"))
-        return out
-    except (OSError, ValueError, TypeError, KeyError):  # being rewritten right now, or a format we do not know
-        return {}
+        return out, None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:  # a crash mid-write, or a format we do not know
+        return {}, f"{states[-1]} is unreadable ({type(err).__name__}); trial statuses unknown, end reasons read from the trials' own files"
 
 
-def read_results(result_file: Path) -> list[dict[str, Any]]:
-    """The training steps a trial reported, one per step, in step order."""
-    rows = []
+def read_results(result_file: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """``(the training steps a trial reported, one per step in step order; notes on unreadable lines)``."""
+    rows: list[dict[str, Any]] = []
+    notes: list[str] = []
     if not result_file.is_file():
-        return rows
-    for line in result_file.read_text().splitlines():
+        return rows, notes
+    for number, line in enumerate(result_file.read_text(errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:  # a line being written as we read
+        except json.JSONDecodeError:  # truncated by a crash, or being written as we read
+            notes.append(f"{result_file} line {number} is unreadable and was skipped")
             continue
         if isinstance(row, dict) and "step" in row:
             rows.append(row)
     # A restored trial may repeat steps it had already reported: keep the last report of each step.
     by_step = {row["step"]: row for row in rows}
-    return [by_step[s] for s in sorted(by_step)]
+    return [by_step[s] for s in sorted(by_step)], notes
 
 
 def last_error_line(trial_dir: Path) -> Optional[str]:
@@ -72,25 +85,44 @@ def last_error_line(trial_dir: Path) -> Optional[str]:
     return lines[-1].strip() if lines else "unknown error"
 
 
-def read_trial_folders(exp_dir: Path) -> list[TrialFiles]:
-    """Every trial folder of the experiment (those holding params.json), sorted by folder name."""
+def _read_json(path: Path, damage: list[str]) -> Optional[Any]:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        damage.append(f"{path} is unreadable ({type(err).__name__})")
+        return None
+
+
+def read_trial_folders(exp_dir: Path) -> tuple[list[TrialFiles], list[str]]:
+    """Every trial folder of the experiment (those holding params.json), sorted by folder name, and
+    notes on what could not be read."""
     exp_dir = Path(exp_dir)
-    known = statuses(exp_dir)
+    known, state_note = statuses(exp_dir)
+    notes = [state_note] if state_note else []
     trials = []
     for params_file in sorted(exp_dir.glob("*/params.json")):
         trial_dir = params_file.parent
-        rows = read_results(trial_dir / "result.json")
+        rows, damage = read_results(trial_dir / "result.json")
+        sampled = _read_json(params_file, damage)
+        recorded = _read_json(trial_dir / END_REASON_FILE, damage)
         trial_id = rows[-1].get("trial_id") if rows else None
+        if trial_id is None and isinstance(recorded, dict):
+            trial_id = recorded.get("trial_id")
         if trial_id is None:
             trial_id = next((tid for tid, (_, d) in known.items() if d == trial_dir.name), trial_dir.name)
         trials.append(
             TrialFiles(
                 trial_id=trial_id,
                 path=trial_dir,
-                sampled=json.loads(params_file.read_text()),
+                sampled=sampled if isinstance(sampled, dict) else {},
                 status=known.get(trial_id, (None, None))[0],
                 rows=rows,
                 error=last_error_line(trial_dir),
+                recorded=recorded if isinstance(recorded, dict) else None,
+                damage=damage,
             )
         )
-    return trials
+        notes.extend(damage)
+    return trials, notes

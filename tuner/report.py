@@ -57,8 +57,9 @@ def render(frame: pd.DataFrame, fmt: str) -> str:
     if fmt == "json":
         return shown.to_json(orient="records", indent=2) + "\n"
     shown = shown.astype(object).where(shown.notna(), None)  # an empty cell for NaN and missing alike
-    if "error" in shown and shown["error"].isna().all():
-        shown = shown.drop(columns=["error"])  # no trial failed: no column of blanks
+    for column in ("error", "damage"):  # no trial failed or was damaged: no column of blanks
+        if column in shown and shown[column].isna().all():
+            shown = shown.drop(columns=[column])
     if fmt == "markdown":
         cells = [[_cell(v) for v in row] for row in shown.itertuples(index=False)]
         lines = ["| " + " | ".join(shown.columns) + " |", "|" + "---|" * len(shown.columns)]
@@ -205,9 +206,12 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
             )
             print(f"wrote {png}")
             return 0 if same else 1
-        settings, trials, frame = read_experiment(exp_dir)
+        notes: list[str] = []
+        settings, trials, frame = read_experiment(exp_dir, notes)
     except UserError as err:
         return cli_exit(err, p.prog)
+    for note in notes:  # what a crash left unreadable: said, skipped, never fatal
+        print(f"note: {note}", file=sys.stderr)
 
     text = render(filtered(frame, args.reason, args.top), args.format)
     if args.out:

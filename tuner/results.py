@@ -19,16 +19,19 @@ import pandas as pd
 from reid_core.chance import first_verdict
 from reid_core.diagnostics import stuck_cause
 from reid_core.io import write_json_atomic, write_text_atomic
-from reid_core.schema import ASHA, COMPLETED, ERROR, RENAMED_METRICS, STUCK, UNFINISHED
+from reid_core.schema import ASHA, COMPLETED, END_REASONS, ERROR, RENAMED_METRICS, STUCK
 from tuner.ray_files import TrialFiles, read_trial_folders
 from tuner.settings import SearchSettings, end_reason, sampled_values, trial_config
 
 Trial = TrialFiles  # a trial as its folder tells it: sampled values, status, per-step rows, error
 
 
-def read_trials(exp_dir: Path) -> list[Trial]:
-    """Every trial of the experiment, with today's names for config keys and metrics."""
-    trials = read_trial_folders(exp_dir)
+def read_trials(exp_dir: Path, notes: Optional[list[str]] = None) -> list[Trial]:
+    """Every trial of the experiment, with today's names for config keys and metrics; what could not
+    be read is skipped and, when ``notes`` is given, named there (one line each)."""
+    trials, damage = read_trial_folders(exp_dir)
+    if notes is not None:
+        notes.extend(damage)
     for trial in trials:
         trial.sampled = sampled_values(trial.sampled)
         if trial.rows and any(old in trial.rows[0] for old in RENAMED_METRICS):
@@ -36,7 +39,8 @@ def read_trials(exp_dir: Path) -> list[Trial]:
     return trials
 
 
-def trial_end_reason(trial: Trial, settings: SearchSettings) -> str:
+def replayed_end_reason(trial: Trial, settings: SearchSettings) -> str:
+    """Why the trial ended, worked out from its files alone: the rule replayed over its curve."""
     # Ray keeps error.txt after a retry that then succeeded: its status, when known, decides.
     failed = trial.status == "ERROR" or (trial.error is not None and trial.status != "TERMINATED")
     verdict, at = first_verdict(trial.rows, settings.grace_samples, settings.chance_margin)
@@ -49,11 +53,26 @@ def trial_end_reason(trial: Trial, settings: SearchSettings) -> str:
     )
 
 
+def trial_end_reason(trial: Trial, settings: SearchSettings) -> tuple[str, Optional[str]]:
+    """``(end reason, disagreement)``: the reason the driver recorded when it decided it (the replay
+    for experiments without the record), and a note when the record and the curve disagree, e.g.
+    a curve a crash cut short. A disagreement marks the trial; it never re-labels it."""
+    replayed = replayed_end_reason(trial, settings)
+    recorded = trial.recorded.get("end_reason") if trial.recorded else None
+    if recorded not in END_REASONS:
+        return replayed, None
+    last_step = trial.rows[-1]["step"] if trial.rows else 0
+    if recorded == replayed and trial.recorded.get("step", last_step) == last_step:
+        return recorded, None
+    note = f"recorded {recorded} at step {trial.recorded.get('step')}, but the curve ends at step {last_step}"
+    return recorded, note + (f" and reads as {replayed}" if replayed != recorded else "")
+
+
 def trial_row(trial: Trial, settings: SearchSettings) -> dict[str, Any]:
     row: dict[str, Any] = {"trial_id": trial.trial_id}
     for key in settings.space:
         row[key] = trial.sampled.get(key)
-    row["end_reason"] = trial_end_reason(trial, settings)
+    row["end_reason"], disagreement = trial_end_reason(trial, settings)
     cause = stuck_cause(trial.rows, settings.chance_margin) if row["end_reason"] == STUCK else None
     row["stuck_cause"] = cause.cause if cause else None
     rows = trial.rows
@@ -74,6 +93,8 @@ def trial_row(trial: Trial, settings: SearchSettings) -> dict[str, Any]:
         values = [r[settings.metric] for r in rows if settings.metric in r]
         row[objective_column(settings)] = values[-1] if values else None
     row["error"] = trial.error if row["end_reason"] == ERROR else None
+    damage = [d.replace(f"{trial.path}/", "") for d in trial.damage]  # the trial's own folder goes without saying
+    row["damage"] = "; ".join([*damage, *([disagreement] if disagreement else [])]) or None
     row["chance_ce"] = last.get("chance_ce")
     row["trial_dir"] = trial.path.name
     return row
@@ -83,11 +104,14 @@ def objective_column(settings: SearchSettings) -> str:
     return f"final_{settings.metric}"
 
 
-def read_experiment(exp_dir: str | Path) -> tuple[SearchSettings, list[Trial], pd.DataFrame]:
-    """``(settings, trials, table)``: the folder read once; the table sorted best first."""
+def read_experiment(
+    exp_dir: str | Path, notes: Optional[list[str]] = None
+) -> tuple[SearchSettings, list[Trial], pd.DataFrame]:
+    """``(settings, trials, table)``: the folder read once; the table sorted best first. A trial whose
+    files a crash damaged is kept, its ``damage`` column saying what; ``notes`` collects one line each."""
     exp_dir = Path(exp_dir)
     settings = SearchSettings.load(exp_dir)
-    trials = read_trials(exp_dir)
+    trials = read_trials(exp_dir, notes)
     frame = pd.DataFrame([trial_row(t, settings) for t in trials])
     if not frame.empty:
         col = objective_column(settings)
@@ -106,11 +130,12 @@ def results_frame(exp_dir: str | Path) -> pd.DataFrame:
 
 
 def best_trial(frame: pd.DataFrame, settings: SearchSettings) -> Optional[pd.Series]:
-    """The winner: the best objective among completed trials (among any finite ones if none completed)."""
+    """The winner: the best objective among completed trials, else among those ASHA cut. Never a trial
+    still running or interrupted: its value is not a result yet."""
     col = objective_column(settings)
     candidates = frame[frame["end_reason"] == COMPLETED]
     if candidates[col].notna().sum() == 0:
-        candidates = frame[frame["end_reason"].isin([COMPLETED, ASHA, UNFINISHED])]
+        candidates = frame[frame["end_reason"].isin([COMPLETED, ASHA])]
     candidates = candidates[candidates[col].notna()]
     if candidates.empty:
         return None

@@ -14,6 +14,7 @@ import argparse
 import json
 import math
 import sys
+import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -22,7 +23,7 @@ import yaml
 
 from reid_core.chance import DEFAULT_CHANCE_MARGIN, DEFAULT_GRACE_STEPS
 from reid_core.config import TrainConfig, canonical_key, coerce_value
-from reid_core.errors import UserError, cli_exit
+from reid_core.errors import INTERRUPTED, UserError, cli_exit
 from reid_core.flags import ArgumentParser, add_config_arguments, add_shortcut_arguments, shortcut_values
 from reid_core.schema import EVAL_METRICS
 from reid_core.train import load_cli_config
@@ -185,8 +186,26 @@ def _read_points(path: Optional[str], space: dict) -> list[dict[str, Any]]:
     return [{canonical_key(k): coerce_value(k, v) for k, v in point.items()} for point in points]
 
 
+def _check_writable(folder: Path) -> None:
+    """The experiments folder must be one this process can create and write: checked by making (and
+    removing) a temporary folder in its nearest existing parent, before Ray starts, leaving nothing."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"--storage-path '{folder}': '{existing}' is a file, not a folder; pass a folder")
+    try:
+        tempfile.TemporaryDirectory(dir=existing, prefix=".reid-tune-probe-").cleanup()
+    except OSError as err:
+        raise UserError(
+            f"--storage-path '{folder}' cannot be created or written here ({err.strerror or err}); "
+            "pass a folder you can write to"
+        ) from None
+
+
 def _experiment_dir(args) -> Path:
     name = args.name or f"search-{datetime.now():%Y%m%d-%H%M%S}"
+    _check_writable(Path(args.storage_path).expanduser().resolve())
     exp_dir = Path(args.storage_path).expanduser().resolve() / name
     if args.resume:
         if not args.name:
@@ -292,6 +311,9 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
         return run_search(args)
     except UserError as err:
         return cli_exit(err, parser.prog)
+    except KeyboardInterrupt:  # Ctrl-C before the trials started, or a second one while they stop
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -227,3 +227,9 @@ def test_bad_input_on_the_real_command_line(case: str, tmp_path: Path, run_pytho
 def test_help_exits_0(capsys):
     assert run_main(["--help"]) == 0
     assert "--config" in capsys.readouterr().out
+
+
+def test_a_random_init_run_says_nothing_on_stderr(tmp_path: Path, run_python):
+    """open_clip logs "No pretrained weights loaded" for every random-init model: expected here, not news."""
+    proc = run_python("-m", "reid_core.train", "--set", *SMALL, "max_steps=2", "--out", str(tmp_path / "run"))
+    assert proc.returncode == 0 and proc.stderr == ""

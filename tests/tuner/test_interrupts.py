@@ -1,0 +1,153 @@
+"""What a crash or a Ctrl-C leaves behind, on real experiments: one line and the right exit code,
+nothing misread, nothing of the experiment rewritten."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.tuner.conftest import BATCH
+from tuner.report import main as report_main
+from tuner.search import main as search_main
+
+pytestmark = pytest.mark.ray
+
+
+def fingerprint(folder: Path) -> dict[str, str]:
+    """Every file of an experiment but the pictures the report redraws, by content."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.suffix != ".png"
+    }
+
+
+@pytest.fixture
+def damaged(learner_and_stuck, tmp_path) -> Path:
+    """A copy of the shared small search (head LR 1e-2 completed, 1e-6 stuck at chance) to break."""
+    copy = tmp_path / "exp"
+    shutil.copytree(learner_and_stuck[1], copy)
+    return copy
+
+
+def stuck_trial_dir(exp: Path) -> Path:
+    table = pd.read_csv(exp / "results.csv")
+    return exp / table.loc[table.end_reason == "stuck_at_chance", "trial_dir"].iloc[0]
+
+
+def test_every_trial_records_why_it_ended_when_it_was_decided(learner_and_stuck):
+    _, exp, table = learner_and_stuck
+    for _, row in table.iterrows():
+        record = json.loads((exp / row.trial_dir / "end_reason.json").read_text())
+        assert record["end_reason"] == row.end_reason and record["step"] == row.steps
+
+
+def test_a_corrupt_settings_file_is_one_line_naming_it_and_exit_2(damaged, capsys):
+    (damaged / "reid_tune.json").write_text('{"base": {"head_lr": 0.01')  # a crash mid-write
+    before = fingerprint(damaged)
+    assert report_main([str(damaged), "--no-plots"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "reid_tune.json' is damaged" in err[0] and "Traceback" not in err[0]
+    assert fingerprint(damaged) == before
+
+
+def test_a_truncated_result_line_is_skipped_with_a_note_and_the_recorded_reason_kept(damaged, capsys):
+    trial_dir = stuck_trial_dir(damaged)
+    result = trial_dir / "result.json"
+    lines = result.read_text().splitlines(keepends=True)
+    result.write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])  # the last line cut mid-write
+    before = fingerprint(damaged)
+    assert report_main([str(damaged), "--format", "csv", "--no-plots"]) == 0
+    captured = capsys.readouterr()
+    notes = captured.err.strip().splitlines()
+    assert len(notes) == 1 and f"line {len(lines)} is unreadable" in notes[0]
+    table = pd.read_csv(pd.io.common.StringIO(captured.out))
+    stuck = table[table.head_lr == 1e-6].iloc[0]
+    assert stuck.end_reason == "stuck_at_chance"  # as recorded when the stopper decided, not re-derived
+    assert stuck.steps == len(lines) - 1 and "the curve ends at step" in stuck.damage
+    assert pd.isna(table[table.head_lr == 1e-2].iloc[0].damage)
+    assert fingerprint(damaged) == before
+
+
+def test_an_unreadable_ray_state_file_marks_the_table_without_failing_it(damaged, capsys):
+    for state in damaged.glob("experiment_state-*.json"):
+        state.write_text("{")
+    assert report_main([str(damaged), "--format", "csv", "--no-plots"]) == 0
+    captured = capsys.readouterr()
+    assert "experiment_state" in captured.err and "statuses unknown" in captured.err
+    table = pd.read_csv(pd.io.common.StringIO(captured.out))
+    assert sorted(table.end_reason) == ["completed", "stuck_at_chance"]  # the trials' own records still say
+
+
+def test_storage_that_cannot_be_created_is_one_line_before_ray_starts(tmp_path, capsys):
+    started = time.monotonic()
+    code = search_main(["--storage-path", "/proc/reid-tune-results", "--name", "x", "--skip-preflight"])
+    assert code == 2 and time.monotonic() - started < 10
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--storage-path '/proc/reid-tune-results' cannot be created or written" in err[0]
+    assert not Path("/proc/reid-tune-results").exists()
+
+
+def _ended_trials(exp: Path) -> int:
+    return len(list(exp.glob("*/end_reason.json")))
+
+
+def test_ctrl_c_stops_the_search_exits_130_and_resume_finishes_it(ray_session, tmp_path):
+    points = [{"head_lr": 3e-3}, {"head_lr": 4e-3}, {"head_lr": 2e-3}]
+    (tmp_path / "space.yaml").write_text("head_lr: {loguniform: [1.0e-6, 1.0e-1]}\n")
+    (tmp_path / "points.json").write_text(json.dumps(points))
+    storage, name = tmp_path / "results", "interrupted"
+    args = [
+        "--space", str(tmp_path / "space.yaml"), "--points-to-evaluate", str(tmp_path / "points.json"),
+        "--num-trials", "3", "--max-concurrent", "1", "--max-steps", "120", "--grace-steps", "120",
+        "--chance-margin", "0.02", "--skip-preflight", "--storage-path", str(storage), "--name", name,
+        "--set", "ce_only_steps=1000", f"batch_size={BATCH}",
+    ]  # fmt: skip
+    ray_home = tempfile.mkdtemp(prefix="ri-")  # the interrupted driver's own Ray: short paths, removed below
+    env = dict(os.environ, HOME=ray_home, RAY_TMPDIR=ray_home)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "tuner.search", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
+    )  # fmt: skip
+    exp = storage / name
+    try:
+        deadline = time.monotonic() + 240
+        while _ended_trials(exp) < 1:
+            assert driver.poll() is None, "the search ended before it could be interrupted"
+            assert time.monotonic() < deadline, "no trial ended in time"
+            time.sleep(0.3)
+        driver.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        out, _ = driver.communicate(timeout=60)
+    finally:
+        try:
+            os.killpg(driver.pid, signal.SIGKILL)  # whatever of its Ray is left
+        except ProcessLookupError:
+            pass
+        shutil.rmtree(ray_home, ignore_errors=True)
+
+    assert driver.returncode == 130, out
+    assert "Traceback" not in out and "FileNotFoundError" not in out
+    assert [line for line in out.splitlines() if "WARNING" in line] == []  # Ray's start and stop notices kept off
+    assert f"resume with: reid-tune search --resume --name {name} --storage-path {storage}" in out.strip().splitlines()[-1]
+    table = pd.read_csv(exp / "results.csv")
+    assert "unfinished" in set(table.end_reason) or len(table) < 3
+    if (exp / "best_config.json").is_file():  # only a trial that ended can be the winner
+        best = json.loads((exp / "best_config.json").read_text())
+        assert table.set_index("trial_id").loc[best["trial_id"]].end_reason in ("completed", "asha")
+
+    assert search_main(["--resume", "--name", name, "--storage-path", str(storage)]) == 0
+    table = pd.read_csv(exp / "results.csv")
+    assert len(table) == 3 and table.trial_id.is_unique
+    assert sorted(table.head_lr) == sorted(p["head_lr"] for p in points)
+    assert set(table.end_reason) == {"completed"}
