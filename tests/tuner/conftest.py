@@ -6,11 +6,16 @@ files under its temp dir: both point into a folder the session fixture removes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 
 import pandas as pd
 import pytest
@@ -73,3 +78,43 @@ def learner_and_stuck(ray_session, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("search")
     code, exp = run_search(tmp, "mixed", [{"head_lr": 1e-2}, {"head_lr": 1e-6}])
     return code, exp, pd.read_csv(exp / "results.csv")
+
+
+def sequential_search_args(tmp_path, name, points, extra=()) -> tuple[list[str], "os.PathLike"]:
+    """Arguments of a search that runs its trials one at a time (CE-only, no pre-flight), and its storage."""
+    (tmp_path / "space.yaml").write_text("head_lr: {loguniform: [1.0e-6, 1.0e-1]}\n")
+    (tmp_path / "points.json").write_text(json.dumps(points))
+    storage = tmp_path / "results"
+    args = [
+        "--space", str(tmp_path / "space.yaml"), "--points-to-evaluate", str(tmp_path / "points.json"),
+        "--num-trials", str(len(points)), "--max-concurrent", "1", "--skip-preflight", *extra,
+        "--storage-path", str(storage), "--name", name, "--set", "ce_only_steps=1000", f"batch_size={BATCH}",
+    ]  # fmt: skip
+    return args, storage
+
+
+@contextlib.contextmanager
+def search_in_subprocess(args, **popen):
+    """``python -m tuner.search ARGS`` in a fresh interpreter with a Ray of its own (own HOME and temp dir,
+    short paths); on exit its process group is killed, whatever of its Ray is left, and the folder removed."""
+    ray_home = tempfile.mkdtemp(prefix="rs-")
+    env = dict(os.environ, HOME=ray_home, RAY_TMPDIR=ray_home)
+    driver = subprocess.Popen([sys.executable, "-m", "tuner.search", *args], env=env, start_new_session=True, **popen)
+    try:
+        yield driver
+    finally:
+        try:
+            os.killpg(driver.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        driver.wait()
+        shutil.rmtree(ray_home, ignore_errors=True)
+
+
+def wait_for(condition, driver, what: str, timeout_s: float = 240) -> None:
+    """Poll ``condition()`` until true; fail if the search ends first or ``timeout_s`` passes."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert driver.poll() is None, f"the search ended before {what}"
+        assert time.monotonic() < deadline, f"{what} did not happen in time"
+        time.sleep(0.3)

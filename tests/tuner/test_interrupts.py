@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import signal
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from tests.tuner.conftest import BATCH
+from tests.tuner.conftest import search_in_subprocess, sequential_search_args, wait_for
 from tuner.report import main as report_main
 from tuner.search import main as search_main
 
@@ -105,36 +102,15 @@ def _ended_trials(exp: Path) -> int:
 
 def test_ctrl_c_stops_the_search_exits_130_and_resume_finishes_it(ray_session, tmp_path):
     points = [{"head_lr": 3e-3}, {"head_lr": 4e-3}, {"head_lr": 2e-3}]
-    (tmp_path / "space.yaml").write_text("head_lr: {loguniform: [1.0e-6, 1.0e-1]}\n")
-    (tmp_path / "points.json").write_text(json.dumps(points))
-    storage, name = tmp_path / "results", "interrupted"
-    args = [
-        "--space", str(tmp_path / "space.yaml"), "--points-to-evaluate", str(tmp_path / "points.json"),
-        "--num-trials", "3", "--max-concurrent", "1", "--max-steps", "120", "--grace-steps", "120",
-        "--chance-margin", "0.02", "--skip-preflight", "--storage-path", str(storage), "--name", name,
-        "--set", "ce_only_steps=1000", f"batch_size={BATCH}",
-    ]  # fmt: skip
-    ray_home = tempfile.mkdtemp(prefix="ri-")  # the interrupted driver's own Ray: short paths, removed below
-    env = dict(os.environ, HOME=ray_home, RAY_TMPDIR=ray_home)
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "tuner.search", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
-    )  # fmt: skip
+    name = "interrupted"
+    args, storage = sequential_search_args(
+        tmp_path, name, points, extra=["--max-steps", "120", "--grace-steps", "120", "--chance-margin", "0.02"]
+    )
     exp = storage / name
-    try:
-        deadline = time.monotonic() + 240
-        while _ended_trials(exp) < 1:
-            assert driver.poll() is None, "the search ended before it could be interrupted"
-            assert time.monotonic() < deadline, "no trial ended in time"
-            time.sleep(0.3)
+    with search_in_subprocess(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as driver:
+        wait_for(lambda: _ended_trials(exp) >= 1, driver, "a trial ended")
         driver.send_signal(signal.SIGINT)  # what Ctrl-C sends
         out, _ = driver.communicate(timeout=60)
-    finally:
-        try:
-            os.killpg(driver.pid, signal.SIGKILL)  # whatever of its Ray is left
-        except ProcessLookupError:
-            pass
-        shutil.rmtree(ray_home, ignore_errors=True)
 
     assert driver.returncode == 130, out
     assert "Traceback" not in out and "FileNotFoundError" not in out

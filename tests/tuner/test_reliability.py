@@ -4,12 +4,8 @@ checkpoint, and the driver killed with SIGKILL then resumed."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -17,7 +13,7 @@ import pandas as pd
 import pytest
 
 from reid_core.train import train
-from tests.tuner.conftest import BATCH, run_search
+from tests.tuner.conftest import run_search, search_in_subprocess, sequential_search_args, wait_for
 from tuner.results import read_trials
 from tuner.search import main as search_main
 from tuner.settings import SearchSettings, trial_config
@@ -69,36 +65,15 @@ def _finished_trials(exp: Path, steps: int) -> int:
 
 def test_driver_killed_with_sigkill_resumes_without_losing_or_repeating_trials(ray_session, tmp_path):
     points = [{"head_lr": 3e-3}, {"head_lr": 4e-3}, {"head_lr": 2e-3}]
-    (tmp_path / "space.yaml").write_text("head_lr: {loguniform: [1.0e-6, 1.0e-1]}\n")
-    (tmp_path / "points.json").write_text(json.dumps(points))
-    storage, name = tmp_path / "results", "killed"
-    args = [
-        "--space", str(tmp_path / "space.yaml"), "--points-to-evaluate", str(tmp_path / "points.json"),
-        "--num-trials", "3", "--max-concurrent", "1", *SHORT, "--skip-preflight",
-        "--storage-path", str(storage), "--name", name, "--set", "ce_only_steps=1000", f"batch_size={BATCH}",
-    ]
-    ray_home = tempfile.mkdtemp(prefix="rk-")  # the killed driver's own Ray: short paths, removed below
-    env = dict(os.environ, HOME=ray_home, RAY_TMPDIR=ray_home)
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "tuner.search", *args],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True,
-    )
+    name = "killed"
+    args, storage = sequential_search_args(tmp_path, name, points, extra=SHORT)
     exp = storage / name
-    try:
-        deadline = time.monotonic() + 240
-        while _finished_trials(exp, 40) < 1 or not list(exp.glob("experiment_state-*.json")):
-            assert driver.poll() is None, "the search ended before it could be killed"
-            assert time.monotonic() < deadline, "no trial finished in time"
-            time.sleep(0.5)
+    with search_in_subprocess(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as driver:
+        ready = lambda: _finished_trials(exp, 40) >= 1 and list(exp.glob("experiment_state-*.json"))  # noqa: E731
+        wait_for(ready, driver, "a trial finished")
         time.sleep(1.0)  # let Ray write its experiment state after the first trial
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
-    finally:
-        try:
-            os.killpg(driver.pid, signal.SIGKILL)  # whatever of its Ray is left
-        except ProcessLookupError:
-            pass
-        shutil.rmtree(ray_home, ignore_errors=True)
 
     before = {t.trial_id: t.rows[-1] for t in read_trials(exp) if t.rows and t.rows[-1]["step"] == 40}
     assert before, "a trial had finished before the kill"
