@@ -15,14 +15,16 @@ other settings; a trial the live search stopped has no curve past its stop.
 from __future__ import annotations
 
 import math
+import random
 import sys
 import time
+from dataclasses import replace
 from typing import Any, Callable, Optional, Sequence
 
 from reid_core.cli import ArgumentParser
 from reid_core.errors import UserError, cli_exit
 from tuner.curves import Curve, Family, recorded_curves
-from tuner.simulation import LEGEND, POLICIES, Policy, Settings, format_table, make_searcher, replay, summarise
+from tuner.simulation import LEGEND, POLICIES, RASHA, Policy, Run, Settings, format_table, make_searcher, replay, summarise
 
 PROG = "python -m tuner.simulate"
 
@@ -152,7 +154,8 @@ def policy_runs(policies: Sequence[Policy], searcher: Optional[str]) -> list[Pol
     return [q for p in policies for q in ([p] if p.name == "none" else [p, Policy(p.scheduler, p.chance, pruned=False)])]
 
 
-def simulate(args, out: Callable[[str], None] = print) -> list[dict[str, Any]]:
+def simulate(args, out: Callable[[str], None] = print, time_decisions: bool = False) -> list[Run]:
+    """Replay every policy the flags ask for; print the header, the table and its legend; return the runs."""
     settings, trials, new_curve, searcher_for, what = plan(args)
     policies = policy_runs(_policies(args.policies), None if args.source else (args.searcher or "random"))
     every = "every step of every curve" if settings.report_every == 1 else f"every {settings.report_every}th step of each curve (and its last)"
@@ -161,26 +164,57 @@ def simulate(args, out: Callable[[str], None] = print) -> list[dict[str, Any]]:
         f"grace window {settings.grace_samples:g} images, budget {settings.max_samples:g}, reduction factor "
         f"{settings.reduction_factor:g}, chance margin {settings.chance_margin:g}"
     )
-    rows = []
+    runs = []
     for policy in policies:
         name, searcher = searcher_for(policy)
-        rows.append(summarise(replay(policy, settings, trials, new_curve, searcher, name), settings))
+        runs.append(replay(policy, settings, trials, new_curve, searcher, name, time_decisions=time_decisions))
+    rows = [summarise(run, settings) for run in runs]
     out(format_table(rows))
     out(LEGEND)
     censored = sum(r["censored"] for r in rows)
     if censored:
         out(f"{censored} trial-runs reached the end of a recorded curve the live search had stopped (censored)")
-    return rows
+    if args.source is not None:
+        agree, total, agree_free, free = live_agreement(settings, recorded_curves(args.source)[1])
+        out(
+            f"agreement with the live search (RecheckingASHA + chance-level rule, these settings): {agree}/{total} "
+            f"trials end the same way; {agree_free}/{free} of those whose end does not depend on arrival order"
+        )
+    return runs
+
+
+def live_agreement(settings: Settings, curves: Sequence[Curve], orders: int = 8, seed: int = 0) -> tuple[int, int, int, int]:
+    """``(agree, trials, agree among order-free, order-free)``: how each trial ends when its recorded curve is
+    replayed under ``settings`` (RecheckingASHA and the chance-level rule, as the live search ran) against how
+    it ended live. A trial's end is order-free if it is the same when the trials start in ``orders`` shuffled
+    orders with their step times scaled by 0.8-1.25: then the live arrival order cannot have decided it."""
+    policy = Policy(RASHA, True)
+
+    def ends(order: Sequence[Curve]) -> dict[str, str]:
+        run = replay(policy, settings, len(order), lambda n, config: order[n], RecordedOrder(order), "recorded")
+        return {e.trial_id: e.reason for e in run.ended}
+
+    replayed = ends(curves)
+    rng = random.Random(seed)
+    others = []
+    for _ in range(orders):
+        shuffled = [replace(c, seconds=[t * rng.uniform(0.8, 1.25) for t in c.seconds]) for c in curves]
+        rng.shuffle(shuffled)
+        others.append(ends(shuffled))
+    live = {c.trial_id: c.end for c in curves}
+    free = [tid for tid in replayed if all(o[tid] == replayed[tid] for o in others)]
+    agree = sum(replayed[tid] == live[tid] for tid in replayed)
+    return agree, len(replayed), sum(replayed[tid] == live[tid] for tid in free), len(free)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         started = time.perf_counter()
-        rows = simulate(args)
+        runs = simulate(args)
     except UserError as err:
         return cli_exit(err, PROG)
-    total, seconds = sum(r["trials"] for r in rows), time.perf_counter() - started
+    total, seconds = sum(len(r.ended) for r in runs), time.perf_counter() - started
     print(f"{total} trials replayed in {seconds:.1f} s: {total / seconds:.0f} trials/s")
     return 0
 

@@ -12,6 +12,7 @@ and without the chance-level rule. The command is ``tuner.simulate``.
 from __future__ import annotations
 
 import heapq
+import logging
 import math
 import statistics
 import time
@@ -58,7 +59,13 @@ class Settings:
 
 @dataclass
 class Ended:
-    curve: Curve
+    """How one trial ended (its curve is not kept: 10,000 of them would hold gigabytes)."""
+
+    config: dict[str, Any]
+    kind: str  # the curve's kind (tuner.curves)
+    final: Optional[float]  # the curve's ce_ema at the budget (None: unknown)
+    chance_ce: float
+    trial_id: Optional[str]  # a recorded curve's trial id
     reason: str  # completed, asha, stuck_at_chance, diverged, censored
     samples: int  # images seen when it ended
     compute_s: float  # seconds it ran
@@ -75,6 +82,7 @@ class Run:
     results: int = 0  # results replayed
     decisions: int = 0  # scheduler calls timed (time_decisions)
     decision_s: float = 0.0
+    scheduler: Any = None  # the scheduler, as the replay left it
 
 
 class SeededRandom:
@@ -112,6 +120,8 @@ def make_searcher(kind: str, domains: dict[str, Any], settings: Settings, seed: 
     from tuner.searchers import PruningOptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # Ray's OptunaSearch logs a warning per diverged trial it cannot tell (a NaN value): the table counts them.
+    logging.getLogger("ray.tune.search.optuna.optuna_search").setLevel(logging.ERROR)
     common = dict(metric=settings.metric, mode=settings.mode, seed=seed)
     searcher = PruningOptunaSearch(budget_attr="samples", max_budget=settings.max_samples, **common) if pruned else OptunaSearch(**common)
     searcher.set_search_properties(None, None, domains)  # as Tune does with the param_space
@@ -145,7 +155,7 @@ def replay(
     """Run ``trials`` trials on ``settings.workers`` simulated workers; ``new_curve(number, config)`` gives the
     curve of the config the searcher proposed for trial ``number``."""
     run = Run(policy, searcher_name)
-    scheduler = _scheduler(policy, settings)
+    scheduler = run.scheduler = _scheduler(policy, settings)
     listens = not getattr(searcher, "ignores_results", False)  # random search: skip the calls that do nothing
     every, budget, metric = settings.report_every, settings.max_samples, settings.metric
     clock, heappush, heapreplace, heappop = time.perf_counter, heapq.heappush, heapq.heapreplace, heapq.heappop
@@ -206,7 +216,9 @@ def replay(
         if scheduler is not None:
             scheduler.on_trial_complete(None, trial, result)
         searcher.on_trial_complete(trial.trial_id, result=result)
-        run.ended.append(Ended(curve, reason, result["samples"], seconds[i], result[metric]))
+        run.ended.append(
+            Ended(curve.config, curve.kind, curve.final, curve.chance_ce, curve.trial_id, reason, result["samples"], seconds[i], result[metric])
+        )
         run.sim_s = max(run.sim_s, now)
         launch(now)
     run.real_s = clock() - started_at
@@ -216,14 +228,14 @@ def replay(
 def summarise(run: Run, settings: Settings) -> dict[str, Any]:
     """One row of the policy table (see `format_table` for the columns)."""
     ended = run.ended
-    known = [e.curve.final for e in ended if e.curve.final is not None]
+    known = [e.final for e in ended if e.final is not None]
     best = min(known) if known else math.nan
     done = [e for e in ended if e.reason == COMPLETED and math.isfinite(e.value)] or [e for e in ended if math.isfinite(e.value)]
     chosen = min(done, key=lambda e: e.value) if done else None
-    chosen_final = chosen.curve.final if chosen is not None and chosen.curve.final is not None else math.nan
+    chosen_final = chosen.final if chosen is not None and chosen.final is not None else math.nan
     good_line = sorted(known)[max(0, len(known) // 10 - 1)] if known else -math.inf  # the pool's best tenth
-    go_line = (ended[0].curve.chance_ce - settings.chance_margin) if ended else 0.0
-    stuck = [e for e in ended if e.curve.final is not None and e.curve.final > go_line and e.curve.kind != DIVERGING]
+    go_line = (ended[0].chance_ce - settings.chance_margin) if ended else 0.0
+    stuck = [e for e in ended if e.final is not None and e.final > go_line and e.kind != DIVERGING]
     caught = [e for e in stuck if e.reason != COMPLETED]
     return {
         "policy": run.policy.name,
@@ -233,16 +245,17 @@ def summarise(run: Run, settings: Settings) -> dict[str, Any]:
         "chosen": chosen_final,
         "gpu_h": sum(e.compute_s for e in ended) / 3600,
         "images_m": sum(e.samples for e in ended) / 1e6,
-        "good_cut": sum(1 for e in ended if e.curve.final is not None and e.curve.final <= good_line and e.reason != COMPLETED),
-        "learners_killed": sum(1 for e in ended if e.reason == "stuck_at_chance" and e.curve.final is not None and e.curve.final <= go_line),
+        "good_cut": sum(1 for e in ended if e.final is not None and e.final <= good_line and e.reason != COMPLETED),
+        "learners_killed": sum(1 for e in ended if e.reason == "stuck_at_chance" and e.final is not None and e.final <= go_line),
         "stuck": len(stuck),
         "stuck_caught": len(caught),
         "caught_at": statistics.median(e.samples for e in caught) / settings.grace_samples if caught else math.nan,
-        "learnable": sum(1 for e in ended if e.curve.final is not None and e.curve.final <= go_line) / max(1, len(ended)),
+        "learnable": sum(1 for e in ended if e.final is not None and e.final <= go_line) / max(1, len(ended)),
         "censored": sum(1 for e in ended if e.reason == CENSORED),
         "sim_h": run.sim_s / 3600,
         "real_s": run.real_s,
         "trials_per_s": len(ended) / run.real_s if run.real_s else math.inf,
+        "decision_us": run.decision_s / run.decisions * 1e6 if run.decisions else math.nan,
     }
 
 
