@@ -82,7 +82,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         fast, plain = plain_rule_us(big)
         fullest = max(len(r.recorded) for r in big.scheduler._rungs)
         print(f"  on its fullest rung ({fullest} trials): the sorted rung {fast:.2f} us, the plain rule (percentile over the rung) {plain:.1f} us")
-        print(f"Ray's ASHAScheduler, per result: {_cost(small, 'asha'):.2f} us at 100 trials, {_cost(runs, 'asha'):.2f} us at {args.trials}")
+        if not math.isnan(_cost(runs, "asha")):
+            print(f"Ray's ASHAScheduler, per result: {_cost(small, 'asha'):.2f} us at 100 trials, {_cost(runs, 'asha'):.2f} us at {args.trials}")
     total = sum(len(r.ended) for r in runs)
     print(f"{len(runs)} policy runs of {args.trials} trials in {elapsed:.1f} s: {total / elapsed:.0f} trials/s")
     return 0
