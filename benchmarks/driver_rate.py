@@ -22,7 +22,7 @@ from collections import defaultdict
 from typing import Optional, Sequence
 
 from common import local_ray, machine
-from reid_core.cli import ArgumentParser
+from reid_core.flags import ArgumentParser
 
 GROUPS = (  # (name, a path fragment of the functions it owns), first match wins
     ("optuna (TPE)", "/optuna/"),
@@ -49,13 +49,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from search_spaces import load_space, to_tune
     from tuner.replay import replay_trial
     from tuner.schedulers import RecheckingASHA
-    from tuner.search import _fast_reporting
+    from tuner.driver import fast_reporting
     from tuner.searchers import PruningOptunaSearch
     from tuner.stoppers import ChanceLevelStopper
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    _fast_reporting()
+    fast_reporting()
     batch = 32
     grace, budget = args.grace_steps * batch, args.max_steps * batch
     print(f"{machine()}; load average {os.getloadavg()[0]:.2f}; {args.trials} trials of up to {args.max_steps} steps, {args.cpus} CPUs")

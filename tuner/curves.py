@@ -20,11 +20,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 
 from reid_core.errors import UserError
+
+if TYPE_CHECKING:
+    from tuner.settings import SearchSettings
 
 HEALTHY, SLOW, LATE, STUCK, DIVERGING, RECORDED = "healthy", "slow", "late", "stuck", "diverging", "recorded"
 KINDS = (HEALTHY, SLOW, LATE, STUCK, DIVERGING)
@@ -124,40 +127,41 @@ def _ema(x: np.ndarray, beta: float, chunk: int = 256) -> np.ndarray:
     return out
 
 
-def recorded_curves(exp_dir: str | Path) -> tuple[dict[str, Any], list[Curve]]:
-    """``(search settings, curves)`` of an experiment folder: each trial's ``result.json`` rows, in the order
-    the trials started, with each row's measured time; a trial's final is known only if it reached the budget."""
+def recorded_curves(exp_dir: str | Path) -> tuple["SearchSettings", list[Curve]]:
+    """``(the search's settings, curves)`` of an experiment folder: each trial's ``result.json`` rows, in the
+    order the trials started, with each row's measured time; a trial's final is known only if it reached the
+    budget."""
     from tuner.results import read_experiment
+    from tuner.settings import sampled_values
 
     exp = Path(exp_dir)
     if not exp.is_dir():
         raise UserError(f"--from '{exp_dir}' is not a folder; pass an experiment folder a search wrote")
-    search, trials, frame = read_experiment(exp)
+    settings, trials, frame = read_experiment(exp)
     ends = dict(zip(frame["trial_id"], frame["end_reason"])) if not frame.empty else {}
     curves = []
     for trial in trials:
         rows = [r for r in trial.rows if "samples" in r and "ce_ema" in r]
         if not rows:
             continue
-        start = rows[0]["timestamp"] - rows[0].get("time_total_s", 0.0)
-        reached = rows[-1]["samples"] >= search["max_samples"]
+        sampled = sampled_values(trial.sampled)
         curves.append(
             Curve(
-                config={k: trial.sampled.get(k) for k in search["space"]},
+                config={k: sampled.get(k) for k in settings.space},
                 samples=[r["samples"] for r in rows],
                 ce=[r["ce"] for r in rows],
                 ce_ema=[r["ce_ema"] for r in rows],
                 seconds=[r.get("time_total_s", i + 1.0) for i, r in enumerate(rows)],
                 chance_ce=rows[-1]["chance_ce"],
                 kind=RECORDED,
-                final=rows[-1]["ce_ema"] if reached else None,
+                final=rows[-1]["ce_ema"] if rows[-1]["samples"] >= settings.max_samples else None,
                 trial_id=trial.trial_id,
                 end=ends.get(trial.trial_id),
-                started=start,
+                started=rows[0]["timestamp"] - rows[0].get("time_total_s", 0.0),
             )
         )
     if not curves:
         raise UserError(f"'{exp_dir}' holds no trial with recorded steps; pass an experiment that ran")
     curves.sort(key=lambda c: c.started)  # stable: trials started in the same second keep Ray's order
-    return search, curves
+    return settings, curves
 

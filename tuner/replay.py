@@ -15,7 +15,7 @@ from typing import Any
 from ray import tune
 
 from tuner.curves import Family
-from tuner.trainable import FastReporting
+from tuner._ray_compat import FastReporting
 
 
 def replay_trial(sampled: dict[str, Any], max_steps: int, batch_size: int = 32, seed: int = 0) -> None:

@@ -21,7 +21,7 @@ import time
 from dataclasses import replace
 from typing import Any, Callable, Optional, Sequence
 
-from reid_core.cli import ArgumentParser
+from reid_core.flags import ArgumentParser
 from reid_core.errors import UserError, cli_exit
 from tuner.curves import Curve, Family, recorded_curves
 from tuner.simulation import LEGEND, POLICIES, RASHA, Policy, Run, Settings, format_table, make_searcher, replay, summarise
@@ -103,17 +103,16 @@ def plan(args) -> tuple[Settings, int, Callable[[int, dict], Curve], Callable[[P
             flag = "--max-steps" if args.max_steps is not None else "--searcher"
             raise UserError(f"{flag} does not apply to --from: the recorded trials are replayed as they ran")
         search, curves = recorded_curves(args.source)
-        per_step = search["base"]["batch_size"] * search["base"].get("grad_accum_steps", 1)
-        grace = args.grace_steps * per_step if args.grace_steps else search["grace_samples"]
+        per_step = search.base_config.images_per_step
         settings = Settings(
-            grace_samples=grace,
-            max_samples=search["max_samples"],
-            reduction_factor=args.reduction_factor or search["reduction_factor"],
-            chance_margin=args.chance_margin or search["chance_margin"],
+            grace_samples=args.grace_steps * per_step if args.grace_steps else search.grace_samples,
+            max_samples=search.max_samples,
+            reduction_factor=args.reduction_factor or search.reduction_factor,
+            chance_margin=args.chance_margin or search.chance_margin,
             workers=args.workers or _overlap(curves),
             report_every=args.report_every,
-            metric=search["metric"],
-            mode=search["mode"],
+            metric=search.metric,
+            mode=search.mode,
         )
         if settings.metric != "ce_ema":
             raise UserError(f"--from: the search optimised {settings.metric}; the simulation replays ce_ema searches only")
@@ -174,7 +173,8 @@ def simulate(args, out: Callable[[str], None] = print, time_decisions: bool = Fa
     censored = sum(r["censored"] for r in rows)
     if censored:
         out(f"{censored} trial-runs reached the end of a recorded curve the live search had stopped (censored)")
-    if args.source is not None:
+    unchanged = not (args.grace_steps or args.reduction_factor or args.chance_margin)
+    if args.source is not None and unchanged:  # the live search's own settings: the replay should match it
         agree, total, agree_free, free = live_agreement(settings, recorded_curves(args.source)[1])
         out(
             f"agreement with the live search (RecheckingASHA + chance-level rule, these settings): {agree}/{total} "

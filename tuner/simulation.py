@@ -22,12 +22,14 @@ from typing import Any, Callable, Optional, Sequence
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
+from reid_core.schema import ASHA as CUT
+from reid_core.schema import COMPLETED, DIVERGED, STUCK
 from tuner.curves import DIVERGING, Curve
 from tuner.schedulers import RecheckingASHA
-from tuner.stoppers import ChanceLevelRule
+from reid_core.chance import ChanceLevelRule
 
 NONE, ASHA, RASHA = "none", "asha", "rasha"
-COMPLETED, CUT, CENSORED = "completed", "asha", "censored"  # plus the rule's stuck_at_chance and diverged
+CENSORED = "censored"  # a recorded curve ended (the live search stopped it) where this policy would go on
 STOP = TrialScheduler.STOP
 
 
@@ -211,7 +213,7 @@ def replay(
             heapreplace(heap, (start + seconds[i], number, state))
             continue
         if reason is None:  # the curve ended without a stop: its budget, a non-finite loss, or the recording
-            reason = COMPLETED if result["samples"] >= budget else "diverged" if not math.isfinite(result["ce"]) else CENSORED
+            reason = COMPLETED if result["samples"] >= budget else DIVERGED if not math.isfinite(result["ce"]) else CENSORED
         heappop(heap)
         if scheduler is not None:
             scheduler.on_trial_complete(None, trial, result)
@@ -246,7 +248,7 @@ def summarise(run: Run, settings: Settings) -> dict[str, Any]:
         "gpu_h": sum(e.compute_s for e in ended) / 3600,
         "images_m": sum(e.samples for e in ended) / 1e6,
         "good_cut": sum(1 for e in ended if e.final is not None and e.final <= good_line and e.reason != COMPLETED),
-        "learners_killed": sum(1 for e in ended if e.reason == "stuck_at_chance" and e.final is not None and e.final <= go_line),
+        "learners_killed": sum(1 for e in ended if e.reason == STUCK and e.final is not None and e.final <= go_line),
         "stuck": len(stuck),
         "stuck_caught": len(caught),
         "caught_at": statistics.median(e.samples for e in caught) / settings.grace_samples if caught else math.nan,

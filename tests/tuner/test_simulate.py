@@ -81,7 +81,7 @@ def test_a_recorded_search_replayed_under_its_own_settings_ends_each_trial_as_it
     code, exp, frame = learner_and_stuck
     assert code == 0
     search, curves = recorded_curves(exp)
-    settings = Settings(search["grace_samples"], search["max_samples"], search["reduction_factor"], search["chance_margin"], workers=2)
+    settings = Settings(search.grace_samples, search.max_samples, search.reduction_factor, search.chance_margin, workers=2)
     agree, total, agree_free, free = live_agreement(settings, curves)
     print(f"agreement with the live search: {agree}/{total}; order-free {agree_free}/{free}")
     assert total == len(frame) and agree_free == free > 0
