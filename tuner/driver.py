@@ -163,10 +163,10 @@ def _fit(settings, exp_dir: Path, resources: Resources, space, points, resume: b
     import torch
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback, TBXLoggerCallback
-    from ray.tune.search.optuna import OptunaSearch
 
     from tuner.progress import EndReasonRecorder, ProgressPrinter, summarise
     from tuner.schedulers import RecheckingASHA, rung_milestones
+    from tuner.searchers import PruningOptunaSearch
     from tuner.stoppers import ChanceLevelStopper
     from tuner.trainable import train_trial
 
@@ -206,8 +206,13 @@ def _fit(settings, exp_dir: Path, resources: Resources, space, points, resume: b
     else:
         exp_dir.mkdir(parents=True, exist_ok=True)
         settings.save(exp_dir)
-        searcher = OptunaSearch(
-            metric=settings.metric, mode=settings.mode, points_to_evaluate=points or None, seed=settings.seed
+        searcher = PruningOptunaSearch(  # early-stopped trials reach TPE as pruned, not as completed
+            metric=settings.metric,
+            mode=settings.mode,
+            points_to_evaluate=points or None,
+            seed=settings.seed,
+            budget_attr="samples",
+            max_budget=settings.max_samples,
         )
         scheduler = RecheckingASHA(
             time_attr="samples",  # images seen: trials with different accumulation compare at equal compute

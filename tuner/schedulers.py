@@ -16,11 +16,19 @@ A trial promoted because it arrived early stops as soon as enough better trials
 have reached that rung that it would not have been promoted among them: the cut
 synchronous successive halving would have made, made as soon as the evidence
 is in. The best trial at a rung is never cut at that rung.
+
+A rung keeps its values sorted as trials arrive (one insertion per trial per
+rung), so a decision reads the cutoff by index instead of recomputing a
+percentile over every trial at the rung: its cost does not grow with the
+number of trials (``benchmarks/simulate.py`` prints it at 100 and 10,000).
+`stops_at_rung` is the rule written plainly, the specification the bookkeeping
+is tested against.
 """
 
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, insort
 from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
@@ -35,6 +43,61 @@ def rung_milestones(grace_period: float, max_t: float, reduction_factor: float) 
     """Rung milestones ``grace * rf**k`` up to ``max_t``, ascending (the ones Ray's ASHAScheduler builds)."""
     rungs = int(math.log(max_t / grace_period) / math.log(reduction_factor) + 1)
     return [grace_period * reduction_factor**k for k in range(rungs)]
+
+
+def stops_at_rung(recorded: dict[str, float], trial_id: str, quantile: float) -> bool:
+    """The re-check in its plain form: ``trial_id``'s value at a rung (signed, higher is better) is below the
+    ``quantile`` percentile of the other trials' values there (NaN ignored; Ray's ASHA cutoff). O(trials)."""
+    others = [v for tid, v in recorded.items() if tid != trial_id]
+    if not others or all(math.isnan(v) for v in others):
+        return False
+    return recorded[trial_id] < float(np.nanpercentile(others, quantile))
+
+
+def _linear_percentile(ordered: list[float], skip: int, quantile: float) -> float:
+    """``np.nanpercentile(ordered without ordered[skip], quantile)`` for a sorted NaN-free list, in O(1).
+
+    The same arithmetic as numpy's default (linear) method, step by step, so the result is the same
+    float: virtual index ``(n - 1) * q``, and numpy's two-sided lerp."""
+    n = len(ordered) - 1
+
+    def at(i: int) -> float:
+        return ordered[i if i < skip else i + 1]
+
+    index = (n - 1) * (quantile / 100)
+    if index >= n - 1:  # numpy then interpolates the last value with itself: an infinity becomes NaN
+        last = at(n - 1)
+        return last if math.isfinite(last) else math.nan
+    below = math.floor(index)
+    gamma = index - below
+    a, b = at(below), at(below + 1)
+    diff = b - a  # an infinity makes NaN here too, as in numpy
+    return b - diff * (1 - gamma) if gamma >= 0.5 else a + diff * gamma
+
+
+class _Rung:
+    """One rung: each trial's value at its first result past the milestone, and the non-NaN values sorted."""
+
+    __slots__ = ("milestone", "recorded", "ordered")
+
+    def __init__(self, milestone: float):
+        self.milestone = milestone
+        self.recorded: dict[str, float] = {}  # trial_id -> signed value (higher is better)
+        self.ordered: list[float] = []  # the non-NaN values of `recorded`, ascending
+
+    def add(self, trial_id: str, value: float) -> None:
+        self.recorded[trial_id] = value
+        if not math.isnan(value):
+            insort(self.ordered, value)
+
+    def stops(self, trial_id: str, quantile: float) -> bool:
+        """`stops_at_rung` from the sorted values: the trial's own value left out by its index."""
+        value = self.recorded[trial_id]
+        if math.isnan(value):  # NaN < cutoff is False whatever the cutoff
+            return False
+        if len(self.ordered) < 2:  # no other trial with a value
+            return False
+        return value < _linear_percentile(self.ordered, bisect_left(self.ordered, value), quantile)
 
 
 class RecheckingASHA(FIFOScheduler):
@@ -70,11 +133,8 @@ class RecheckingASHA(FIFOScheduler):
         self._mode = mode
         self._max_t = max_t
         self._quantile = (1 - 1 / reduction_factor) * 100
-        # (milestone, {trial_id: value at its first result past it}), highest milestone first;
-        # values signed so that higher is better
-        self._rungs: list[tuple[float, dict[str, float]]] = [
-            (m, {}) for m in reversed(rung_milestones(grace_period, max_t, reduction_factor))
-        ]
+        # highest milestone first; values signed so that higher is better
+        self._rungs = [_Rung(m) for m in reversed(rung_milestones(grace_period, max_t, reduction_factor))]
         self.late_cuts: set[str] = set()  # trials stopped by a re-check, not on arriving at a rung
 
     def set_search_properties(self, metric: Optional[str], mode: Optional[str], **spec: Any) -> bool:
@@ -109,27 +169,24 @@ class RecheckingASHA(FIFOScheduler):
         rung = self._record(trial_id, time, value)
         if rung is None:
             return TrialScheduler.CONTINUE
-        recorded, arrived = rung
-        others = [v for tid, v in recorded.items() if tid != trial_id]
-        if not others or all(math.isnan(v) for v in others):
-            return TrialScheduler.CONTINUE
-        if recorded[trial_id] < float(np.nanpercentile(others, self._quantile)):
+        at, arrived = rung
+        if at.stops(trial_id, self._quantile):
             if not arrived:
                 self.late_cuts.add(trial_id)
             return TrialScheduler.STOP
         return TrialScheduler.CONTINUE
 
-    def _record(self, trial_id: str, time: float, value: float) -> Optional[tuple[dict[str, float], bool]]:
+    def _record(self, trial_id: str, time: float, value: float) -> Optional[tuple[_Rung, bool]]:
         """The highest rung ``time`` has passed (None before the first), and whether this result is the
         trial's arrival there: its value is recorded from its first result past the milestone (Ray's rule)."""
-        for milestone, recorded in self._rungs:
-            if time >= milestone:
-                arrived = trial_id not in recorded
+        for rung in self._rungs:
+            if time >= rung.milestone:
+                arrived = trial_id not in rung.recorded
                 if arrived:
-                    recorded[trial_id] = (1.0 if self._mode == "max" else -1.0) * float(value)
-                return recorded, arrived
+                    rung.add(trial_id, (1.0 if self._mode == "max" else -1.0) * float(value))
+                return rung, arrived
         return None
 
     def debug_string(self) -> str:
-        rungs = ", ".join(f"{m:g}: {len(r)} trials" for m, r in reversed(self._rungs))
+        rungs = ", ".join(f"{r.milestone:g}: {len(r.recorded)} trials" for r in reversed(self._rungs))
         return f"RecheckingASHA: {rungs}; {len(self.late_cuts)} late cuts"

@@ -29,6 +29,8 @@ SMOKES = {
     "early_stop": ["--num-trials", "1", "--max-steps", "6", "--grace-steps", "3", "--max-concurrent", "1", *TINY],
     "stuck_latency": ["--num-trials", "1", "--grace-steps", "3", *TINY],
     "step_throughput": ["--steps", "2", "--warmup", "1", "--repeats", "1", *TINY],
+    "simulate": ["--trials", "30", "--workers", "4", "--max-steps", "60", "--grace-steps", "20"],
+    "driver_rate": ["--trials", "4", "--max-steps", "10", "--grace-steps", "5"],
 }
 
 RATIO_LINES = {
@@ -36,6 +38,8 @@ RATIO_LINES = {
     "early_stop": r"trial-samples ratio \(b / a\): \d+\.\d{3}",
     "stuck_latency": r"stuck-detection latency \(reports past the grace window, worst trial\): (\d+\.\d\d|nan)",
     "step_throughput": r"images/s ratio \(reid_core / plain PyTorch\): \d+\.\d{3}",
+    "simulate": r"\d+ policy runs of \d+ trials in \d+\.\d s: \d+ trials/s",
+    "driver_rate": r"\d+ results/s, \d+\.\d trials/s",
 }
 
 

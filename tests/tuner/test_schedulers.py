@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import random
 from types import SimpleNamespace
 
 import pytest
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from tuner.schedulers import RecheckingASHA, rung_milestones
+from tuner.schedulers import RecheckingASHA, rung_milestones, stops_at_rung
 
 STOP, CONTINUE = TrialScheduler.STOP, TrialScheduler.CONTINUE
 
@@ -79,6 +80,35 @@ def test_given_the_same_results_every_ray_asha_cut_is_ours_too(seed):
     decisions = [(feed(ours, tid, step * 100, curves[tid][step - 1]), feed(ray_asha, tid, step * 100, curves[tid][step - 1])) for _, tid, step in events]
     assert all(mine == STOP for mine, theirs in decisions if theirs == STOP)
     assert sum(mine == STOP for mine, _ in decisions) > sum(theirs == STOP for _, theirs in decisions)  # and more
+
+
+class PlainRecheckingASHA(RecheckingASHA):
+    """The re-check as first written: a percentile over every trial at the rung, at every result."""
+
+    def decide(self, trial_id, time, value):
+        rung = self._record(trial_id, time, value)
+        if rung is None:
+            return CONTINUE
+        return STOP if stops_at_rung(rung[0].recorded, trial_id, self._quantile) else CONTINUE
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy on all-NaN and infinite rungs
+@pytest.mark.parametrize("seed", range(12))
+def test_the_sorted_rungs_decide_exactly_as_the_plain_rule_on_random_streams(seed):
+    rng = random.Random(seed)
+    kwargs = dict(
+        time_attr="samples", metric="ce_ema", mode=rng.choice(["min", "max"]), grace_period=100, max_t=3200,
+        reduction_factor=rng.choice([2, 2.5, 3, 4]),
+    )
+    fast, plain = RecheckingASHA(**kwargs), PlainRecheckingASHA(**kwargs)
+    # Ties, NaN and infinities included: a wrong index or a lost duplicate changes some decision.
+    pick = [lambda: round(rng.uniform(0, 6), 1), lambda: rng.gauss(3, 1), lambda: math.nan, lambda: math.inf, lambda: 4.0]
+    decisions = []
+    for _ in range(3000):
+        tid, time, value = f"t{rng.randrange(60)}", rng.randrange(0, 3300), rng.choice(pick)()
+        decisions.append((fast.decide(tid, time, value), plain.decide(tid, time, value)))
+    assert [a for a, _ in decisions] == [b for _, b in decisions]
+    assert 20 < sum(a == STOP for a, _ in decisions) < 2980  # both answers were exercised
 
 
 def test_bad_arguments_are_rejected():

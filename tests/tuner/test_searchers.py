@@ -1,0 +1,44 @@
+"""PruningOptunaSearch: a trial stopped before its budget reaches Optuna as pruned, not as completed (no Ray session)."""
+
+from __future__ import annotations
+
+import optuna
+from ray import tune
+from ray.tune.search.optuna import OptunaSearch
+
+from tuner.searchers import PruningOptunaSearch
+
+SPACE = {"head_lr": tune.loguniform(1e-6, 1e-1)}
+BUDGET = 4800
+PRUNED, COMPLETE, FAIL = optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL
+
+
+def told(searcher) -> list:
+    searcher.set_search_properties(None, None, SPACE)
+    for tid in ("full", "cut", "crashed"):
+        searcher.suggest(tid)
+        searcher.on_trial_result(tid, {"samples": 100, "ce_ema": 5.9, "training_iteration": 1})
+    searcher.on_trial_complete("full", {"samples": BUDGET, "ce_ema": 0.2, "training_iteration": 150})
+    searcher.on_trial_complete("cut", {"samples": 1920, "ce_ema": 5.1, "training_iteration": 60})
+    searcher.on_trial_complete("crashed", None, error=True)
+    return searcher._ot_study.trials
+
+
+def test_an_early_stopped_trial_is_pruned_with_its_value_at_the_images_it_had_seen():
+    full, cut, crashed = told(PruningOptunaSearch(metric="ce_ema", mode="min", seed=0, budget_attr="samples", max_budget=BUDGET))
+    assert (full.state, full.value) == (COMPLETE, 0.2)
+    assert cut.state == PRUNED and cut.intermediate_values == {1920: 5.1}
+    assert crashed.state == FAIL
+
+
+def test_rays_optuna_search_tells_the_same_trial_completed_with_its_low_budget_value():
+    _, cut, _ = told(OptunaSearch(metric="ce_ema", mode="min", seed=0))
+    assert (cut.state, cut.value) == (COMPLETE, 5.1)  # what PruningOptunaSearch corrects
+
+
+def test_where_rays_internals_are_gone_the_trial_is_told_as_ray_tells_it(monkeypatch):
+    import tuner.searchers
+
+    monkeypatch.setattr(tuner.searchers, "_optuna_handles", lambda searcher, trial_id: None)
+    _, cut, _ = told(PruningOptunaSearch(metric="ce_ema", mode="min", seed=0, budget_attr="samples", max_budget=BUDGET))
+    assert cut.state == COMPLETE

@@ -1,0 +1,100 @@
+"""Ray's OptunaSearch, told which trials were stopped before their budget.
+
+Ray 2.60's ``OptunaSearch.on_trial_complete`` tells Optuna that every trial with
+a last result is COMPLETE with that value. A trial that ASHA or the chance-level
+rule stopped at an eighth of its budget then reaches TPE as if its low-budget
+``ce_ema`` were a final one, ranked among the values of trials that ran the
+whole budget (https://github.com/ray-project/ray/issues/6056 is the old form).
+
+`PruningOptunaSearch` tells Optuna the truth: a trial whose last result is
+short of the budget is PRUNED, with that result as its intermediate value at
+the images it had seen. TPE then ranks it as it ranks the trials of Optuna's
+own pruners (``optuna.samplers._tpe.sampler._get_pruned_trial_score``): after
+the completed trials, by how far it got, then by its value. Completed and
+failed trials are told as Ray tells them.
+
+Ray also reports every result to Optuna (``trial.report`` at each
+``training_iteration``): one storage write per result in the driver, while
+TPE reads only a pruned trial's last intermediate value. Here the value is
+reported once, when the trial ends, at the trial's budget in images, so trials
+with different accumulation are ranked at equal compute.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Optional
+
+from ray.tune.search.optuna import OptunaSearch
+
+logger = logging.getLogger(__name__)
+
+# ---- Ray internals (fenced): the only place this module reads OptunaSearch's private attributes. ----
+# Checked against Ray 2.60.0: `_ot_study` (the optuna Study), `_ot_trials` (trial_id -> the optuna trial
+# `suggest` asked for) and `_completed_trials` (trial ids already told). Where any is gone, trials are told
+# as Ray tells them (COMPLETE with their last value): the public behaviour, a worse search, no error.
+RAY_CHECKED = "2.60.0"
+
+
+def _optuna_handles(searcher: OptunaSearch, trial_id: str) -> Optional[tuple[Any, Any, set]]:
+    """``(study, optuna trial, told trial ids)`` for ``trial_id``, or None where Ray's internals differ."""
+    study = getattr(searcher, "_ot_study", None)
+    trials = getattr(searcher, "_ot_trials", None)
+    told = getattr(searcher, "_completed_trials", None)
+    if study is None or not isinstance(trials, dict) or not isinstance(told, set) or trial_id not in trials:
+        return None
+    return study, trials[trial_id], told
+
+
+# ---- end of the fence ----
+
+
+class PruningOptunaSearch(OptunaSearch):
+    """``OptunaSearch`` that tells Optuna a trial stopped before ``max_budget`` (in ``budget_attr``) was pruned.
+
+    Args:
+        budget_attr: the results' time axis, as the scheduler's (here ``samples``: images seen).
+        max_budget: a trial whose last result reached it completed; one short of it was stopped early.
+        *args, **kwargs: as ``OptunaSearch``.
+    """
+
+    def __init__(self, *args: Any, budget_attr: str = "samples", max_budget: float, **kwargs: Any):
+        if not max_budget > 0:
+            raise ValueError(f"The value of `max_budget` is {max_budget}, but must be `max_budget > 0`.")
+        super().__init__(*args, **kwargs)
+        self._budget_attr = budget_attr
+        self._max_budget = max_budget
+        self.pruned: set[str] = set()  # trials told as pruned
+
+    @property
+    def study(self) -> Any:
+        """The optuna Study the proposals come from (None before the search space is set)."""
+        return getattr(self, "_ot_study", None)
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        """Nothing: the value Optuna needs is reported when the trial ends (see the module's docstring)."""
+
+    def on_trial_complete(self, trial_id: str, result: Optional[dict[str, Any]] = None, error: bool = False) -> None:
+        budget = (result or {}).get(self._budget_attr)
+        value = (result or {}).get(self.metric) if isinstance(self.metric, str) else None
+        if error or budget is None or value is None or budget >= self._max_budget:
+            super().on_trial_complete(trial_id, result=result, error=error)
+            return
+        handles = _optuna_handles(self, trial_id)
+        if handles is None:
+            super().on_trial_complete(trial_id, result=result, error=error)
+            return
+        study, ot_trial, told = handles
+        if trial_id in told:
+            return
+        import optuna
+
+        # A non-finite value (a diverged trial) is reported as NaN: TPE ranks it last among trials as far.
+        ot_trial.report(float(value) if math.isfinite(float(value)) else math.nan, step=int(budget))
+        try:
+            study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
+        except Exception as err:  # as Ray does: a tell that fails must not end the search
+            logger.warning(err)
+        told.add(trial_id)
+        self.pruned.add(trial_id)
