@@ -3,6 +3,7 @@
     reid-tune search [...]   # = python -m tuner.search
     reid-tune report EXP     # = python -m tuner.report
     reid-tune train [...]    # = python -m reid_core.train (plain job, no Ray)
+    reid-tune simulate [...] # = python -m tuner.simulate (plan a search of thousands of trials)
 
 Each subcommand takes the same flags as its ``python -m`` form; its module is imported only
 when asked for, so ``reid-tune report`` loads neither Ray nor torch.
@@ -19,6 +20,7 @@ COMMANDS = {
     "search": ("tuner.search", "search head LR, accumulation and CE-only phase; stop trials stuck at chance"),
     "report": ("tuner.report", "tables, compute account and pictures of an experiment folder (no Ray needed)"),
     "train": ("reid_core.train", "the plain training job, no Ray: re-run a best_config.json"),
+    "simulate": ("tuner.simulate", "replay learning curves through the scheduler, stopping rule and searcher, no training"),
 }
 
 

@@ -207,13 +207,13 @@ def live_agreement(settings: Settings, curves: Sequence[Curve], orders: int = 8,
     return agree, len(replayed), sum(replayed[tid] == live[tid] for tid in free), len(free)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Optional[Sequence[str]] = None, prog: str = PROG) -> int:
+    args = build_parser(prog).parse_args(argv)
     try:
         started = time.perf_counter()
         runs = simulate(args)
     except UserError as err:
-        return cli_exit(err, PROG)
+        return cli_exit(err, prog)
     total, seconds = sum(len(r.ended) for r in runs), time.perf_counter() - started
     print(f"{total} trials replayed in {seconds:.1f} s: {total / seconds:.0f} trials/s")
     return 0
