@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from reid_core.errors import INTERRUPTED, UserError
+from tuner.cluster import check_handshake, use_token
 from search_spaces import Domain, to_tune
 from tuner.settings import SETTINGS_FILE, SearchSettings
 
@@ -32,34 +32,16 @@ class Resources:
     auth_token_file: Optional[str] = None  # that cluster's token file (RAY_AUTH_MODE=token)
 
 
-def probe(address: str) -> None:
-    """Fail in seconds on an address nothing listens at (ray.init itself retries for minutes)."""
-    if address == "auto":
-        return
-    hostport = address.split("://", 1)[-1]
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
-        raise UserError(f"--address '{address}' is not HOST:PORT, ray://HOST:PORT or auto")
-    try:
-        socket.create_connection((host, int(port)), timeout=5).close()
-    except OSError as err:
-        raise UserError(
-            f"cannot reach the Ray cluster at '{address}': {err.strerror or err}; check that the head node is "
-            "running and the address and port are right"
-        ) from None
-
-
 def connect(resources: Resources) -> bool:
     """Start or join Ray; returns whether we started it (and so should shut it down)."""
     import ray
 
     if ray.is_initialized():  # e.g. a notebook or a test session that already holds one
         return False
-    if resources.auth_token_file:
-        # Ray reads the token from this file itself; it never passes through our logs or exports.
-        os.environ["RAY_AUTH_TOKEN_PATH"] = str(Path(resources.auth_token_file).resolve())
     kwargs: dict[str, Any] = {"log_to_driver": False, "configure_logging": True, "logging_level": logging.WARNING}
     if resources.address:
+        use_token(resources.auth_token_file)  # tuner.search did this before ray was imported; a library caller may not
+        check_handshake(resources.address)  # a refused token is one line in seconds, not 20 s of C++ warnings
         try:
             ray.init(address=resources.address, **kwargs)
         except Exception as err:  # ConnectionError, RuntimeError, auth failures: all the user's to fix
@@ -94,33 +76,41 @@ def fast_reporting() -> None:
 
 
 class _DropMessages(logging.Filter):
-    """Drops a logger's records that start with one of ``prefixes``; every other record passes."""
+    """Drops a logger's records that start with one of ``prefixes`` (and, when given, contain ``marker``)."""
 
-    def __init__(self, *prefixes: str):
+    def __init__(self, *prefixes: str, marker: str = ""):
         super().__init__()
         self._prefixes = prefixes
+        self._marker = marker
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self._prefixes)
+        text = str(record.msg)
+        return not (text.startswith(self._prefixes) and self._marker in text)
 
 
 # Ray's lines that tell a user of this command nothing, or that we say better ourselves (checked
 # against Ray 2.60; a renamed logger or message just shows again). Its real warnings still show.
-_QUIET = {
+_QUIET: dict[str, tuple[tuple[str, ...], str]] = {
     # local clusters turn token auth on by default since 2.59; the notice repeats at every start
-    "ray._private.authentication.authentication_token_setup": ("Token authentication is enabled for this Ray cluster",),
+    "ray._private.authentication.authentication_token_setup": (("Token authentication is enabled for this Ray cluster",), ""),
     # Ctrl-C: we print one line saying how to resume instead of these two
-    "ray.tune.tune": ("Stop signal received", "Experiment has been interrupted"),
+    "ray.tune.tune": (("Stop signal received", "Experiment has been interrupted"), ""),
     # a trial interrupted before its first report has no result file yet: not an error
-    "ray.tune.analysis.experiment_analysis": ("Failed to fetch metrics",),
+    "ray.tune.analysis.experiment_analysis": (("Failed to fetch metrics",), ""),
+    # trial checkpoints (--max-failures) with buffered results: Ray's advice on its own bookkeeping
+    "ray.tune.execution.experiment_state": (("Experiment state snapshotting has been triggered",), ""),
+    "ray.tune.execution.tune_controller": (("Trial ",), "has a non-training future scheduled"),
+    # a batch call the controller had already sent when the trial's function returned (buffered
+    # reporting, tuner._ray_compat): its error is about a finished trial and nobody waits for it
+    "ray._private.worker": (("Unhandled error",), "Should not have reached here"),
 }
 
 
 def quiet_ray_logs() -> None:
-    for name, prefixes in _QUIET.items():
+    for name, (prefixes, marker) in _QUIET.items():
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropMessages) for f in logger.filters):
-            logger.addFilter(_DropMessages(*prefixes))
+            logger.addFilter(_DropMessages(*prefixes, marker=marker))
 
 
 def run(

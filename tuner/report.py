@@ -56,6 +56,12 @@ def render(frame: pd.DataFrame, fmt: str) -> str:
         return shown.to_csv(index=False)
     if fmt == "json":
         return shown.to_json(orient="records", indent=2) + "\n"
+    if "node_ids" in shown:  # 56 hex digits each: one node says nothing, several are told apart by 8
+        ids = shown["node_ids"].dropna()
+        if ids.nunique() <= 1:
+            shown = shown.drop(columns=["node_ids"])
+        else:
+            shown = shown.assign(node_ids=shown["node_ids"].map(lambda v: ";".join(n[:8] for n in v.split(";")) if isinstance(v, str) else v))
     shown = shown.astype(object).where(shown.notna(), None)  # an empty cell for NaN and missing alike
     for column in ("error", "damage"):  # no trial failed or was damaged: no column of blanks
         if column in shown and shown[column].isna().all():

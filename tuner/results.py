@@ -87,12 +87,15 @@ def trial_row(trial: Trial, settings: SearchSettings) -> dict[str, Any]:
             "best_ce_ema": min(ce_emas) if ce_emas else None,
             "go_samples": next((r["samples"] for r in rows if go is not None and r["ce_ema"] <= go), None),
             "wall_s": last.get("time_total_s"),
+            # the Ray nodes that ran it, in order: more than one when it moved after a node was lost
+            "node_ids": ";".join(dict.fromkeys(r["node_id"] for r in rows if r.get("node_id"))) or None,
         }
     )
     if settings.metric != "ce_ema":
         values = [r[settings.metric] for r in rows if settings.metric in r]
         row[objective_column(settings)] = values[-1] if values else None
-    row["error"] = trial.error if row["end_reason"] == ERROR else None
+    node = last.get("node_id")
+    row["error"] = (trial.error + (f" (on node {node[:8]})" if node else "")) if row["end_reason"] == ERROR else None
     damage = [d.replace(f"{trial.path}/", "") for d in trial.damage]  # the trial's own folder goes without saying
     row["damage"] = "; ".join([*damage, *([disagreement] if disagreement else [])]) or None
     row["chance_ce"] = last.get("chance_ce")

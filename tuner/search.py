@@ -28,7 +28,8 @@ from reid_core.flags import ArgumentParser, add_config_arguments, add_shortcut_a
 from reid_core.schema import EVAL_METRICS
 from reid_core.train import load_cli_config
 from search_spaces import load_space
-from tuner.driver import Resources, probe, run
+from tuner.cluster import probe, use_token
+from tuner.driver import Resources, run
 from tuner.settings import SETTINGS_FILE, SearchSettings
 
 PROG = "python -m tuner.search"
@@ -146,6 +147,7 @@ def _check_args(args) -> None:
         raise UserError(f"--auth-token-file '{args.auth_token_file}' does not exist; pass the cluster's token file")
     if args.address:
         probe(args.address)
+        use_token(args.auth_token_file)  # before anything imports ray: Ray reads RAY_AUTH_MODE once, at import
 
 
 def _base_config(args) -> TrainConfig:

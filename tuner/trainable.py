@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+import ray
 import torch
 from ray import tune
 from ray.tune import Checkpoint
@@ -40,7 +41,8 @@ def train_trial(
     trial whose ``K`` is ``V`` raises at step N, so the reliability tests can fail a real trial.
     """
     cfg = trial_config(base, sampled)
-    report = carry_evaluation(tune.report) if metric in EVAL_METRICS else tune.report
+    report = with_node_id(tune.report)
+    report = carry_evaluation(report) if metric in EVAL_METRICS else report
     resume = _last_checkpoint()
     if inject_fault and resume is None and sampled.get(inject_fault["key"]) == inject_fault["value"]:
         report = _failing_at(inject_fault["step"], report)
@@ -58,6 +60,17 @@ def train_trial(
         checkpoint=checkpoint if checkpoint_every else None,
         checkpoint_every=checkpoint_every,
     )
+
+
+def with_node_id(report: Callable[..., None]) -> Callable[..., None]:
+    """Every result names the Ray node that computed it (``node_id``): nodes on one machine share an IP,
+    and a trial that moved after its node was lost shows both."""
+    node_id = ray.get_runtime_context().get_node_id()
+
+    def forward(metrics: dict[str, Any], **kwargs: Any) -> None:
+        report({**metrics, "node_id": node_id}, **kwargs)
+
+    return forward
 
 
 def _last_checkpoint() -> Optional[dict[str, Any]]:

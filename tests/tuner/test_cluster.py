@@ -1,0 +1,172 @@
+"""A real Ray cluster on this machine: a `ray start --head` with token authentication on and two worker
+nodes, joined the documented way through --address; trials spread over the nodes and survive a lost one.
+
+Every Ray process here is started by `ray start` into the cluster's own temp folder and HOME, and
+killed by PID at the end (never `ray stop`, which would stop every Ray on the machine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.tuner.conftest import search_in_subprocess, sequential_search_args, wait_for
+
+pytestmark = pytest.mark.ray
+
+RAY = str(Path(sys.executable).parent / "ray")
+WORKER_PORTS = (62011, 62012)  # each worker node's raylet, so the test can kill one by its port
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ray_start(env: dict, *args: str) -> None:
+    done = subprocess.run([RAY, "start", "--disable-usage-stats", *args], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-1500:] + done.stderr[-1500:]
+
+
+def _pids(pattern: str) -> list[int]:
+    return [int(p) for p in subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Head (1 CPU, token auth on) + two worker nodes (1 CPU each) on loopback."""
+    root = Path(tempfile.mkdtemp(prefix="rc-"))  # short: Ray's socket paths must stay under 107 characters
+    home = root / "home"
+    home.mkdir()
+    env = dict(os.environ, HOME=str(home), RAY_AUTH_MODE="token")
+    subprocess.run([RAY, "get-auth-token", "--generate"], env=env, capture_output=True, timeout=60, check=True)
+    address = f"127.0.0.1:{_free_port()}"
+    try:
+        _ray_start(env, "--head", "--node-ip-address", "127.0.0.1", "--port", address.split(":")[1], "--num-cpus", "1",
+                   "--include-dashboard", "false", "--temp-dir", str(root / "r"))  # fmt: skip
+        for port in WORKER_PORTS:
+            _ray_start(env, "--address", address, "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
+                       "--node-manager-port", str(port))  # fmt: skip
+        yield {"address": address, "token": home / ".ray" / "auth_token", "root": root}
+    finally:
+        for pid in _pids(str(root / "r")):  # every process of this cluster, and only those
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _driver_env(tmp_path: Path) -> dict:
+    """The driver runs as another user would: its own HOME, no token of the cluster's lying around."""
+    home = tmp_path / "driver-home"
+    home.mkdir(exist_ok=True)
+    return {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")} | {"HOME": str(home)}
+
+
+def _search(tmp_path, args, timeout=240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tuner.search", *args], env=_driver_env(tmp_path),
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+
+@pytest.mark.parametrize("token", ["wrong", "missing"])
+def test_a_wrong_or_missing_token_is_one_line_in_seconds(cluster, tmp_path, token):
+    args = ["--address", cluster["address"], "--skip-preflight", "--storage-path", str(tmp_path / "r"), "--name", "x"]
+    if token == "wrong":
+        (tmp_path / "token").write_text("0" * 32)
+        args += ["--auth-token-file", str(tmp_path / "token")]
+    started = time.monotonic()
+    done = _search(tmp_path, args, timeout=60)
+    assert done.returncode == 2 and time.monotonic() - started < 10
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "refused this driver's token" in lines[0] and "--auth-token-file" in lines[0]
+    assert not (tmp_path / "r" / "x").exists()
+
+
+def test_a_search_joins_the_cluster_with_its_token_and_spreads_over_nodes(cluster, tmp_path):
+    points = [{"head_lr": 1e-2}, {"head_lr": 3e-3}, {"head_lr": 1e-6}]
+    args, storage = sequential_search_args(tmp_path, "joined", points, extra=["--max-steps", "60", "--grace-steps", "30"])
+    args[args.index("--max-concurrent") + 1] = "3"  # all at once: one per node
+    done = _search(tmp_path, [*args, "--address", cluster["address"], "--auth-token-file", str(cluster["token"])])
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert [ln for ln in done.stderr.splitlines() if "WARNING" in ln or "gcs_client" in ln] == []
+    table = pd.read_csv(storage / "joined" / "results.csv")
+    assert len(table) == 3 and table.trial_id.is_unique
+    assert table.set_index("head_lr").loc[1e-6].end_reason == "stuck_at_chance"
+    nodes = {n for ids in table.node_ids for n in ids.split(";")}
+    assert len(nodes) >= 2  # nodes on one machine share an IP: the node id tells them apart
+
+
+def _kill_worker(port: int) -> None:
+    for pid in _pids(f"node_manager_port={port}"):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _running_nodes(exp: Path) -> dict[str, int]:
+    """node id -> step of the newest result of each trial folder that has one."""
+    out = {}
+    for result in exp.glob("*/result.json"):
+        lines = result.read_text().splitlines()
+        try:
+            last = json.loads(lines[-1]) if lines else None
+        except json.JSONDecodeError:
+            continue
+        if last and last.get("node_id"):
+            out[last["node_id"]] = last["step"]
+    return out
+
+
+def test_trials_on_a_lost_node_finish_elsewhere_from_their_checkpoints(cluster, tmp_path):
+    points = [{"head_lr": 3e-3}, {"head_lr": 4e-3}, {"head_lr": 2e-3}]
+    extra = ["--max-steps", "400", "--grace-steps", "400", "--chance-margin", "0.02", "--max-failures", "2",
+             "--checkpoint-every", "10", "--address", cluster["address"], "--auth-token-file", str(cluster["token"])]  # fmt: skip
+    args, storage = sequential_search_args(tmp_path, "lost", points, extra=extra)
+    args[args.index("--max-concurrent") + 1] = "3"
+    exp = storage / "lost"
+    with search_in_subprocess(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as driver:
+        busy = lambda: len(_running_nodes(exp)) == 3 and min(_running_nodes(exp).values()) >= 20  # noqa: E731
+        wait_for(busy, driver, "a trial ran on every node")
+        _kill_worker(WORKER_PORTS[0])  # its raylet, and with it the node's workers
+        out, err = driver.communicate(timeout=240)
+    assert driver.returncode == 0, out[-2000:] + err[-2000:]
+    table = pd.read_csv(exp / "results.csv")
+    assert len(table) == 3 and table.trial_id.is_unique  # none lost, none twice
+    assert set(table.end_reason) == {"completed"}
+    moved = table[table.node_ids.str.contains(";")]
+    assert len(moved) == 1  # the lost node's trial, finished on another node
+    rows = [json.loads(ln) for ln in (exp / moved.trial_dir.iloc[0] / "result.json").read_text().splitlines()]
+    steps = sorted({r["step"] for r in rows})
+    assert steps == list(range(1, 401))  # continuous across the move: it resumed from a checkpoint, not from 0
+    assert min(r["step"] for r in rows if r["node_id"] == moved.node_ids.iloc[0].split(";")[1]) > 10
+
+
+def test_without_retries_a_lost_nodes_trial_is_an_error_row_naming_the_node(cluster, tmp_path):
+    points = [{"head_lr": 3e-3}, {"head_lr": 4e-3}]
+    extra = ["--max-steps", "400", "--grace-steps", "400", "--chance-margin", "0.02",
+             "--address", cluster["address"], "--auth-token-file", str(cluster["token"])]  # fmt: skip
+    args, storage = sequential_search_args(tmp_path, "noretry", points, extra=extra)
+    args[args.index("--max-concurrent") + 1] = "2"
+    exp = storage / "noretry"
+    with search_in_subprocess(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as driver:
+        busy = lambda: len(_running_nodes(exp)) == 2 and min(_running_nodes(exp).values()) >= 20  # noqa: E731
+        wait_for(busy, driver, "a trial ran on each remaining node")
+        _kill_worker(WORKER_PORTS[1])
+        out, err = driver.communicate(timeout=240)
+    assert driver.returncode == 1, out[-2000:] + err[-2000:]  # a trial failed: the exit code says so
+    table = pd.read_csv(exp / "results.csv")
+    assert len(table) == 2
+    lost = table[table.end_reason == "error"]
+    assert len(lost) == 1 and lost.node_ids.iloc[0][:8] in lost.error.iloc[0]
+    assert set(table.end_reason) == {"error", "completed"}
