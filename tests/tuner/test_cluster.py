@@ -26,7 +26,7 @@ from tests.tuner.conftest import search_in_subprocess, sequential_search_args, w
 pytestmark = pytest.mark.ray
 
 RAY = str(Path(sys.executable).parent / "ray")
-WORKER_PORTS = (62011, 62012)  # each worker node's raylet, so the test can kill one by its port
+WORKER_PORTS = (62011, 62012)  # each worker node's raylet port, so the test finds worker nodes (never the head)
 
 
 def _free_port() -> int:
@@ -109,9 +109,17 @@ def test_a_search_joins_the_cluster_with_its_token_and_spreads_over_nodes(cluste
     assert len(nodes) >= 2  # nodes on one machine share an IP: the node id tells them apart
 
 
-def _kill_worker(port: int) -> None:
-    for pid in _pids(f"node_manager_port={port}"):
-        os.kill(pid, signal.SIGKILL)
+def _kill_a_worker_node_running(node_ids) -> str:
+    """SIGKILL the raylet (and so the node) of a worker node, never the head, that runs one of ``node_ids``;
+    returns its node id."""
+    for port in WORKER_PORTS:
+        for pid in _pids(f"node_manager_port={port}"):
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            node = next((n for n in node_ids if f"--node_id={n}" in cmdline), None)
+            if node is not None:
+                os.kill(pid, signal.SIGKILL)
+                return node
+    raise AssertionError("no live worker node runs a trial")
 
 
 def _running_nodes(exp: Path) -> dict[str, int]:
@@ -128,24 +136,32 @@ def _running_nodes(exp: Path) -> dict[str, int]:
     return out
 
 
+def _search_losing_a_node(cluster, tmp_path, name: str, points: list[dict], extra: list[str]):
+    """Run a search with every trial on its own node at once; once each is 20 steps in, kill a worker
+    node running one. Returns ``(driver, its output, the experiment folder, the lost node's id)``."""
+    extra = ["--max-steps", "400", "--grace-steps", "400", "--chance-margin", "0.02", *extra,
+             "--address", cluster["address"], "--auth-token-file", str(cluster["token"])]  # fmt: skip
+    args, storage = sequential_search_args(tmp_path, name, points, extra=extra)
+    args[args.index("--max-concurrent") + 1] = str(len(points))  # all at once: one per node
+    exp = storage / name
+    with search_in_subprocess(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as driver:
+        busy = lambda: len(_running_nodes(exp)) == len(points) and min(_running_nodes(exp).values()) >= 20  # noqa: E731
+        wait_for(busy, driver, "every trial ran on its own node")
+        lost = _kill_a_worker_node_running(_running_nodes(exp))  # its raylet, and with it the node's workers
+        out, _ = driver.communicate(timeout=240)
+    return driver, out, exp, lost
+
+
 def test_trials_on_a_lost_node_finish_elsewhere_from_their_checkpoints(cluster, tmp_path):
     points = [{"head_lr": 3e-3}, {"head_lr": 4e-3}, {"head_lr": 2e-3}]
-    extra = ["--max-steps", "400", "--grace-steps", "400", "--chance-margin", "0.02", "--max-failures", "2",
-             "--checkpoint-every", "10", "--address", cluster["address"], "--auth-token-file", str(cluster["token"])]  # fmt: skip
-    args, storage = sequential_search_args(tmp_path, "lost", points, extra=extra)
-    args[args.index("--max-concurrent") + 1] = "3"
-    exp = storage / "lost"
-    with search_in_subprocess(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as driver:
-        busy = lambda: len(_running_nodes(exp)) == 3 and min(_running_nodes(exp).values()) >= 20  # noqa: E731
-        wait_for(busy, driver, "a trial ran on every node")
-        _kill_worker(WORKER_PORTS[0])  # its raylet, and with it the node's workers
-        out, err = driver.communicate(timeout=240)
-    assert driver.returncode == 0, out[-2000:] + err[-2000:]
+    extra = ["--max-failures", "2", "--checkpoint-every", "10"]
+    driver, out, exp, lost = _search_losing_a_node(cluster, tmp_path, "lost", points, extra)
+    assert driver.returncode == 0, out[-3000:]
     table = pd.read_csv(exp / "results.csv")
     assert len(table) == 3 and table.trial_id.is_unique  # none lost, none twice
     assert set(table.end_reason) == {"completed"}
     moved = table[table.node_ids.str.contains(";")]
-    assert len(moved) == 1  # the lost node's trial, finished on another node
+    assert len(moved) == 1 and moved.node_ids.iloc[0].startswith(lost)  # the lost node's trial, finished elsewhere
     rows = [json.loads(ln) for ln in (exp / moved.trial_dir.iloc[0] / "result.json").read_text().splitlines()]
     steps = sorted({r["step"] for r in rows})
     assert steps == list(range(1, 401))  # continuous across the move: it resumed from a checkpoint, not from 0
@@ -153,20 +169,10 @@ def test_trials_on_a_lost_node_finish_elsewhere_from_their_checkpoints(cluster, 
 
 
 def test_without_retries_a_lost_nodes_trial_is_an_error_row_naming_the_node(cluster, tmp_path):
-    points = [{"head_lr": 3e-3}, {"head_lr": 4e-3}]
-    extra = ["--max-steps", "400", "--grace-steps", "400", "--chance-margin", "0.02",
-             "--address", cluster["address"], "--auth-token-file", str(cluster["token"])]  # fmt: skip
-    args, storage = sequential_search_args(tmp_path, "noretry", points, extra=extra)
-    args[args.index("--max-concurrent") + 1] = "2"
-    exp = storage / "noretry"
-    with search_in_subprocess(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as driver:
-        busy = lambda: len(_running_nodes(exp)) == 2 and min(_running_nodes(exp).values()) >= 20  # noqa: E731
-        wait_for(busy, driver, "a trial ran on each remaining node")
-        _kill_worker(WORKER_PORTS[1])
-        out, err = driver.communicate(timeout=240)
-    assert driver.returncode == 1, out[-2000:] + err[-2000:]  # a trial failed: the exit code says so
+    points = [{"head_lr": 3e-3}, {"head_lr": 4e-3}]  # two nodes are left after the test above, or all three alone
+    driver, out, exp, lost = _search_losing_a_node(cluster, tmp_path, "noretry", points, [])
+    assert driver.returncode == 1, out[-3000:]  # a trial failed: the exit code says so
     table = pd.read_csv(exp / "results.csv")
-    assert len(table) == 2
-    lost = table[table.end_reason == "error"]
-    assert len(lost) == 1 and lost.node_ids.iloc[0][:8] in lost.error.iloc[0]
-    assert set(table.end_reason) == {"error", "completed"}
+    assert len(table) == 2 and set(table.end_reason) == {"error", "completed"}
+    failed = table[table.end_reason == "error"].iloc[0]
+    assert failed.node_ids == lost and f"(on node {lost[:8]})" in failed.error
