@@ -22,6 +22,7 @@ from reid_core.errors import UserError
 from reid_core.losses import id_loss, sdm_loss
 from reid_core.metrics import retrieval_metrics
 from reid_core.model import ReIDModel, build_model, context_length, parameter_groups
+from reid_core.monitor import HeadMonitor
 from reid_core.pretrained import check_model, resolve_pretrained
 from reid_core.schedule import ema, lr_factor, sdm_weight_at
 
@@ -96,6 +97,11 @@ def _image_features(model: ReIDModel, split: Split, size, device: torch.device, 
 
 # --- training ----------------------------------------------------------------------
 
+# The step metrics `HeadMonitor.after_step` measures, in the order train_step reports them.
+HEAD_METRICS = (
+    "head_weight_norm", "head_weight_change", "head_grad_norm", "feature_norm", "logit_std", "loss_scale", "skipped_steps",
+)  # fmt: skip
+
 
 class Trainer:
     """The state of one training run and its optimizer step, separated from the loop so that
@@ -115,11 +121,11 @@ class Trainer:
         self.optimizer = _adamw(parameter_groups(self.model, cfg))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.stream = batches(self.data, cfg.batch_size, cfg.seed, self.device, self.workers)
-        self.head_weight_start = self.model.classifier.weight.detach().clone()
-        self.head_weight_start_norm = max(self.head_weight_start.norm().item(), 1e-12)
+        # the head's diagnostic metrics, as any loop measures them; logits passed explicitly (a planted
+        # fault may compute them without the classifier module), optimizer and scaler set each step
+        self.monitor = HeadMonitor(self.model.classifier, capture=False)
         self.step = 0  # optimizer steps taken
         self.ce_ema: Optional[float] = None
-        self.skipped_steps = 0
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs to continue the same curve: only tensors and plain
@@ -130,8 +136,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "step": self.step,
             "ce_ema": self.ce_ema,
-            "skipped_steps": self.skipped_steps,
-            "head_weight_start": self.head_weight_start,
+            **self.monitor.state_dict(),  # skipped_steps, head_weight_start
             "torch_rng": torch.get_rng_state(),
         }
 
@@ -140,9 +145,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
-        self.step, self.ce_ema, self.skipped_steps = state["step"], state["ce_ema"], state["skipped_steps"]
-        self.head_weight_start = state["head_weight_start"].to(self.device)
-        self.head_weight_start_norm = max(self.head_weight_start.norm().item(), 1e-12)
+        self.step, self.ce_ema = state["step"], state["ce_ema"]
+        self.monitor.load_state_dict(state)
         # The micro-batch stream is a pure function of its seed and of how many batches were drawn:
         # drawing the same number again puts it where the checkpointed run was.
         for _ in range(self.step * self.cfg.grad_accum_steps):
@@ -157,10 +161,10 @@ class Trainer:
 
         Each micro-batch loss is divided by ``grad_accum_steps``, so the accumulated gradient is
         that of the mean loss over all the step's images. Returns the micro-batch means of
-        (ce, sdm, loss, feature_norm, logit_std).
+        (ce, sdm, loss); each micro-batch's features and logits go to ``self.monitor``.
         """
         cfg, model = self.cfg, self.model
-        sums = torch.zeros(5)
+        sums = torch.zeros(3)
         for _ in range(cfg.grad_accum_steps):
             images, labels, tokens = next(self.stream)
             with self._autocast():
@@ -172,9 +176,9 @@ class Trainer:
                     sdm = sdm_loss(features, model.encode_text(tokens), labels, cfg.logit_scale)
                 loss = ce + sdm_weight * sdm
             self.scaler.scale(loss / cfg.grad_accum_steps).backward()
+            self.monitor.observe(logits, features)
             with torch.no_grad():
-                stats = [ce, sdm, loss, features.float().norm(dim=1).mean(), logits.float().std()]
-                sums += torch.stack(stats).float().cpu()
+                sums += torch.stack([ce, sdm, loss]).float().cpu()
         return sums / cfg.grad_accum_steps
 
     def train_step(self) -> dict[str, Any]:
@@ -188,28 +192,24 @@ class Trainer:
         if not self.data.has_captions:
             sdm_weight = 0.0  # no captions (Market-1501): identity CE only
 
-        ce, sdm, loss, feature_norm, logit_std = self.backward(sdm_weight).tolist()
+        monitor = self.monitor
+        monitor.optimizer, monitor.scaler = optimizer, scaler  # as they are now (a test may swap either)
+        ce, sdm, loss = self.backward(sdm_weight).tolist()
 
         scaler.unscale_(optimizer)  # no-op without fp16; makes grad norms real numbers
-        head_weight = self.model.classifier.weight
-        head_grad_norm = head_weight.grad.norm().item() if head_weight.grad is not None else 0.0
+        monitor.after_backward()  # the head's gradient, unscaled, before clipping
         if cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        scale_before = scaler.get_scale() if scaler.is_enabled() else 1.0
         scaler.step(optimizer)
         scaler.update()
-        if scaler.is_enabled() and scaler.get_scale() < scale_before:
-            self.skipped_steps += 1  # GradScaler found inf/nan gradients and skipped the update
         optimizer.zero_grad(set_to_none=True)  # None, not 0: AdamW leaves grad-less params (idle text tower) alone
         self.step += 1
+        head = monitor.after_step()
 
         finite = math.isfinite(ce) and math.isfinite(loss)
         # beta per batch of images: a step of k micro-batches weighs k batches, so ce_ema spans the same
         # images at any accumulation (the stopping rule and ASHA compare trials at equal images)
         self.ce_ema = ema(self.ce_ema, ce, cfg.ce_ema_beta**cfg.grad_accum_steps) if finite else float("nan")
-        with torch.no_grad():
-            weight_norm = head_weight.norm().item()
-            weight_change = (head_weight - self.head_weight_start).norm().item() / self.head_weight_start_norm
         return {
             "step": self.step,
             "samples": self.step * cfg.images_per_step,
@@ -218,27 +218,19 @@ class Trainer:
             "sdm": sdm,
             "loss": loss,
             "sdm_weight": sdm_weight,
-            "head_lr_applied": self._applied_lr(head=True),
-            "backbone_lr_applied": self._applied_lr(head=False),
-            "head_weight_norm": weight_norm,
-            "head_weight_change": weight_change,
-            "head_grad_norm": head_grad_norm,
-            "feature_norm": feature_norm,
-            "logit_std": logit_std,
-            "loss_scale": scaler.get_scale() if scaler.is_enabled() else 1.0,
-            "skipped_steps": self.skipped_steps,
+            "head_lr_applied": head["head_lr_applied"],
+            "backbone_lr_applied": self._backbone_lr_applied(),
+            **{key: head[key] for key in HEAD_METRICS},
             "chance_ce": self.chance_ce,
             "images_per_s": cfg.images_per_step / max(time.perf_counter() - started, 1e-9),
         }
 
-    def _applied_lr(self, head: bool) -> float:
-        """The LR the optimizer used this step for the classifier's group (``head``) or the backbone's:
-        read from its parameter groups, so a schedule or a group that lost the head shows as it is
-        (0 when the classifier is in no group)."""
+    def _backbone_lr_applied(self) -> float:
+        """The LR the optimizer used this step for the backbone's first group (the head's is the monitor's):
+        read from its parameter groups, so a schedule shows as it is."""
         classifier = self.model.classifier.weight
         for group in self.optimizer.param_groups:
-            holds_head = any(p is classifier for p in group["params"])
-            if holds_head == head and (head or group.get("name", "").startswith("backbone")):
+            if group.get("name", "").startswith("backbone") and not any(p is classifier for p in group["params"]):
                 return float(group["lr"])
         return 0.0
 

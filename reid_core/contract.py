@@ -1,0 +1,284 @@
+"""The training-function contract: what ``reid-tune search --trainable`` tunes and ``reid-tune run`` re-runs.
+
+Any function of this shape can be tuned, not only ours (no Ray in it, nothing to subclass)::
+
+    def fn(config: dict, report) -> None | dict:
+        ...                                   # build the model, data and optimizer from config
+        for step in range(1, max_steps + 1):
+            ...                               # one optimizer step
+            report({"step": step, "samples": step * images_per_step, "ce": ce, "num_classes": C})
+        return {"anything": "for summary.json"}  # optional
+
+``config`` is the user's own mapping: the ``--config`` file with the trial's sampled values on top
+(a search space may only name its keys). ``report(metrics)`` is called **once per optimizer step**
+with at least (`REQUIRED`):
+
+- ``step``: optimizer steps taken (1, 2, ...); ``samples``: training images seen so far (the
+  search's time axis: ASHA and the chance-level rule compare trials at equal images, whatever
+  their batch size or accumulation); ``ce``: the identity cross-entropy of the step;
+- ``num_classes`` (identities of the head) or ``chance_ce`` (its chance CE, ``log(num_classes)``).
+
+The harness derives what is missing, so the stopping rule (`reid_core.chance`), ASHA, tables and
+pictures work on that minimum:
+
+- ``chance_ce = log(num_classes)``;
+- ``ce_ema``: the smoothing `reid_core.trainer.Trainer` applies, ``reid_core.schedule.ema`` with
+  beta `DEFAULT_CE_EMA_BETA` (0.95) per report. A step of k micro-batches that reports
+  ``micro_batches: k`` weighs ``beta**k``, exactly as our Trainer (beta per batch), so ``ce_ema``
+  spans the same images at any accumulation; a function reporting its own ``ce_ema`` keeps it.
+
+Anything else reported is kept (result.json, metrics.csv). The head's diagnostics come from
+`reid_core.monitor.HeadMonitor` (``**monitor.after_step()`` in the report): with them a trial
+stuck at chance gets a named cause; without them its cause is ``unknown`` (no evidence, no guess).
+A report without ``ce`` (or the other keys) is a one-line error naming the key.
+
+Optional hooks:
+
+- **checkpoints**: ``report(metrics, checkpoint=state)``, where ``state`` is a dict of tensors,
+  numbers, strings, lists and dicts (``torch.load(weights_only=True)`` reads it back) or a
+  function returning one (called only when a checkpoint is due, so it costs nothing otherwise).
+  The harness keeps it every ``report.checkpoint_every`` steps (``--checkpoint-every``; 0: never,
+  the default without ``--max-failures``). On a restart (a retry after ``--max-failures``, a lost
+  node) ``report.resume`` holds the newest saved state, else None: restore from it and go on
+  from its step. A function without these hooks is restarted from step 1 by a retry.
+- **pre-flight**: the first report carrying the monitor's pre-flight keys (the first
+  ``after_backward()`` of a `HeadMonitor` returns them: ``head_in_optimizer``, ``head_grad_norm``,
+  ``logit_gain``, and ``label_min`` / ``label_max`` when labels were given to ``observe``). The
+  search runs the function once in the driver up to its first report (`probe`) and checks the
+  contract and these keys before any trial; keys not reported are skipped with a note.
+
+The harness ends a function when its trial is stopped or has seen the search's budget
+(``report`` raises `BudgetSpent`, a BaseException the harness catches: do not swallow it).
+`reid_core.train.train` is the reference implementation of this contract.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import math
+import numbers
+import random
+import sys
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
+
+from reid_core.errors import UserError
+from reid_core.schedule import ema
+
+REQUIRED = ("step", "samples", "ce")
+DEFAULT_CE_EMA_BETA = 0.95  # per report (per micro-batch with `micro_batches`), as TrainConfig.ce_ema_beta per batch
+CONTRACT_HINT = "report at least step, samples, ce and num_classes (or chance_ce) once per optimizer step"
+
+Forward = Callable[[dict[str, Any], Optional[dict[str, Any]]], None]  # (metrics, checkpoint state or None)
+
+
+class BudgetSpent(BaseException):
+    """Raised by ``report`` to end the function: its budget is spent (or the probe has its report)."""
+
+
+class Reporter:
+    """The ``report`` the harness passes: checks and completes each report, then forwards it.
+
+    ``forward(metrics, state)``: where reports go (``ray.tune.report``, a `reid_core.train.RunWriter`);
+    ``state`` is a checkpoint to keep, or None. ``max_samples``: the budget in images; the report that
+    reaches it is forwarded, then `BudgetSpent` ends the function. ``resume``: a checkpoint this
+    reporter saved (``{"user": ..., "harness": ...}``), to continue from.
+    """
+
+    def __init__(
+        self,
+        forward: Forward,
+        *,
+        max_samples: Optional[float] = None,
+        resume: Optional[dict[str, Any]] = None,
+        checkpoint_every: int = 0,
+        ce_ema_beta: float = DEFAULT_CE_EMA_BETA,
+    ):
+        self.forward = forward
+        self.max_samples = max_samples
+        self.checkpoint_every = checkpoint_every
+        self.ce_ema_beta = ce_ema_beta
+        self.resume: Optional[dict[str, Any]] = None if resume is None else resume["user"]
+        self._ce_ema: Optional[float] = None if resume is None else resume["harness"]["ce_ema"]
+        self.calls = 0
+        self.last: dict[str, Any] = {}
+
+    def __call__(self, metrics: Mapping[str, Any], checkpoint: Any = None) -> None:
+        self.calls += 1
+        out = self.complete(metrics)
+        state = None
+        if checkpoint is not None and self.checkpoint_every and out["step"] % self.checkpoint_every == 0:
+            user = checkpoint() if callable(checkpoint) else checkpoint
+            state = {"user": user, "harness": {"ce_ema": self._ce_ema}}
+        self.last = out
+        self.forward(out, state)
+        if self.max_samples is not None and out["samples"] >= self.max_samples:
+            raise BudgetSpent()
+
+    def complete(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
+        """``metrics`` checked (one-line `UserError` naming a missing key) with ``chance_ce`` and ``ce_ema`` added."""
+        if not isinstance(metrics, Mapping):
+            raise UserError(f"report() got a {type(metrics).__name__}, not a dict of metrics; {CONTRACT_HINT}")
+        out = {key: _plain(value) for key, value in metrics.items()}
+        for key in REQUIRED:
+            if key not in out:
+                raise UserError(f"report(metrics) call {self.calls} has no '{key}' (it has {', '.join(out) or 'nothing'}); {CONTRACT_HINT}")
+            if not isinstance(out[key], numbers.Real) or isinstance(out[key], bool):
+                raise UserError(f"report(metrics): '{key}' is {out[key]!r}, not a number; {CONTRACT_HINT}")
+        if "chance_ce" not in out:
+            classes = out.get("num_classes")
+            if classes is None:
+                raise UserError(f"report(metrics) call {self.calls} has neither 'num_classes' nor 'chance_ce'; {CONTRACT_HINT}")
+            if not isinstance(classes, numbers.Real) or classes < 2:
+                raise UserError(f"report(metrics): 'num_classes' is {classes!r}, but must be a number >= 2")
+            out["chance_ce"] = math.log(classes)
+        if "ce_ema" in out:
+            self._ce_ema = out["ce_ema"]
+        else:
+            ce = float(out["ce"])
+            beta = self.ce_ema_beta ** out.get("micro_batches", 1)
+            self._ce_ema = ema(self._ce_ema, ce, beta) if math.isfinite(ce) else math.nan
+            out["ce_ema"] = self._ce_ema
+        return out
+
+
+def _plain(value: Any) -> Any:
+    """A 0-d tensor or NumPy scalar as a Python number (a loss reported without ``.item()``)."""
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return value.item()
+    return value
+
+
+# --- the function itself ------------------------------------------------------------
+
+
+def load_trainable(spec: str, root: Optional[str] = None) -> Callable[..., Any]:
+    """Import ``package.module:function``; one-line `UserError` for a bad spec, module or name.
+
+    The current folder is searched first, as ``python -m`` does; ``root`` (a folder recorded by
+    `trainable_root` in the driver) too, so a Ray worker finds a module the driver found.
+    """
+    module_name, sep, name = spec.partition(":")
+    if not sep or not module_name or not name.isidentifier():
+        raise UserError(f"--trainable '{spec}' is not package.module:function (e.g. --trainable my_repo.tune:train)")
+    for folder in (root, str(Path.cwd())):
+        if folder and folder not in sys.path:
+            sys.path.insert(0, folder)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        missing = getattr(err, "name", None) or module_name
+        where = "" if missing != module_name.split(".")[0] else " in the current folder or on PYTHONPATH"
+        raise UserError(
+            f"--trainable '{spec}': cannot import module '{module_name}' (no module named '{missing}'{where}); "
+            "run from the folder that holds it, or add that folder to PYTHONPATH"
+        ) from None
+    fn = getattr(module, name, None)
+    if fn is None:
+        names = [n for n in vars(module) if callable(vars(module)[n]) and not n.startswith("_")]
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"it defines {', '.join(names) or 'no functions'}"
+        raise UserError(f"--trainable '{spec}': module '{module_name}' has no '{name}'; {hint}")
+    if not callable(fn):
+        raise UserError(f"--trainable '{spec}': '{name}' is a {type(fn).__name__}, not a function fn(config, report)")
+    return fn
+
+
+def trainable_root(spec: str) -> Optional[str]:
+    """The folder holding the top-level package of an imported ``spec`` (for the workers' sys.path)."""
+    module = sys.modules.get(spec.partition(":")[0])
+    file = getattr(module, "__file__", None)
+    if file is None:
+        return None
+    path = Path(file).resolve()
+    depth = module.__name__.count(".") + (1 if path.name == "__init__.py" else 0)
+    return str(path.parents[depth])
+
+
+def seed_all(seed: int = 0) -> None:
+    """What the harness does before calling a function, in a trial and in its re-run alike: a function
+    that does not seed itself still gets the same initialisation and data order in both."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def call(fn: Callable[..., Any], config: dict[str, Any], report: Reporter, threads: int = 0) -> dict[str, Any]:
+    """Run ``fn(config, report)`` until it returns or its budget is spent; its summary (a dict, or empty)."""
+    import torch
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    seed_all()
+    try:
+        result = fn(dict(config), report)
+    except BudgetSpent:
+        result = None
+    if report.calls == 0:
+        raise UserError(f"the training function returned without calling report(); {CONTRACT_HINT}")
+    return dict(result) if isinstance(result, Mapping) else {}
+
+
+def probe(fn: Callable[..., Any], config: dict[str, Any], threads: int = 0) -> dict[str, Any]:
+    """Run ``fn`` up to its first report and return that report (checked and completed); nothing is kept."""
+    first: dict[str, Any] = {}
+
+    def keep(metrics: dict[str, Any], state: Any) -> None:
+        first.update(metrics)
+        raise BudgetSpent()
+
+    call(fn, config, Reporter(keep), threads)
+    return first
+
+
+def preflight_checks(first: Mapping[str, Any], log: Callable[[str], None] = print) -> None:
+    """The pre-flight checks one step allows, on the first report; raises `PreflightError` naming the cause.
+
+    Each check needs its keys in the report (`reid_core.monitor.PREFLIGHT_KEYS`); a check whose keys
+    are absent is skipped, and the note says which and how to have it.
+    """
+    from reid_core.preflight import PreflightError
+
+    done, skipped = [], []
+    if "head_in_optimizer" in first:
+        if not first["head_in_optimizer"]:
+            raise PreflightError("head_not_in_optimizer", "the classifier weight is in no optimizer parameter group")
+        done.append("head in the optimizer")
+    else:
+        skipped.append("head in the optimizer")
+    if "head_grad_norm" in first:
+        grad = first["head_grad_norm"]
+        if not (math.isfinite(grad) and grad > 0):
+            raise PreflightError("no_gradient", f"the classifier's gradient norm is {grad} after the first backward")
+        done.append("gradient reaches the head")
+    else:
+        skipped.append("gradient reaches the head")
+    if "logit_gain" in first:
+        if not first["logit_gain"] >= 2.0:
+            raise PreflightError(
+                "bounded_logits", f"4x the classifier's weights widened the logits only {first['logit_gain']:.2f}x"
+            )
+        done.append("logits unbounded")
+    else:
+        skipped.append("logit spread")
+    classes = first.get("num_classes")
+    if "label_min" in first and classes is not None:
+        if first["label_min"] < 0 or first["label_max"] >= classes:
+            raise UserError(
+                f"pre-flight: labels of the first step span [{first['label_min']}, {first['label_max']}] but the head has "
+                f"{classes} classes (labels must be in [0, {int(classes) - 1}]); map identity ids to 0..C-1"
+            )
+        done.append("labels in range")
+    else:
+        skipped.append("labels in range")
+    text = f"pre-flight (first step of the training function): {', '.join(done) or 'no head check possible'}"
+    if skipped:
+        text += (
+            f"; skipped: {', '.join(skipped)} (not in the first report: report reid_core.monitor.HeadMonitor's "
+            "after_backward() and after_step() metrics, and pass labels to observe(), to have them)"
+        )
+    log(text)

@@ -1,0 +1,227 @@
+"""`HeadMonitor`: the identity head's diagnostic metrics from any PyTorch loop, in one or two calls.
+
+The seed team found why their CE sat at 5.99 by printing the classifier's weight norm and
+gradient norm every 100 steps. The monitor measures what `reid_core.diagnostics.diagnose` reads,
+at every step, for any loop (ours, `reid_core.trainer.Trainer`, uses it too: one source of these
+numbers). No Ray, nothing to subclass::
+
+    monitor = HeadMonitor(model.bn_neck.classifier, optimizer, neck=model.bn_neck)  # once
+    for images, labels in loader:
+        loss = criterion(model(images), labels)
+        loss.backward()
+        monitor.after_backward()            # the head's gradient (after scaler.unscale_ with fp16)
+        optimizer.step(); optimizer.zero_grad()
+        report({"step": ..., "samples": ..., "ce": loss.item(), "num_classes": C, **monitor.after_step()})
+
+What it returns (``after_step``; names as in ``reid_core.schema.STEP_METRICS``):
+
+- ``head_weight_norm``, ``head_weight_change`` (distance from the weights at construction, in
+  units of their norm), ``head_grad_norm`` (read by ``after_backward``),
+- ``logit_std`` and ``feature_norm``: means over the forward passes since the last step (every
+  micro-batch of an accumulated step), captured by forward hooks on ``classifier`` (its output)
+  and ``neck`` (its input: the raw features; without ``neck``, the classifier's input). Only
+  passes with gradients enabled count, so evaluation under ``torch.no_grad()`` is left out. A
+  loop that computes logits without calling the module passes them to `observe` instead;
+- ``head_lr_applied``: the LR of the optimizer's first parameter group holding the classifier
+  weight (0 when none does), ``head_in_optimizer`` (whether one does),
+- ``loss_scale`` and ``skipped_steps``: with ``scaler`` (a ``torch.amp.GradScaler``), its scale
+  and the steps it skipped (its scale fell across ``scaler.update()``); 1 and 0 without.
+
+The first ``after_backward`` (and the first ``after_step``) also return the pre-flight evidence (`PREFLIGHT_KEYS`):
+``head_in_optimizer``, ``logit_gain`` (how much 4x the classifier's weights widen its logits:
+~4 for a linear head, ~1 for a cosine one without a scale) and, when labels were passed to
+`observe`, ``label_min`` / ``label_max`` against ``num_classes`` (the classifier's rows). A user
+training function that reports them at its first step gets the search's pre-flight checks
+(`reid_core.contract`). Cost: well under 1% of a tiny-model step (``benchmarks/monitor_cost.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+PREFLIGHT_KEYS = ("head_in_optimizer", "head_grad_norm", "logit_gain", "label_min", "label_max", "num_classes")
+GAIN_SCALE = 4.0  # the pre-flight's test: scale the classifier's weights by this, see how far the logits follow
+
+
+class HeadMonitor:
+    """Diagnostic metrics of one identity classifier; see the module docstring for the calls."""
+
+    def __init__(
+        self,
+        classifier: nn.Module | nn.Parameter,
+        optimizer: Optional[torch.optim.Optimizer] = None,
+        *,
+        scaler: Optional[torch.amp.GradScaler] = None,
+        neck: Optional[nn.Module] = None,
+        capture: bool = True,
+    ):
+        """``classifier``: the module whose ``weight`` are the class rows (or that weight itself);
+        ``optimizer`` and ``scaler`` may be replaced later by assigning the attributes;
+        ``capture``: record logits and features with forward hooks (``False``: call `observe`)."""
+        self.module = classifier if isinstance(classifier, nn.Module) else None
+        self.weight: torch.Tensor = classifier.weight if isinstance(classifier, nn.Module) else classifier
+        self.optimizer = optimizer
+        self.scaler = scaler
+        self.num_classes = int(self.weight.shape[0])
+        self.weight_start = self.weight.detach().clone()
+        self.weight_start_norm = max(self.weight_start.norm().item(), 1e-12)
+        self.skipped_steps = 0
+        self.head_grad_norm = 0.0
+        self._stats: list[torch.Tensor] = []  # per forward pass: [feature_norm, logit_std]
+        self._pending_features: Optional[torch.Tensor] = None
+        self._first_input: Optional[torch.Tensor] = None  # the classifier's input at the first pass (pre-flight)
+        self._labels: Optional[tuple[int, int]] = None
+        self._scale_before = 1.0
+        self._first = True
+        self._evidence: dict[str, Any] = {}
+        self._hooks = []
+        if capture and self.module is not None:
+            self._hooks.append(self.module.register_forward_hook(self._on_classifier))
+            if neck is not None:
+                self._hooks.append(neck.register_forward_pre_hook(self._on_neck))
+
+    # --- what one step saw ---------------------------------------------------------
+
+    def observe(
+        self,
+        logits: torch.Tensor,
+        features: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
+    ) -> None:
+        """Record one forward pass (micro-batch): its logits, the features entering the head, its labels."""
+        with torch.no_grad():
+            feature_norm = features.float().norm(dim=1).mean() if features is not None else logits.new_tensor(float("nan"))
+            self._stats.append(torch.stack([feature_norm.float(), logits.float().std()]))
+            if labels is not None and self._first:
+                low, high = int(labels.min()), int(labels.max())
+                self._labels = (low, high) if self._labels is None else (min(low, self._labels[0]), max(high, self._labels[1]))
+
+    def _on_neck(self, module, args) -> None:
+        if torch.is_grad_enabled() and args:
+            self._pending_features = args[0]
+
+    def _on_classifier(self, module, args, output) -> None:
+        if not torch.is_grad_enabled() or not isinstance(output, torch.Tensor):
+            return
+        head_input = args[0] if args else None
+        if self._first and head_input is not None and self._first_input is None:
+            self._first_input = head_input.detach()
+        features = self._pending_features if self._pending_features is not None else head_input
+        self._pending_features = None
+        self.observe(output, features)
+
+    # --- the two calls -------------------------------------------------------------
+
+    def after_backward(self) -> dict[str, Any]:
+        """Call once per optimizer step after the last ``backward`` (after ``scaler.unscale_``, if any)
+        and before ``optimizer.step()``: reads the head's gradient; the first call adds the pre-flight keys."""
+        grad = self.weight.grad
+        norm = grad.norm().item() if grad is not None else 0.0
+        scaler = self.scaler
+        if scaler is not None and scaler.is_enabled():
+            self._scale_before = scaler.get_scale()
+            if not _unscaled(scaler, self.optimizer):
+                norm /= self._scale_before  # the true gradient's norm, as the diagnosis reads it
+        self.head_grad_norm = norm
+        out: dict[str, Any] = {"head_grad_norm": norm}
+        if self._first:
+            self._first = False
+            self._evidence = self.preflight_evidence()
+            out.update(self._evidence)
+        return out
+
+    def after_step(self) -> dict[str, Any]:
+        """Call once per optimizer step after ``optimizer.step()`` (and ``scaler.update()``): every metric."""
+        scaler = self.scaler
+        scaled = scaler is not None and scaler.is_enabled()
+        if scaled and scaler.get_scale() < self._scale_before:
+            self.skipped_steps += 1  # GradScaler found inf/nan gradients and skipped the update
+        feature_norm = logit_std = float("nan")
+        if self._stats:
+            stacked = torch.stack(self._stats).cpu()  # one device sync for the whole step
+            total = torch.zeros(2)
+            for row in stacked:  # in order, in float32: the sums the Trainer always reported
+                total += row
+            feature_norm, logit_std = (total / len(self._stats)).tolist()
+            self._stats.clear()
+        with torch.no_grad():
+            weight_norm = self.weight.norm().item()
+            change = (self.weight - self.weight_start).norm().item() / self.weight_start_norm
+        lr = self.head_lr_applied()
+        evidence, self._evidence = self._evidence, {}  # the first step's pre-flight keys, once
+        return {
+            **evidence,
+            "head_lr_applied": 0.0 if lr is None else lr,
+            "head_in_optimizer": lr is not None,
+            "head_weight_norm": weight_norm,
+            "head_weight_change": change,
+            "head_grad_norm": self.head_grad_norm,
+            "feature_norm": feature_norm,
+            "logit_std": logit_std,
+            "loss_scale": scaler.get_scale() if scaled else 1.0,
+            "skipped_steps": self.skipped_steps,
+        }
+
+    # --- pieces ----------------------------------------------------------------------
+
+    def head_lr_applied(self) -> Optional[float]:
+        """The LR of the first optimizer group holding the classifier weight; None when none holds it."""
+        if self.optimizer is None:
+            return None
+        for group in self.optimizer.param_groups:
+            if any(p is self.weight for p in group["params"]):
+                return float(group["lr"])
+        return None
+
+    def preflight_evidence(self) -> dict[str, Any]:
+        """What the pre-flight checks read (`PREFLIGHT_KEYS`), from what this step saw."""
+        out: dict[str, Any] = {"head_in_optimizer": self.head_lr_applied() is not None, "num_classes": self.num_classes}
+        if self._first_input is not None and self.module is not None:
+            out["logit_gain"] = self._logit_gain(self._first_input)
+            self._first_input = None
+        if self._labels is not None:
+            out["label_min"], out["label_max"] = self._labels
+        return out
+
+    def _logit_gain(self, head_input: torch.Tensor) -> float:
+        """std(logits with GAIN_SCALE x the weights) / std(logits): the classifier's own forward, out of place."""
+        module = self.module
+        with torch.no_grad():
+            was_training = module.training
+            module.eval()
+            try:
+                plain = torch.func.functional_call(module, {"weight": self.weight}, (head_input,)).float().std()
+                scaled = torch.func.functional_call(module, {"weight": self.weight * GAIN_SCALE}, (head_input,))
+                gain = (scaled.float().std() / plain.clamp_min(1e-30)).item()
+            finally:
+                module.train(was_training)
+        return gain
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"head_weight_start": self.weight_start, "skipped_steps": self.skipped_steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.weight_start = state["head_weight_start"].to(self.weight.device)
+        self.weight_start_norm = max(self.weight_start.norm().item(), 1e-12)
+        self.skipped_steps = state["skipped_steps"]
+        self._first = False  # a resumed run is past its first step
+
+    def close(self) -> None:
+        """Remove the forward hooks."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+
+
+def _unscaled(scaler: torch.amp.GradScaler, optimizer: Optional[torch.optim.Optimizer]) -> bool:
+    """Whether ``scaler.unscale_(optimizer)`` ran this step (the gradients hold true values)."""
+    if optimizer is None:
+        return False
+    states = getattr(scaler, "_per_optimizer_states", None)  # torch's own bookkeeping; no public accessor
+    if states is None or id(optimizer) not in states:
+        return False
+    stage = states[id(optimizer)].get("stage")
+    return getattr(stage, "name", "") == "UNSCALED"
