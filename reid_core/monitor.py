@@ -30,7 +30,7 @@ What it returns (``after_step``; names as in ``reid_core.schema.STEP_METRICS``):
 The first ``after_backward`` (and the first ``after_step``) also return the pre-flight evidence (`PREFLIGHT_KEYS`):
 ``head_in_optimizer``, ``logit_gain`` (how much 4x the classifier's weights widen its logits:
 ~4 for a linear head, ~1 for a cosine one without a scale) and, when labels were passed to
-`observe`, ``label_min`` / ``label_max`` against ``num_classes`` (the classifier's rows). A user
+`observe` or `observe_labels`, ``label_min`` / ``label_max`` against ``num_classes`` (the classifier's rows). A user
 training function that reports them at its first step gets the search's pre-flight checks
 (`reid_core.contract`). Cost: well under 1% of a tiny-model step (``benchmarks/monitor_cost.py``).
 """
@@ -95,9 +95,14 @@ class HeadMonitor:
         with torch.no_grad():
             feature_norm = features.float().norm(dim=1).mean() if features is not None else logits.new_tensor(float("nan"))
             self._stats.append(torch.stack([feature_norm.float(), logits.float().std()]))
-            if labels is not None and self._first:
-                low, high = int(labels.min()), int(labels.max())
-                self._labels = (low, high) if self._labels is None else (min(low, self._labels[0]), max(high, self._labels[1]))
+        if labels is not None:
+            self.observe_labels(labels)
+
+    def observe_labels(self, labels: torch.Tensor) -> None:
+        """Labels of a micro-batch of the first step, for the pre-flight's range check (later calls: no-op)."""
+        if self._first:
+            low, high = int(labels.min()), int(labels.max())
+            self._labels = (low, high) if self._labels is None else (min(low, self._labels[0]), max(high, self._labels[1]))
 
     def _on_neck(self, module, args) -> None:
         if torch.is_grad_enabled() and args:

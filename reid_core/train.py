@@ -16,7 +16,7 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from reid_core.chance import DEFAULT_CHANCE_MARGIN, DEFAULT_GRACE_STEPS, ChanceLevelRule, go_line
 from reid_core.config import TrainConfig
@@ -32,7 +32,7 @@ Report = Callable[[dict[str, Any]], None]
 
 
 def train(
-    cfg: TrainConfig,
+    cfg: TrainConfig | Mapping[str, Any],
     report: Optional[Report] = None,
     *,
     log: Callable[[str], None] = lambda s: None,
@@ -55,8 +55,19 @@ def train(
     Ends with ``end_reason`` ``completed`` (all ``max_steps`` done) or ``diverged``
     (the loss became NaN/inf; the last report carries it). Raises `UserError`
     for bad data or config before the first step, so nothing is reported then.
+
+    The reference implementation of the training-function contract (`reid_core.contract`):
+    ``train(config_dict, report)`` works as ``reid-tune search --trainable reid_core.train:train``
+    would call it, with the contract's checkpoint hooks (``report.resume``, ``report.checkpoint_every``).
     """
     started = time.perf_counter()
+    if not isinstance(cfg, TrainConfig):  # the contract's config: a plain mapping of TrainConfig fields
+        cfg = TrainConfig.from_dict(cfg)
+    if resume is None:
+        resume = getattr(report, "resume", None)
+    if checkpoint is None and getattr(report, "checkpoint_every", 0):
+        checkpoint_every = report.checkpoint_every  # type: ignore[union-attr]
+        checkpoint = lambda metrics, state: report(metrics, checkpoint=state)  # type: ignore[misc]  # noqa: E731
     trainer = Trainer(cfg)
     if resume is not None:
         trainer.load_state_dict(resume)
@@ -124,17 +135,25 @@ class RunWriter:
 
     def __init__(
         self,
-        cfg: TrainConfig,
+        cfg: TrainConfig | Mapping[str, Any],
         out: Path,
         log_every_s: float = 5.0,
         stream=sys.stdout,
         grace_steps: int = DEFAULT_GRACE_STEPS,
         chance_margin: float = DEFAULT_CHANCE_MARGIN,
+        *,
+        grace_samples: Optional[float] = None,
+        max_steps: Optional[int] = None,
     ):
+        """``cfg``: a `TrainConfig`, or a user's own config mapping (``reid-tune run``), which then
+        gives ``grace_samples`` (images) and, if it knows it, ``max_steps``."""
+        own = isinstance(cfg, TrainConfig)
         self.cfg, self.out, self.log_every_s, self.stream = cfg, out, log_every_s, stream
+        self.config = cfg.to_dict() if own else dict(cfg)  # what config.json holds
+        self.max_steps = cfg.max_steps if own else max_steps
         self.chance_margin = chance_margin
         # grace in images, as the search counts it: grace_steps at accumulation 1
-        self.rule = ChanceLevelRule(grace_steps * cfg.batch_size, chance_margin)
+        self.rule = ChanceLevelRule(grace_steps * cfg.batch_size if own else grace_samples, chance_margin)
         self.verdict: Optional[str] = None  # the rule's first verdict: what the search would have ended the trial as
         self.verdict_step: Optional[int] = None
         self.rows: list[dict[str, Any]] = []  # kept for the diagnosis of a run stuck at chance
@@ -146,22 +165,24 @@ class RunWriter:
     def __call__(self, metrics: dict[str, Any]) -> None:
         if self._writer is None:
             self.out.mkdir(parents=True, exist_ok=True)
-            self.cfg.save(self.out / "config.json")
+            write_json_atomic(self.out / "config.json", self.config)
             self._file = open(self.out / "metrics.csv", "w", newline="")
-            self._writer = csv.DictWriter(self._file, fieldnames=METRIC_COLUMNS, restval="")
+            # our columns, then whatever else a user's function reports at its first step
+            columns = [*METRIC_COLUMNS, *(k for k in metrics if k not in METRIC_COLUMNS)]
+            self._writer = csv.DictWriter(self._file, fieldnames=columns, restval="", extrasaction="ignore")
             self._writer.writeheader()
-        self._writer.writerow({k: metrics.get(k, "") for k in METRIC_COLUMNS})
-        self.rows.append({k: metrics[k] for k in STEP_METRICS})
+        self._writer.writerow(metrics)
+        self.rows.append({k: metrics[k] for k in STEP_METRICS if k in metrics})
         verdict = self.rule(metrics) if self.verdict is None else None
         if verdict is not None:
             self.verdict, self.verdict_step = verdict, metrics["step"]
             if verdict == STUCK:
                 self.say_stuck()
         now = time.perf_counter()
-        if now - self._last_log >= self.log_every_s or metrics["step"] == self.cfg.max_steps:
+        if now - self._last_log >= self.log_every_s or metrics["step"] == self.max_steps:
             self._last_log = now
             self._file.flush()
-            print(progress_line(metrics, self.cfg.max_steps, now - self._started), file=self.stream, flush=True)
+            print(progress_line(metrics, self.max_steps, now - self._started), file=self.stream, flush=True)
 
     def say_stuck(self) -> None:
         """The seed team's Go/No-Go look: above the Go line and not clearly falling, and the likely cause."""
@@ -180,13 +201,17 @@ class RunWriter:
             self._file.close()
 
 
-def progress_line(m: dict[str, Any], max_steps: int, elapsed: float) -> str:
-    eta = elapsed / m["step"] * (max_steps - m["step"])
-    return (
-        f"step {m['step']:>5}/{max_steps}  ce {m['ce']:.3f}  ce_ema {m['ce_ema']:.3f} "
-        f"(chance {m['chance_ce']:.2f})  head_lr_applied {m['head_lr_applied']:.2e}  {m['images_per_s']:.0f} img/s  "
-        f"eta {eta:.0f}s"
-    )
+def progress_line(m: dict[str, Any], max_steps: Optional[int], elapsed: float) -> str:
+    """One progress line; a user's function may report no LR or throughput, and know no step budget."""
+    line = f"step {m['step']:>5}" + (f"/{max_steps}" if max_steps else "")
+    line += f"  ce {m['ce']:.3f}  ce_ema {m['ce_ema']:.3f} (chance {m['chance_ce']:.2f})"
+    if "head_lr_applied" in m:
+        line += f"  head_lr_applied {m['head_lr_applied']:.2e}"
+    if "images_per_s" in m:
+        line += f"  {m['images_per_s']:.0f} img/s"
+    if max_steps:
+        line += f"  eta {elapsed / m['step'] * (max_steps - m['step']):.0f}s"
+    return line
 
 
 def load_cli_config(config: Optional[str], overrides: Sequence[str]) -> TrainConfig:

@@ -7,15 +7,18 @@ A space file maps ``TrainConfig`` field names to one Ray Tune domain each::
     ce_only_steps: {randint: [0, 200]}
 
 `load_space` validates a file into plain `Domain` values (no Ray needed, so a
-bad file fails before Ray starts); `to_tune` turns them into Tune domains.
+bad file fails before Ray starts); `to_tune` turns them into Tune domains. For a
+user's training function (``--trainable``) the keys are those of the user's own
+config instead (``load_space(path, fields=their_config)``).
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Optional
 
 import yaml
 
@@ -68,8 +71,9 @@ def resolve(name_or_path: str) -> Path:
     return shipped
 
 
-def load_space(name_or_path: str) -> dict[str, Domain]:
-    """Read and validate a space: every key a `TrainConfig` field, every domain well formed."""
+def load_space(name_or_path: str, fields: Optional[Mapping[str, Any]] = None) -> dict[str, Domain]:
+    """Read and validate a space: every key a `TrainConfig` field (or, given ``fields``, a user's
+    config, a key of it), every domain well formed."""
     path = resolve(name_or_path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -77,15 +81,27 @@ def load_space(name_or_path: str) -> dict[str, Domain]:
         raise SpaceError(f"cannot parse search space '{path}': {str(err).splitlines()[0]}; fix the YAML") from None
     if not isinstance(raw, dict) or not raw:
         raise SpaceError(f"search space '{path}' must map TrainConfig fields to domains, e.g. head_lr: {{loguniform: [1.0e-6, 1.0e-1]}}")
+    if fields is not None:
+        return {str(key): parse_domain(str(key), value, fields) for key, value in raw.items()}
     return {canonical_key(str(key)): parse_domain(str(key), value) for key, value in raw.items()}
 
 
-def parse_domain(key: str, spec: Any) -> Domain:
-    try:
-        check_field_name(key)
-    except ValueError as err:
-        raise SpaceError(f"search space: {err}") from None
-    key = canonical_key(key)  # a space written before a field was renamed still loads
+def _check_user_key(key: str, fields: Mapping[str, Any]) -> None:
+    if key not in fields:
+        close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.5)
+        hint = f"did you mean '{close[0]}'?" if close else f"its keys: {', '.join(fields)}"
+        raise SpaceError(f"search space key '{key}' is not a key of your config; {hint}")
+
+
+def parse_domain(key: str, spec: Any, fields: Optional[Mapping[str, Any]] = None) -> Domain:
+    if fields is not None:
+        _check_user_key(key, fields)
+    else:
+        try:
+            check_field_name(key)
+        except ValueError as err:
+            raise SpaceError(f"search space: {err}") from None
+        key = canonical_key(key)  # a space written before a field was renamed still loads
     if not isinstance(spec, dict) or len(spec) != 1:
         raise SpaceError(f"search space key '{key}' must be one domain, e.g. {{loguniform: [1.0e-6, 1.0e-1]}}; got {spec!r}")
     kind, args = next(iter(spec.items()))
@@ -99,7 +115,7 @@ def parse_domain(key: str, spec: Any) -> Domain:
         return SpaceError(f"search space key '{key}': {kind}{args} {rule}; {kind} takes {form}")
 
     if kind == "choice":
-        for value in args:  # each choice must be a valid value of the field
+        for value in args if fields is None else ():  # each choice must be a valid value of the field
             try:
                 coerce_value(key, value)
             except ValueError as err:
@@ -119,10 +135,10 @@ def parse_domain(key: str, spec: Any) -> Domain:
         raise bad("needs q > 0")
     if integer and not all(float(a).is_integer() for a in args):
         raise bad("needs integers")
-    field_type = type(getattr(TrainConfig(), key))
+    field_type = type(getattr(TrainConfig(), key) if fields is None else fields[key])
     if field_type is int and not integer:
         raise SpaceError(f"search space key '{key}' is an integer field; use randint, qrandint, lograndint or choice, not {kind}")
-    for bound in (low, high - 1 if integer and kind in ("randint", "lograndint") else high):
+    for bound in (low, high - 1 if integer and kind in ("randint", "lograndint") else high) if fields is None else ():
         try:
             TrainConfig.from_dict({key: bound})
         except ValueError as err:

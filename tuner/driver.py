@@ -165,16 +165,27 @@ def _fit(settings, exp_dir: Path, resources: Resources, space, points, resume: b
     gpus = resources.gpus_per_trial
     if gpus is None:
         gpus = 1.0 if torch.cuda.is_available() else 0.0
-    trainable = tune.with_resources(
-        tune.with_parameters(
-            train_trial,
-            base=settings.base,
-            metric=settings.metric,
-            eval_at_samples=rung_milestones(settings.grace_samples, settings.max_samples, settings.reduction_factor)
+    if settings.trainable:  # a user's training function (reid_core.contract)
+        from tuner.user_trial import user_trial
+
+        function, parameters = user_trial, {
+            "base": settings.base,
+            "spec": settings.trainable,
+            "root": settings.trainable_root,
+            "max_samples": settings.max_samples,
+            "threads": settings.threads,
+        }
+    else:
+        function, parameters = train_trial, {
+            "base": settings.base,
+            "metric": settings.metric,
+            "eval_at_samples": rung_milestones(settings.grace_samples, settings.max_samples, settings.reduction_factor)
             if settings.evaluates_at_rungs
             else (),
-            checkpoint_every=settings.checkpoint_every,
-            inject_fault=settings.inject_fault,
+        }
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            function, **parameters, checkpoint_every=settings.checkpoint_every, inject_fault=settings.inject_fault
         ),
         {"cpu": resources.cpus_per_trial, "gpu": gpus},
     )

@@ -16,7 +16,7 @@ from reid_core.schema import ASHA, COMPLETED, DIVERGED, ERROR, STUCK, UNFINISHED
 from tuner.plots import curves_png
 from tuner.ray_files import END_REASON_FILE
 from tuner.results import compute_account, write_exports
-from tuner.settings import SearchSettings, end_reason, trial_config
+from tuner.settings import SearchSettings, end_reason
 
 
 class EndReasonRecorder(Callback):
@@ -39,8 +39,9 @@ class EndReasonRecorder(Callback):
             failed=False,
             verdict=self._stopper.reasons.get(trial.trial_id),
             last=self.latest.get(trial.trial_id, {}),
-            max_steps=trial_config(self._settings.base, trial.config).max_steps,
+            max_steps=self._settings.trial_max_steps(trial.config),
             terminated=True,
+            max_samples=self._settings.max_samples,
         )
         self._record(trial, reason)
 
@@ -143,7 +144,7 @@ def summarise(exp_dir: Path, wall_s: float) -> int:
         written.append(exports["best_config"])
     print("wrote " + ", ".join(str(p) for p in written))
     if exports["best_config"] is not None:
-        print(f"re-run the winner: reid-tune train --config {exports['best_config']} --out DIR")
+        print(f"re-run the winner: {settings.rerun_command(exports['best_config'])}")
     unfinished = int((frame["end_reason"] == UNFINISHED).sum()) if not frame.empty else 0
     if unfinished or len(frame) < settings.num_trials:
         print(f"interrupted with {settings.num_trials - len(frame) + unfinished} of {settings.num_trials} trials unfinished; {resume_line(exp_dir)}")

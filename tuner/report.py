@@ -13,6 +13,7 @@ resumed and still-running experiments. In a notebook::
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -26,7 +27,7 @@ from reid_core.flags import ArgumentParser
 from reid_core.io import write_text_atomic
 from reid_core.schema import END_REASONS
 from tuner.results import compute_account, objective_column, read_experiment, read_trials, results_frame
-from tuner.settings import SearchSettings, trial_config
+from tuner.settings import SearchSettings
 
 PROG = "python -m tuner.report"
 TABLE_FORMATS = ("table", "csv", "json", "markdown")  # how the per-trial table is printed
@@ -141,15 +142,16 @@ def compare(exp_dir: Path, rerun_dir: Path) -> tuple[float, int, str, Path]:
             f"'{rerun_dir}' is not a plain training run folder (needs metrics.csv and config.json); pass the --out "
             "folder of reid-tune train"
         )
-    rerun_cfg = TrainConfig.from_file(config_file)
     settings = SearchSettings.load(exp_dir)
+    own = bool(settings.trainable)  # a user's function: its config.json is the user's own mapping
+    rerun_cfg = json.loads(config_file.read_text()) if own else TrainConfig.from_file(config_file)
     trial = next(
-        (t for t in read_trials(exp_dir) if trial_config(settings.base, t.sampled) == rerun_cfg and t.rows), None
+        (t for t in read_trials(exp_dir, own_keys=own) if settings.trial_config(t.sampled) == rerun_cfg and t.rows), None
     )
     if trial is None:
         raise UserError(
             f"no trial of '{exp_dir}' has the config of '{rerun_dir}'; re-run a trial with "
-            f"reid-tune train --config {exp_dir}/best_config.json --out DIR"
+            f"{settings.rerun_command(f'{exp_dir}/best_config.json')}"
         )
     rerun = pd.read_csv(metrics_file)
     if rerun.empty:

@@ -21,19 +21,19 @@ from reid_core.diagnostics import stuck_cause
 from reid_core.io import write_json_atomic, write_text_atomic
 from reid_core.schema import ASHA, COMPLETED, END_REASONS, ERROR, RENAMED_METRICS, STUCK
 from tuner.ray_files import TrialFiles, read_trial_folders
-from tuner.settings import SearchSettings, end_reason, sampled_values, trial_config
+from tuner.settings import SearchSettings, end_reason, sampled_values
 
 Trial = TrialFiles  # a trial as its folder tells it: sampled values, status, per-step rows, error
 
 
-def read_trials(exp_dir: Path, notes: Optional[list[str]] = None) -> list[Trial]:
-    """Every trial of the experiment, with today's names for config keys and metrics; what could not
-    be read is skipped and, when ``notes`` is given, named there (one line each)."""
+def read_trials(exp_dir: Path, notes: Optional[list[str]] = None, own_keys: bool = False) -> list[Trial]:
+    """Every trial of the experiment, with today's names for config keys (``own_keys``: a user's, as is)
+    and metrics; what could not be read is skipped and, when ``notes`` is given, named there (one line each)."""
     trials, damage = read_trial_folders(exp_dir)
     if notes is not None:
         notes.extend(damage)
     for trial in trials:
-        trial.sampled = sampled_values(trial.sampled)
+        trial.sampled = sampled_values(trial.sampled, own_keys)
         if trial.rows and any(old in trial.rows[0] for old in RENAMED_METRICS):
             trial.rows = [{RENAMED_METRICS.get(k, k): v for k, v in row.items()} for row in trial.rows]
     return trials
@@ -48,8 +48,9 @@ def replayed_end_reason(trial: Trial, settings: SearchSettings) -> str:
         failed=failed,
         verdict=verdict if at is not None and at is trial.rows[-1] else None,  # the rule stopped it there
         last=trial.rows[-1] if trial.rows else {},
-        max_steps=trial_config(settings.base, trial.sampled).max_steps,
+        max_steps=settings.trial_max_steps(trial.sampled),
         terminated=trial.status == "TERMINATED",
+        max_samples=settings.max_samples,
     )
 
 
@@ -74,7 +75,7 @@ def trial_row(trial: Trial, settings: SearchSettings) -> dict[str, Any]:
         row[key] = trial.sampled.get(key)
     row["end_reason"], disagreement = trial_end_reason(trial, settings)
     cause = stuck_cause(trial.rows, settings.chance_margin) if row["end_reason"] == STUCK else None
-    row["stuck_cause"] = cause.cause if cause else None
+    row["stuck_cause"] = (cause.cause if cause else "unknown") if row["end_reason"] == STUCK else None  # no evidence, no guess
     rows = trial.rows
     last = rows[-1] if rows else {}
     ce_emas = [r["ce_ema"] for r in rows if math.isfinite(r["ce_ema"])]
@@ -114,7 +115,7 @@ def read_experiment(
     files a crash damaged is kept, its ``damage`` column saying what; ``notes`` collects one line each."""
     exp_dir = Path(exp_dir)
     settings = SearchSettings.load(exp_dir)
-    trials = read_trials(exp_dir, notes)
+    trials = read_trials(exp_dir, notes, own_keys=bool(settings.trainable))
     frame = pd.DataFrame([trial_row(t, settings) for t in trials])
     if not frame.empty:
         col = objective_column(settings)
@@ -156,16 +157,17 @@ def write_exports(exp_dir: str | Path) -> dict[str, Any]:
     out: dict[str, Any] = {"frame": frame, "settings": settings, "trials": trial_list, "best": best, "best_config": None}
     if best is not None:
         trial = trials[best["trial_id"]]
-        cfg = trial_config(settings.base, trial.sampled)
+        cfg = settings.trial_config(trial.sampled)
         payload = {
-            "config": cfg.to_dict(),
+            "config": cfg if isinstance(cfg, dict) else cfg.to_dict(),
             "trial_id": trial.trial_id,
             "searched": {k: trial.sampled.get(k) for k in settings.space},
             "end_reason": best["end_reason"],
             "metrics": {k: v for k, v in trial.rows[-1].items() if not isinstance(v, dict)},
             "experiment": str(exp_dir.resolve()),
             "trial_dir": trial.path.name,
-            "rerun": "reid-tune train --config best_config.json --out DIR",
+            "rerun": settings.rerun_command(),
+            **settings.rerun_settings(),  # a user's function: which one, and the budget its re-run keeps
         }
         write_json_atomic(exp_dir / "best_config.json", payload)
         out["best_config"] = exp_dir / "best_config.json"

@@ -3,6 +3,7 @@
     python -m tuner.search                                  # the embedded default, minutes on a laptop CPU
     python -m tuner.search --space head_lr --num-samples 20 --max-steps 600
     python -m tuner.search --address ray://head:10001 --gpus-per-trial 0.5 --set data=/data/CUHK-PEDES
+    python -m tuner.search --trainable my_repo.tune:train --config defaults.yaml --space space.yaml  # your own loop
 
 Everything a user can get wrong (space, config, budgets, paths) is checked
 before Ray starts, with a one-line error and exit code 2.
@@ -43,6 +44,12 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--space", default="default", help="shipped space name or a YAML file (default: default)")
     add_shortcut_arguments(g)  # --data, --data-format, --model, --pretrained
     g.add_argument("--points-to-evaluate", metavar="FILE", help="JSON/YAML list of configs Optuna tries first")
+    g.add_argument(
+        "--trainable",
+        metavar="PACKAGE.MODULE:FUNCTION",
+        help="tune your own training function fn(config, report) instead (reid_core.contract); --config is then "
+        "your own config and --space names its keys",
+    )
     b = p.add_argument_group("budget and stopping")
     b.add_argument("--num-trials", type=int, default=8, help="trials (default 8)")
     b.add_argument("--num-samples", dest="num_trials", type=int, help=argparse.SUPPRESS)  # Ray's word; before 0.2
@@ -232,8 +239,23 @@ def run_search(args) -> int:
         # Continue with the settings the experiment was started with, whatever the flags say now.
         exp_dir = _experiment_dir(args)
         settings = SearchSettings.load(exp_dir)
-        _check_weights_and_data(settings.base_config, log)
+        if settings.trainable:
+            from reid_core.contract import load_trainable
+
+            load_trainable(settings.trainable, settings.trainable_root)  # still importable, before Ray starts
+        else:
+            _check_weights_and_data(settings.base_config, log)
         return run(settings, exp_dir, resources, resume=True, quiet=args.quiet, tensorboard=args.tensorboard)
+
+    # a trial that may be retried checkpoints, so the retry continues instead of starting over
+    checkpoint_every = (
+        args.checkpoint_every if args.checkpoint_every is not None else (DEFAULT_CHECKPOINT_EVERY if args.max_failures else 0)
+    )
+    if args.trainable:  # the user's own training function: tuner.byo checks and probes it
+        from tuner.byo import user_search
+
+        settings, exp_dir, space, points = user_search(args, _experiment_dir, log, checkpoint_every)
+        return run(settings, exp_dir, resources, space=space, points=points, quiet=args.quiet, tensorboard=args.tensorboard)
 
     fault = _parse_fault(args.inject_fault)  # a bad spec fails before the minutes of checks below
     space = load_space(args.space)
@@ -259,10 +281,7 @@ def run_search(args) -> int:
         reduction_factor=args.reduction_factor,
         seed=args.seed,
         max_failures=args.max_failures,
-        # a trial that may be retried checkpoints, so the retry continues instead of starting over
-        checkpoint_every=args.checkpoint_every
-        if args.checkpoint_every is not None
-        else (DEFAULT_CHECKPOINT_EVERY if args.max_failures else 0),
+        checkpoint_every=checkpoint_every,
         inject_fault=fault,
     )
     return run(

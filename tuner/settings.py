@@ -40,10 +40,37 @@ class SearchSettings:
     max_failures: int = 0  # retries of a failed trial, from its last checkpoint
     checkpoint_every: int = 0  # optimizer steps between trial checkpoints; 0 = none
     inject_fault: Optional[dict[str, Any]] = None  # testing hook {"step", "key", "value"}: see tuner.trainable
+    # A user's training function (reid_core.contract), or None for reid_core's own job. With one,
+    # `base` is the user's own config mapping and `space` names its keys; the budget is in images.
+    trainable: Optional[str] = None  # 'package.module:function'
+    trainable_root: Optional[str] = None  # the folder holding its top-level package, put on the workers' sys.path
+    threads: int = 0  # torch threads of each user trial (= its CPUs); reid_core's trials take the base config's
 
     @property
     def base_config(self) -> TrainConfig:
         return TrainConfig.from_dict(self.base)
+
+    def trial_config(self, sampled: Mapping[str, Any]) -> TrainConfig | dict[str, Any]:
+        """A trial's complete config: a `TrainConfig`, or for a user's function its own mapping."""
+        if self.trainable:
+            return {**self.base, **sampled}
+        return trial_config(self.base, sampled)
+
+    def trial_max_steps(self, sampled: Mapping[str, Any]) -> Optional[int]:
+        """A trial's budget in optimizer steps; None for a user's function (its budget is `max_samples`)."""
+        return None if self.trainable else trial_config(self.base, sampled).max_steps
+
+    def rerun_command(self, config_file: str | Path = "best_config.json") -> str:
+        if self.trainable:
+            return f"reid-tune run --trainable {self.trainable} --config {config_file} --out DIR"
+        return f"reid-tune train --config {config_file} --out DIR"
+
+    def rerun_settings(self) -> dict[str, Any]:
+        """What a plain re-run of a user's function needs besides its config (best_config.json keeps it)."""
+        if not self.trainable:
+            return {}
+        budget = {"max_samples": self.max_samples, "grace_samples": self.grace_samples, "chance_margin": self.chance_margin}
+        return {"trainable": self.trainable, "search": {**budget, "threads": self.threads}}
 
     @property
     def evaluates_at_rungs(self) -> bool:
@@ -67,8 +94,9 @@ class SearchSettings:
                 out[key] = value
             elif key not in DROPPED_SETTINGS:
                 raise ValueError(f"unknown search setting '{key}'")
-        out["base"] = TrainConfig.from_dict(out["base"]).to_dict()  # old field names mapped, defaults filled
-        out["space"] = {canonical_key(k): v for k, v in out["space"].items()}
+        if not out.get("trainable"):  # a user's config has the user's keys, never renamed
+            out["base"] = TrainConfig.from_dict(out["base"]).to_dict()  # old field names mapped, defaults filled
+            out["space"] = {canonical_key(k): v for k, v in out["space"].items()}
         return cls(**out)
 
     @classmethod
@@ -85,9 +113,9 @@ class SearchSettings:
             ) from None
 
 
-def sampled_values(sampled: Mapping[str, Any]) -> dict[str, Any]:
-    """A trial's searched values (Ray's params.json) under today's field names."""
-    return {canonical_key(k): v for k, v in sampled.items()}
+def sampled_values(sampled: Mapping[str, Any], own_keys: bool = False) -> dict[str, Any]:
+    """A trial's searched values (Ray's params.json) under today's field names (``own_keys``: a user's, as is)."""
+    return dict(sampled) if own_keys else {canonical_key(k): v for k, v in sampled.items()}
 
 
 def trial_config(base: TrainConfig | Mapping[str, Any], sampled: Mapping[str, Any]) -> TrainConfig:
@@ -104,22 +132,32 @@ def trial_config(base: TrainConfig | Mapping[str, Any], sampled: Mapping[str, An
 
 
 def end_reason(
-    *, failed: bool, verdict: Optional[str], last: Mapping[str, Any], max_steps: int, terminated: bool
+    *,
+    failed: bool,
+    verdict: Optional[str],
+    last: Mapping[str, Any],
+    max_steps: Optional[int],
+    terminated: bool,
+    max_samples: Optional[float] = None,
 ) -> str:
     """Why a trial ended: the one place this is decided, live (the driver) and from files (the tables).
 
     ``failed``: the trial raised (and was not retried to success); ``verdict``: the chance-level
     rule's reason (``stuck_at_chance`` or ``diverged``), if it stopped the trial; ``last``: the
-    trial's last result; ``max_steps``: its budget in optimizer steps; ``terminated``: Ray ended
-    it (stopped or done) rather than it still running or being interrupted.
+    trial's last result; ``max_steps``: its budget in optimizer steps (None for a user's function,
+    whose budget is ``max_samples`` images); ``terminated``: Ray ended it (stopped or done) rather
+    than it still running or being interrupted.
     """
     if failed:
         return ERROR
     if verdict is not None:
         return verdict
     if last:
-        if not (math.isfinite(last.get("ce", math.nan)) and math.isfinite(last.get("loss", math.nan))):
+        ce = last.get("ce", math.nan)
+        if not (math.isfinite(ce) and math.isfinite(last.get("loss", ce))):  # a user's function may report no loss
             return DIVERGED  # the training job's own NaN stop
-        if last.get("step", 0) >= max_steps:
+        if max_steps is not None and last.get("step", 0) >= max_steps:
+            return COMPLETED
+        if max_steps is None and max_samples is not None and last.get("samples", 0) >= max_samples:
             return COMPLETED
     return ASHA if terminated else UNFINISHED
