@@ -66,11 +66,13 @@ class HeadMonitor:
         self.optimizer = optimizer
         self.scaler = scaler
         self.num_classes = int(self.weight.shape[0])
+        self._weight = self.weight.detach()
         self.weight_start = self.weight.detach().clone()
         self.weight_start_norm = max(self.weight_start.norm().item(), 1e-12)
         self.skipped_steps = 0
         self.head_grad_norm = 0.0
-        self._stats: list[torch.Tensor] = []  # per forward pass: [feature_norm, logit_std]
+        self._grad_norm: Optional[torch.Tensor] = None
+        self._stats: list[tuple[Optional[torch.Tensor], torch.Tensor]] = []  # per forward pass: (feature_norm, logit_std)
         self._pending_features: Optional[torch.Tensor] = None
         self._first_input: Optional[torch.Tensor] = None  # the classifier's input at the first pass (pre-flight)
         self._labels: Optional[tuple[int, int]] = None
@@ -92,9 +94,9 @@ class HeadMonitor:
         labels: Optional[torch.Tensor] = None,
     ) -> None:
         """Record one forward pass (micro-batch): its logits, the features entering the head, its labels."""
-        with torch.no_grad():
-            feature_norm = features.float().norm(dim=1).mean() if features is not None else logits.new_tensor(float("nan"))
-            self._stats.append(torch.stack([feature_norm.float(), logits.float().std()]))
+        with torch.no_grad():  # 0-d tensors, read once per step: no device sync per micro-batch
+            feature_norm = features.float().norm(dim=1).mean() if features is not None else None
+            self._stats.append((feature_norm, logits.float().std()))
         if labels is not None:
             self.observe_labels(labels)
 
@@ -122,21 +124,21 @@ class HeadMonitor:
 
     def after_backward(self) -> dict[str, Any]:
         """Call once per optimizer step after the last ``backward`` (after ``scaler.unscale_``, if any)
-        and before ``optimizer.step()``: reads the head's gradient; the first call adds the pre-flight keys."""
+        and before ``optimizer.step()``: takes the head's gradient norm (read, with the rest, by
+        ``after_step``); the first call returns the pre-flight keys, later calls nothing."""
         grad = self.weight.grad
-        norm = grad.norm().item() if grad is not None else 0.0
+        self._grad_norm = grad.norm() if grad is not None else None  # a 0-d tensor: no sync here
         scaler = self.scaler
         if scaler is not None and scaler.is_enabled():
             self._scale_before = scaler.get_scale()
-            if not _unscaled(scaler, self.optimizer):
-                norm /= self._scale_before  # the true gradient's norm, as the diagnosis reads it
-        self.head_grad_norm = norm
-        out: dict[str, Any] = {"head_grad_norm": norm}
-        if self._first:
-            self._first = False
-            self._evidence = self.preflight_evidence()
-            out.update(self._evidence)
-        return out
+            if self._grad_norm is not None and not _unscaled(scaler, self.optimizer):
+                self._grad_norm = self._grad_norm / self._scale_before  # the true gradient's norm
+        if not self._first:
+            return {}
+        self._first = False
+        self.head_grad_norm = self._grad_norm.item() if self._grad_norm is not None else 0.0
+        self._evidence = {"head_grad_norm": self.head_grad_norm, **self.preflight_evidence()}
+        return dict(self._evidence)
 
     def after_step(self) -> dict[str, Any]:
         """Call once per optimizer step after ``optimizer.step()`` (and ``scaler.update()``): every metric."""
@@ -144,17 +146,13 @@ class HeadMonitor:
         scaled = scaler is not None and scaler.is_enabled()
         if scaled and scaler.get_scale() < self._scale_before:
             self.skipped_steps += 1  # GradScaler found inf/nan gradients and skipped the update
-        feature_norm = logit_std = float("nan")
-        if self._stats:
-            stacked = torch.stack(self._stats).cpu()  # one device sync for the whole step
-            total = torch.zeros(2)
-            for row in stacked:  # in order, in float32: the sums the Trainer always reported
-                total += row
-            feature_norm, logit_std = (total / len(self._stats)).tolist()
-            self._stats.clear()
-        with torch.no_grad():
-            weight_norm = self.weight.norm().item()
-            change = (self.weight - self.weight_start).norm().item() / self.weight_start_norm
+        # every number of the step in one read (one device sync): each tiny op costs ~10-30 us on a CPU
+        w = self._weight  # detached alias: no autograd bookkeeping, sees the optimizer's in-place updates
+        grad_norm = self._grad_norm if self._grad_norm is not None else torch.zeros((), device=w.device)
+        values = [grad_norm, w.norm(), torch.dist(w, self.weight_start), *self._means(w.device)]
+        values = [v if v.dtype == torch.float32 else v.float() for v in values]
+        grad_norm, weight_norm, distance, feature_norm, logit_std = torch.stack(values).tolist()
+        self.head_grad_norm, self._grad_norm = grad_norm, None
         lr = self.head_lr_applied()
         evidence, self._evidence = self._evidence, {}  # the first step's pre-flight keys, once
         return {
@@ -162,8 +160,8 @@ class HeadMonitor:
             "head_lr_applied": 0.0 if lr is None else lr,
             "head_in_optimizer": lr is not None,
             "head_weight_norm": weight_norm,
-            "head_weight_change": change,
-            "head_grad_norm": self.head_grad_norm,
+            "head_weight_change": distance / self.weight_start_norm,
+            "head_grad_norm": grad_norm,
             "feature_norm": feature_norm,
             "logit_std": logit_std,
             "loss_scale": scaler.get_scale() if scaled else 1.0,
@@ -171,6 +169,25 @@ class HeadMonitor:
         }
 
     # --- pieces ----------------------------------------------------------------------
+
+    def _means(self, device: torch.device) -> list[torch.Tensor]:
+        """Mean feature norm and logit std (0-d float32) over the passes since the last step (NaN where none)."""
+        stats, self._stats = self._stats, []
+
+        def nan() -> torch.Tensor:
+            return torch.full((), float("nan"), device=device)
+
+        if not stats:
+            return [nan(), nan()]
+        if len(stats) == 1:  # one micro-batch: the numbers themselves
+            feature_norm, logit_std = stats[0]
+            return [nan() if feature_norm is None else feature_norm.float().to(device), logit_std.float().to(device)]
+        rows = torch.stack([torch.stack([nan() if f is None else f.float().to(device), s.float().to(device)]) for f, s in stats]).cpu()
+        total = torch.zeros(2)
+        for row in rows:  # in order, in float32 on the CPU: the sums the Trainer always reported
+            total += row
+        mean = (total / len(stats)).to(device)
+        return [mean[0], mean[1]]
 
     def head_lr_applied(self) -> Optional[float]:
         """The LR of the first optimizer group holding the classifier weight; None when none holds it."""
@@ -210,6 +227,7 @@ class HeadMonitor:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.weight_start = state["head_weight_start"].to(self.weight.device)
+        self._weight = self.weight.detach()
         self.weight_start_norm = max(self.weight_start.norm().item(), 1e-12)
         self.skipped_steps = state["skipped_steps"]
         self._first = False  # a resumed run is past its first step

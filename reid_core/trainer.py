@@ -175,8 +175,8 @@ class Trainer:
                 if sdm_weight > 0:  # CE-only phase: the text encoder is not even run
                     sdm = sdm_loss(features, model.encode_text(tokens), labels, cfg.logit_scale)
                 loss = ce + sdm_weight * sdm
+            self.monitor.observe(logits, features)  # before backward: its tensors are still in cache
             self.scaler.scale(loss / cfg.grad_accum_steps).backward()
-            self.monitor.observe(logits, features)
             with torch.no_grad():
                 sums += torch.stack([ce, sdm, loss]).float().cpu()
         return sums / cfg.grad_accum_steps

@@ -31,6 +31,7 @@ SMOKES = {
     "step_throughput": ["--steps", "2", "--warmup", "1", "--repeats", "1", *TINY],
     "simulate": ["--trials", "30", "--workers", "4", "--max-steps", "60", "--grace-steps", "20"],
     "driver_rate": ["--trials", "4", "--max-steps", "10", "--grace-steps", "5"],
+    "monitor_cost": ["--steps", "2", "--warmup", "1", *TINY],
 }
 
 RATIO_LINES = {
@@ -40,6 +41,7 @@ RATIO_LINES = {
     "step_throughput": r"images/s ratio \(reid_core / plain PyTorch\): \d+\.\d{3}",
     "simulate": r"\d+ policy runs of \d+ trials in \d+\.\d s: \d+ trials/s",
     "driver_rate": r"\d+ results/s, \d+\.\d trials/s",
+    "monitor_cost": r"monitor share of a step: -?\d+\.\d{4}",
 }
 
 

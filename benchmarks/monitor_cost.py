@@ -1,0 +1,98 @@
+"""What `reid_core.monitor.HeadMonitor` costs per optimizer step, as a share of the tiny model's step.
+
+    python benchmarks/monitor_cost.py [--steps 100] [--warmup 5] [--config FILE] [--set key=value ...]
+
+Trains the default config (reid-tiny with random weights, 64x32 images, batch 32, 400 synthetic
+identities, one thread, CE-only phase held) with `Trainer.train_step`, which measures the head's
+diagnostics through its monitor. Steps alternate between the monitor as shipped and the monitor
+switched off (its three calls replaced by stubs returning constants), and the cost is the
+difference of the two medians over the median step without it, in CPU time of the training
+thread (``time.thread_time``: other processes on a shared machine do not count; torch runs one
+thread here, the calling one): what the monitor adds to a step,
+cache effects included. The time inside the monitor's calls is printed too (it overstates: the
+first small tensor ops after a backward pay for cold caches that the next op would pay anyway).
+The last line is the added share. Target: < 1% (issue 15).
+"""
+
+from __future__ import annotations
+
+import functools
+import statistics
+import sys
+import time
+from typing import Optional, Sequence
+
+import torch
+
+from common import machine
+from reid_core.errors import UserError, cli_exit
+from reid_core.flags import ArgumentParser, add_config_arguments
+from reid_core.train import load_cli_config
+from reid_core.trainer import HEAD_METRICS, Trainer
+
+TARGET = 0.01  # of a step
+
+
+def timed(method, spent: list[float]):
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        started = time.thread_time()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            spent[0] += time.thread_time() - started
+
+    return wrapper
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = ArgumentParser(prog="python benchmarks/monitor_cost.py", description=__doc__.split("\n\n")[0])
+    add_config_arguments(parser)
+    parser.add_argument("--steps", type=int, default=100, help="timed optimizer steps")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.warmup < 0:
+        parser.error(f"--steps is {args.steps} and --warmup {args.warmup}, but must be --steps >= 1 and --warmup >= 0")
+    try:
+        cfg = load_cli_config(args.config, args.overrides)
+        trainer = Trainer(cfg)
+    except UserError as err:
+        return cli_exit(err, parser.prog)
+    spent = [0.0]
+    monitor = trainer.monitor
+    real = {name: timed(getattr(monitor, name), spent) for name in ("observe", "after_backward", "after_step")}
+    constants = {key: 0.0 for key in ("head_lr_applied", *HEAD_METRICS)}
+    stubs = {"observe": lambda *a, **k: None, "after_backward": lambda: {}, "after_step": lambda: constants}
+    sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
+    print(
+        f"monitor cost on {machine()}: {cfg.model} ({cfg.pretrained or 'random init'}), {cfg.image_size[0]}x"
+        f"{cfg.image_size[1]} images, {cfg.images_per_step} images per step, {torch.get_num_threads()} thread(s), "
+        f"{trainer.device}; {args.steps} timed steps after {args.warmup}"
+    )
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for i in range(2 * (args.warmup + args.steps)):
+        on = i % 2 == 0  # alternate: the machine's drift hits both sides alike
+        for name, method in (real if on else stubs).items():
+            setattr(monitor, name, method)
+        if i == 2 * args.warmup:
+            spent[0] = 0.0
+        trainer.step = 0  # hold the CE-only phase: the same work every step
+        sync()
+        started = time.thread_time()
+        trainer.train_step()
+        sync()
+        if i >= 2 * args.warmup:
+            times[on].append(time.thread_time() - started)
+    with_ms, without_ms = (1000 * statistics.median(times[side]) for side in (True, False))
+    share = (with_ms - without_ms) / without_ms
+    print(
+        f"median step {with_ms:.2f} ms with the monitor, {without_ms:.2f} ms without; time inside its calls "
+        f"{1000 * spent[0] / args.steps:.3f} ms per step ({spent[0] / sum(times[True]):.2%})"
+    )
+    print(f"target: monitor adds < {TARGET:.0%} to a step: {share:.2%}, {'met' if share < TARGET else 'missed'}")
+    print(f"monitor share of a step: {share:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
