@@ -17,7 +17,6 @@ change its images per step (e.g. ``accum``) takes more or fewer steps for the sa
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -71,33 +70,16 @@ def _number(value: Any) -> Any:
 
 
 def read_user_points(path: Optional[str], space: dict[str, Domain]) -> list[dict[str, Any]]:
+    from tuner.search import read_points_file
+
     if path is None:
         return []
-    file = Path(path)
-    if not file.is_file():
-        raise UserError(f"--points-to-evaluate file '{path}' does not exist")
-    try:
-        text = file.read_text()
-        points = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise UserError(f"cannot parse --points-to-evaluate '{path}': {str(err).splitlines()[0]}") from None
-    if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
-        raise UserError(f"--points-to-evaluate '{path}' must hold a list of {{key: value}} mappings")
+    points = read_points_file(path)
     for point in points:
         for key in point:
             if key not in space:
                 raise UserError(f"--points-to-evaluate names '{key}', which the space does not search ({', '.join(space)})")
     return [{k: _number(v) for k, v in point.items()} for point in points]
-
-
-def _parse_fault(spec: Optional[str]) -> Optional[dict[str, Any]]:
-    if spec is None:
-        return None
-    step, _, assignment = spec.partition(":")
-    key, _, value = assignment.partition("=")
-    if not step.isdigit() or not key or not value:
-        raise UserError(f"--inject-fault '{spec}' is not STEP:KEY=VALUE")
-    return {"step": int(step), "key": key, "value": _number(yaml.safe_load(value))}
 
 
 def _check_flags(args) -> None:
@@ -113,7 +95,9 @@ def _check_flags(args) -> None:
 def user_search(args, experiment_dir: Callable[[Any], Path], log: Callable[[str], None], checkpoint_every: int):
     """Check everything and probe the function; ``(settings, exp_dir, space, points)`` for the driver."""
     _check_flags(args)
-    fault = _parse_fault(args.inject_fault)
+    from tuner.search import _parse_fault
+
+    fault = _parse_fault(args.inject_fault, coerce=lambda key, value: _number(value))  # the user's keys, untyped
     fn = load_trainable(args.trainable)
     base = read_user_config(args.config, list(args.overrides))
     space = load_space(args.space, fields=base)

@@ -172,11 +172,8 @@ def _base_config(args) -> TrainConfig:
     return TrainConfig.from_dict(absolute, base=base)
 
 
-def _read_points(path: Optional[str], space: dict) -> list[dict[str, Any]]:
-    if path is None:
-        return []
-    import yaml
-
+def read_points_file(path: str) -> list[dict[str, Any]]:
+    """The ``--points-to-evaluate`` file: a JSON/YAML list of mappings (keys checked by the caller)."""
     file = Path(path)
     if not file.is_file():
         raise UserError(f"--points-to-evaluate file '{path}' does not exist")
@@ -187,6 +184,13 @@ def _read_points(path: Optional[str], space: dict) -> list[dict[str, Any]]:
         raise UserError(f"cannot parse --points-to-evaluate '{path}': {str(err).splitlines()[0]}") from None
     if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
         raise UserError(f"--points-to-evaluate '{path}' must hold a list of {{field: value}} mappings")
+    return points
+
+
+def _read_points(path: Optional[str], space: dict) -> list[dict[str, Any]]:
+    if path is None:
+        return []
+    points = read_points_file(path)
     for point in points:
         for key in point:
             if canonical_key(key) not in space:
@@ -289,15 +293,15 @@ def run_search(args) -> int:
     )
 
 
-def _parse_fault(spec: Optional[str]) -> Optional[dict[str, Any]]:
-    """``STEP:KEY=VALUE`` (testing hook) -> ``{"step", "key", "value"}``."""
+def _parse_fault(spec: Optional[str], coerce=coerce_value) -> Optional[dict[str, Any]]:
+    """``STEP:KEY=VALUE`` (testing hook) -> ``{"step", "key", "value"}``; ``coerce(key, value)`` types it."""
     if spec is None:
         return None
     step, _, assignment = spec.partition(":")
     key, _, value = assignment.partition("=")
     if not step.isdigit() or not key or not value:
         raise UserError(f"--inject-fault '{spec}' is not STEP:KEY=VALUE")
-    return {"step": int(step), "key": key, "value": coerce_value(key, yaml.safe_load(value))}
+    return {"step": int(step), "key": key, "value": coerce(key, yaml.safe_load(value))}
 
 
 def _check_weights_and_data(base: TrainConfig, log) -> None:
