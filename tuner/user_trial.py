@@ -19,7 +19,7 @@ from ray.tune import Checkpoint
 
 from reid_core.contract import Reporter, call, load_trainable
 from tuner._ray_compat import FastReporting
-from tuner.trainable import CHECKPOINT_FILE, _failing_at, _last_checkpoint
+from tuner.trainable import CHECKPOINT_FILE, _failing_at, _last_checkpoint, with_node_id
 
 
 def user_trial(
@@ -36,7 +36,7 @@ def user_trial(
     seen ``max_samples`` images; a retry continues from the newest checkpoint it saved, if any."""
     fn = load_trainable(spec, root)
     resume = _last_checkpoint()
-    report = tune.report
+    report = with_node_id(tune.report)  # as our own trials: every result names its Ray node
     if inject_fault and resume is None and sampled.get(inject_fault["key"]) == inject_fault["value"]:
         report = _failing_at(inject_fault["step"], report)
 
