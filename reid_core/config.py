@@ -46,7 +46,7 @@ class TrainConfig:
 
     # --- model --------------------------------------------------------------
     model: str = "reid-tiny"  # open_clip model name; 'reid-tiny' is the shipped 2-layer CPU model
-    pretrained: Optional[str] = None  # None = random init, an open_clip tag (e.g. 'openai'), or a local weights file
+    pretrained: Optional[str] = "auto"  # 'auto' = the model's shipped weights (reid-tiny: 'synthetic'), random init for other models; None/'none' = random init; an open_clip tag (e.g. 'openai'); or a local weights file
 
     # --- optimisation ---------------------------------------------------------
     batch_size: int = 32  # images per micro-batch (one forward/backward)

@@ -18,6 +18,7 @@ import open_clip
 
 from reid_core.config import TrainConfig
 from reid_core.errors import UserError
+from reid_core.shipped_weights import effective_pretrained, shipped_file, shipped_tags
 
 # Ship our CPU-sized model as an ordinary open_clip config ('reid-tiny').
 open_clip.add_model_config(Path(__file__).parent / "model_configs")
@@ -42,20 +43,24 @@ def check_model(cfg: TrainConfig) -> None:
 
 
 def resolve_pretrained(cfg: TrainConfig) -> tuple[Optional[str], bool]:
-    """``(weights file, quick_gelu)`` for ``cfg.pretrained``: None for random init, the file itself, or
-    the cached download of an open_clip tag (fetched now if online).
+    """``(weights file, quick_gelu)`` for ``cfg.pretrained``: None for random init, the file itself, a file
+    shipped in the package ('auto' for reid-tiny: 'synthetic'), or the cached download of an open_clip
+    tag (fetched now if online).
 
     Offline without the weights this is one `UserError` naming the fix (a local file) within
     seconds, instead of the Hub client's minute of retries and a traceback.
     """
-    pretrained = cfg.pretrained
+    pretrained = effective_pretrained(cfg.model, cfg.pretrained)  # 'auto': the model's shipped weights or None
     if pretrained is None:
         return None, False
+    shipped = shipped_file(cfg.model, pretrained)
+    if shipped is not None:  # package data, loaded as any weights file is
+        return shipped, False
     tag = open_clip.get_pretrained_cfg(cfg.model, pretrained)
     if not tag:
         if Path(pretrained).expanduser().is_file():
             return str(Path(pretrained).expanduser()), False
-        tags = open_clip.list_pretrained_tags_by_model(cfg.model)
+        tags = shipped_tags(cfg.model) + open_clip.list_pretrained_tags_by_model(cfg.model)
         known = f"its tags: {', '.join(tags)}" if tags else "it has no pretrained tags"
         raise UserError(
             f"pretrained '{pretrained}' is neither a weights file nor a tag of model '{cfg.model}' ({known}); "

@@ -65,6 +65,7 @@ class SyntheticSplit:
     images: np.ndarray  # uint8 (N, 3, H, W)
     pids: np.ndarray  # raw identity ids (N,)
     captions: list[str]  # one caption per image
+    people: list[Person]  # each identity's appearance, in id order
 
 
 def _person(rng: np.random.Generator) -> Person:
@@ -84,6 +85,16 @@ def _person(rng: np.random.Generator) -> Person:
         width=float(rng.uniform(0.85, 1.15)),
         height=float(rng.uniform(0.9, 1.05)),
     )
+
+
+def draw_people(count: int, rng: np.random.Generator) -> list[Person]:
+    """``count`` identities' appearances, drawn in order from ``rng``."""
+    return [_person(rng) for _ in range(count)]
+
+
+def attributes(p: Person) -> tuple:
+    """What a caption can tell apart: every attribute but the continuous body shape."""
+    return (p.male, p.skin, p.hair, p.top, p.pattern, p.long_sleeves, p.bottom_colour, p.bottom, p.shoes, p.carried)
 
 
 def _render(p: Person, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
@@ -206,7 +217,7 @@ def make_split(
             pids[k] = raw
             captions.append(_caption(person, rng))
             k += 1
-    return SyntheticSplit(images, pids, captions)
+    return SyntheticSplit(images, pids, captions, list(people))
 
 
 def make_synthetic(
@@ -215,7 +226,7 @@ def make_synthetic(
     """``(train, test)``: ``identities`` training ids and ``identities // 4`` (at least 2) unseen test ids."""
     rng = np.random.default_rng(seed)
     test_identities = max(2, identities // 4)
-    people = [_person(rng) for _ in range(identities + test_identities)]
+    people = draw_people(identities + test_identities, rng)
     raw_ids = [RAW_ID_BASE + RAW_ID_STRIDE * i for i in range(len(people))]
     train = make_split(people[:identities], raw_ids[:identities], per_identity, size, rng)
     test = make_split(people[identities:], raw_ids[identities:], per_identity, size, rng)

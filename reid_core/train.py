@@ -26,6 +26,7 @@ from reid_core.flags import ArgumentParser, add_config_arguments, add_shortcut_a
 from reid_core.io import write_json_atomic
 from reid_core.preflight import preflight
 from reid_core.schema import COMPLETED, DIVERGED, METRIC_COLUMNS, STEP_METRICS, STUCK
+from reid_core.shipped_weights import effective_pretrained
 from reid_core.trainer import Trainer
 
 Report = Callable[[dict[str, Any]], None]
@@ -73,7 +74,7 @@ def train(
         trainer.load_state_dict(resume)
     data = trainer.data
     log(
-        f"training {cfg.model} ({cfg.pretrained or 'random init'}) on {data.name}: {len(data.labels)} images, {data.num_classes} identities "
+        f"training {cfg.model} ({effective_pretrained(cfg.model, cfg.pretrained) or 'random init'}) on {data.name}: {len(data.labels)} images, {data.num_classes} identities "
         f"(chance CE {trainer.chance_ce:.3f}), {cfg.max_steps} steps of {cfg.images_per_step} images "
         f"on {trainer.device}; {data.task} evaluation on {len(data.gallery)} {cfg.eval_split} images"
     )
