@@ -18,7 +18,7 @@ import open_clip
 
 from reid_core.config import TrainConfig
 from reid_core.errors import UserError
-from reid_core.shipped_weights import effective_pretrained, shipped_file, shipped_tags
+from reid_core.shipped_weights import check_fits, effective_pretrained, shipped_file, shipped_tags
 
 # Ship our CPU-sized model as an ordinary open_clip config ('reid-tiny').
 open_clip.add_model_config(Path(__file__).parent / "model_configs")
@@ -55,6 +55,7 @@ def resolve_pretrained(cfg: TrainConfig) -> tuple[Optional[str], bool]:
         return None, False
     shipped = shipped_file(cfg.model, pretrained)
     if shipped is not None:  # package data, loaded as any weights file is
+        check_fits(cfg.model, pretrained, shipped, cfg.image_size)
         return shipped, False
     tag = open_clip.get_pretrained_cfg(cfg.model, pretrained)
     if not tag:

@@ -9,8 +9,11 @@ shipped tag resolves to an ordinary open_clip state-dict file, loaded through th
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
+
+from reid_core.errors import UserError
 
 AUTO = "auto"  # TrainConfig.pretrained's default: the model's shipped weights, else random init
 
@@ -38,3 +41,26 @@ def shipped_file(model: str, tag: str) -> Optional[str]:
 
 def shipped_tags(model: str) -> list[str]:
     return list(SHIPPED.get(model, {}))
+
+
+def trained_image_size(path: str) -> Optional[tuple[int, int]]:
+    """(height, width) a shipped file was pretrained at, from the recipe in its metadata."""
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as f:
+        recipe = json.loads((f.metadata() or {}).get("reid_tune_recipe", "{}"))
+    size = recipe.get("image_size")
+    return (int(size[0]), int(size[1])) if size else None
+
+
+def check_fits(model: str, tag: str, path: str, image_size: tuple[int, int]) -> None:
+    """Shipped weights load only at the image size they were pretrained at: their position grid is not
+    square (64x32: 8x4 patches) and open_clip resizes only square grids."""
+    trained = trained_image_size(path)
+    if trained is not None and tuple(image_size) != trained:
+        h, w = image_size
+        raise UserError(
+            f"the shipped '{tag}' weights of {model} are for {trained[0]}x{trained[1]} images, not {h}x{w} "
+            f"(open_clip resizes only square position grids); use image_size={trained[0]},{trained[1]}, "
+            f"or pretrained=none for random init at {h}x{w}"
+        )

@@ -53,7 +53,9 @@ CASES = {
     "lr_too_low": ({"head_lr": 1e-5}, None),
     "head_not_in_optimizer": ({}, drop_head_from_optimizer),
     "no_gradient": ({}, freeze_head),
-    "bounded_logits": ({}, cosine_classifier),
+    # Random init: on the shipped pretrained features an unscaled cosine classifier leaves chance anyway
+    # (measured ce_ema 5.29 at step 100, below the Go line; its floor is log(1 + 399 e^-2) = 4.0), so the run is not stuck.
+    "bounded_logits": ({"pretrained": None}, cosine_classifier),
     "labels_no_signal": ({}, shuffle_labels),
     "amp_skipped_steps": ({}, overflow_fp16),
 }

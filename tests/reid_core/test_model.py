@@ -102,7 +102,7 @@ def test_missing_pretrained_file(cfg, tmp_path):
 def saved_clip(tmp_path_factory):
     """The tiny model's open_clip weights saved as a local file (what --pretrained PATH loads)."""
     torch.manual_seed(3)
-    saved = build_model(TrainConfig(), num_classes=10).eval()
+    saved = build_model(TrainConfig(pretrained=None), num_classes=10).eval()  # not the shipped default weights
     path = tmp_path_factory.mktemp("weights") / "reid-tiny.pt"
     torch.save(saved.clip.state_dict(), path)
     return saved, path
@@ -124,7 +124,7 @@ def test_local_weights_file_gives_the_saved_models_outputs(saved_clip, tmp_path)
 def test_weights_load_at_another_image_size(tmp_path):
     """Released CLIPs are square (ViT-B-16: 224x224, a 14x14 grid); ReID uses tall images (384x128).
     open_clip resizes the position embedding: here a 4x4 grid (32x32) into an 8x4 one (64x32)."""
-    square = build_model(TrainConfig(image_size=(32, 32)), num_classes=10)
+    square = build_model(TrainConfig(image_size=(32, 32), pretrained=None), num_classes=10)  # the shipped weights are 64x32
     torch.save(square.clip.state_dict(), tmp_path / "square.pt")
     tall = build_model(TrainConfig(image_size=(64, 32), pretrained=str(tmp_path / "square.pt")), num_classes=10)
     assert tall.clip.visual.positional_embedding.shape == (8 * 4 + 1, 64)

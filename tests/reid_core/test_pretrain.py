@@ -112,3 +112,10 @@ def test_bad_pretrain_flags_are_one_line_and_exit_2(argv, message, tmp_path, mon
     assert len(err.strip().splitlines()) == 1
     assert re.search(message, err)
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_the_shipped_weights_at_another_image_size_are_one_line_naming_the_fix():
+    """Their 8x4 position grid is not square, which open_clip cannot resize: say so, not a shape error."""
+    with pytest.raises(UserError, match="shipped 'synthetic' weights of reid-tiny are for 64x32 images, not 128x64 .*pretrained=none"):
+        resolve_pretrained(TrainConfig(image_size=(128, 64)))
+    assert build_model(TrainConfig(image_size=(128, 64), pretrained=None), num_classes=10) is not None
