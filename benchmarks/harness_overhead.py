@@ -54,6 +54,7 @@ from reid_core.errors import UserError, cli_exit
 from reid_core.model import context_length
 from reid_core.train import RunWriter, load_cli_config, train
 from reid_core.trainer import resolve_device
+from reid_core.shipped_weights import effective_pretrained
 from tuner.results import read_trials
 from tuner.settings import SearchSettings
 
@@ -163,7 +164,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return cli_exit(err, parser.prog)
 
     print(
-        f"harness overhead of {cfg.model} ({cfg.pretrained or 'random init'}), {cfg.image_size[0]}x{cfg.image_size[1]} "
+        f"harness overhead of {cfg.model} ({effective_pretrained(cfg.model, cfg.pretrained) or 'random init'}), {cfg.image_size[0]}x{cfg.image_size[1]} "
         f"images, batch {cfg.batch_size} x {cfg.grad_accum_steps}, {data.num_classes} identities, {cfg.max_steps} steps, "
         f"{cfg.threads} thread(s), {device}; {args.repeats} plain + search pair(s)\non {machine()}",
         flush=True,

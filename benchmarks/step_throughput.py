@@ -52,6 +52,7 @@ from reid_core.model import context_length
 from reid_core.pretrained import resolve_pretrained
 from reid_core.train import load_cli_config
 from reid_core.trainer import Trainer
+from reid_core.shipped_weights import effective_pretrained
 from step_time import phases, seconds_per_step
 
 
@@ -142,7 +143,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     precision = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}[trainer.dtype]
     print(
-        f"step throughput of {cfg.model} ({cfg.pretrained or 'random init'}), {cfg.image_size[0]}x{cfg.image_size[1]} "
+        f"step throughput of {cfg.model} ({effective_pretrained(cfg.model, cfg.pretrained) or 'random init'}), {cfg.image_size[0]}x{cfg.image_size[1]} "
         f"images, batch {cfg.batch_size} x {cfg.grad_accum_steps}, {data.num_classes} identities, {precision}, "
         f"{torch.get_num_threads()} thread(s), {trainer.device}; {args.steps} timed steps x {args.repeats} after "
         f"{args.warmup} warm-up\non {machine()}"

@@ -38,6 +38,7 @@ from reid_core.errors import UserError, cli_exit
 from reid_core.model import context_length, parameter_groups
 from reid_core.train import load_cli_config
 from reid_core.trainer import Trainer
+from reid_core.shipped_weights import effective_pretrained
 
 TARGET_MS = 80.0  # per optimizer step, one CPU thread, default config, CE+SDM phase
 
@@ -76,7 +77,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     optimizers = [(fused_name, fused), ("AdamW foreach", baseline)]
 
     print(
-        f"step time of {cfg.model} ({cfg.pretrained or 'random init'}), {cfg.image_size[0]}x{cfg.image_size[1]} images, "
+        f"step time of {cfg.model} ({effective_pretrained(cfg.model, cfg.pretrained) or 'random init'}), {cfg.image_size[0]}x{cfg.image_size[1]} images, "
         f"batch {cfg.batch_size} x {cfg.grad_accum_steps} = {cfg.images_per_step} images per step, "
         f"{data.num_classes} identities, {torch.get_num_threads()} thread(s), {fused.device}; "
         f"{args.steps} timed steps after {args.warmup} warm-up"
