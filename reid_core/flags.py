@@ -34,7 +34,11 @@ SHORTCUTS = {
     "data": ("PATH", "'synthetic' or a data set folder or annotation file (= --set data=PATH)"),
     "data_format": ("NAME", "the data set's format, when not detected: cuhk-pedes, icfg-pedes, rstpreid, market1501"),
     "model": ("NAME", "open_clip model name, e.g. ViT-B-16 (= --set model=NAME)"),
-    "pretrained": ("TAG|FILE", "open_clip pretrained tag (e.g. openai) or a local weights file (= --set pretrained=...)"),
+    "pretrained": (
+        "TAG|FILE",
+        "'auto' (default: reid-tiny's shipped weights, random init for other models), 'none', an open_clip tag "
+        "(e.g. openai) or a local weights file (= --set pretrained=...)",
+    ),
 }
 
 
