@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -31,6 +32,7 @@ CREDENTIALS = {
 def s3():
     """``(URI of an empty folder in a bucket, its query)`` on a local S3 endpoint, with credentials in the environment
     as a user sets them."""
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a line per request otherwise
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     _, port = server.get_host_and_port()
@@ -104,8 +106,9 @@ def test_report_on_a_missing_uri_is_one_line(s3, capsys):
 def test_a_search_on_s3_resumes_from_there_and_reports_without_ray(ray_session, s3, tmp_path):
     """Ctrl-C a search writing to the bucket, resume it from the bucket, read the tables from the bucket."""
     uri, query = s3
-    points = [{"head_lr": 3e-3}, {"head_lr": 1e-6}, {"head_lr": 2e-3}]
-    args, _ = sequential_search_args(tmp_path, "shared", points, extra=["--max-steps", "90", "--grace-steps", "60"])
+    points = [{"head_lr": 3e-3}, {"head_lr": 2e-3}]
+    budget = ["--max-steps", "40", "--grace-steps", "40", "--chance-margin", "0.02"]  # both complete
+    args, _ = sequential_search_args(tmp_path, "shared", points, extra=budget)
     args += ["--storage-path", uri]  # the last --storage-path wins
     exp = location(uri) / "shared"
     with search_in_subprocess(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as driver:
@@ -117,10 +120,10 @@ def test_a_search_on_s3_resumes_from_there_and_reports_without_ray(ray_session, 
 
     assert search_main(["--resume", "--name", "shared", "--storage-path", uri]) == 0
     table = pd.read_csv(io.StringIO((exp / "results.csv").read_text()))
-    assert len(table) == 3 and table.trial_id.is_unique
-    assert sorted(table.end_reason) == ["completed", "completed", "stuck_at_chance"]
+    assert len(table) == 2 and table.trial_id.is_unique  # the interrupted trial ran again, once
+    assert sorted(table.head_lr) == [2e-3, 3e-3] and set(table.end_reason) == {"completed"}
     best = json.loads((exp / "best_config.json").read_text())
-    assert best["config"]["head_lr"] == 3e-3 and best["experiment"] == str(exp)
+    assert best["config"]["head_lr"] in (2e-3, 3e-3) and best["experiment"] == str(exp)
 
     local = tmp_path / "table.csv"  # --out is a local file; the pictures go beside the experiment
     argv = [str(exp), "--format", "csv", "--out", str(local)]
