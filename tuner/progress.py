@@ -4,6 +4,7 @@ why each trial ended, written when it is decided."""
 from __future__ import annotations
 
 import math
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,8 @@ def _fmt(value: Any) -> str:
 
 
 def resume_line(exp_dir: Location) -> str:
-    return f"resume with: reid-tune search --resume --name {exp_dir.name} --storage-path {exp_dir.parent}"
+    storage = shlex.quote(str(exp_dir.parent))  # a URI's query holds '&': quoted, the line pastes into a shell
+    return f"resume with: reid-tune search --resume --name {exp_dir.name} --storage-path {storage}"
 
 
 def summarise(exp_dir: Location, wall_s: float) -> int:

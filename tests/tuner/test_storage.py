@@ -116,7 +116,7 @@ def test_a_search_on_s3_resumes_from_there_and_reports_without_ray(ray_session, 
         driver.send_signal(2)  # SIGINT, what Ctrl-C sends
         out, _ = driver.communicate(timeout=60)
     assert driver.returncode == 130, out
-    assert f"--storage-path {uri}" in out.strip().splitlines()[-1]  # the resume line names the URI
+    assert f"--storage-path '{uri}'" in out.strip().splitlines()[-1]  # the resume line names the URI, quoted
 
     assert search_main(["--resume", "--name", "shared", "--storage-path", uri]) == 0
     table = pd.read_csv(io.StringIO((exp / "results.csv").read_text()))
