@@ -33,7 +33,12 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     """Strict JSON: NaN and inf (a diverged run's metrics) are written as null, which every parser reads."""
-    write_text_atomic(path, json.dumps(_finite(obj), indent=2, default=_jsonable, allow_nan=False) + "\n")
+    write_text_atomic(path, json_text(obj))
+
+
+def json_text(obj: Any) -> str:
+    """``obj`` as strict, indented JSON text (NaN and inf as null), what `write_json_atomic` writes."""
+    return json.dumps(_finite(obj), indent=2, default=_jsonable, allow_nan=False) + "\n"
 
 
 def _finite(value: Any) -> Any:

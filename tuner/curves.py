@@ -133,9 +133,10 @@ def recorded_curves(exp_dir: str | Path) -> tuple["SearchSettings", list[Curve]]
     budget."""
     from tuner.results import read_experiment
     from tuner.settings import sampled_values
+    from tuner.storage import is_folder, location
 
-    exp = Path(exp_dir)
-    if not exp.is_dir():
+    exp = location(exp_dir, "--from")
+    if not is_folder(exp, "--from"):
         raise UserError(f"--from '{exp_dir}' is not a folder; pass an experiment folder a search wrote")
     settings, trials, frame = read_experiment(exp)
     ends = dict(zip(frame["trial_id"], frame["end_reason"])) if not frame.empty else {}

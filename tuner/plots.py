@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import io
 import math
-from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never a window
 import matplotlib.pyplot as plt  # noqa: E402
 
-from reid_core.io import write_bytes_atomic  # noqa: E402
 from reid_core.schema import ASHA, COMPLETED, DIVERGED, ERROR, STUCK, UNFINISHED  # noqa: E402
 from tuner.ray_files import TrialFiles  # noqa: E402
 from tuner.settings import SearchSettings  # noqa: E402
+from tuner.storage import Location, write_bytes_atomic  # noqa: E402
 
 # How each end reason is drawn at the curve's last point.
 REASON_STYLE = {
@@ -27,7 +26,7 @@ REASON_STYLE = {
 }
 
 
-def curves_png(trials: list[TrialFiles], reasons: dict[str, str], settings: SearchSettings, path: str | Path) -> None:
+def curves_png(trials: list[TrialFiles], reasons: dict[str, str], settings: SearchSettings, path: str | Location) -> None:
     """``ce_ema`` against samples per trial, with the log(C) and Go lines; written atomically."""
     fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
     chance = None
@@ -57,8 +56,8 @@ def curves_png(trials: list[TrialFiles], reasons: dict[str, str], settings: Sear
     save_figure(fig, path)
 
 
-def save_figure(fig, path: str | Path) -> None:
-    """Write ``fig`` as a PNG atomically (a crash never leaves half a picture) and close it."""
+def save_figure(fig, path: str | Location) -> None:
+    """Write ``fig`` as a PNG atomically (a crash never leaves half a picture; also on an object store) and close it."""
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

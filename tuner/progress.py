@@ -4,6 +4,7 @@ why each trial ended, written when it is decided."""
 from __future__ import annotations
 
 import math
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -11,23 +12,24 @@ from typing import Any
 from ray.tune import Callback
 
 from reid_core.errors import INTERRUPTED
-from reid_core.io import write_json_atomic
 from reid_core.schema import ASHA, COMPLETED, DIVERGED, ERROR, STUCK, UNFINISHED
 from tuner.plots import curves_png
 from tuner.ray_files import END_REASON_FILE
 from tuner.results import compute_account, write_exports
 from tuner.settings import SearchSettings, end_reason
+from tuner.storage import Location, StoragePath, location, write_json_atomic
 
 
 class EndReasonRecorder(Callback):
     """Records why each trial ended, when the driver decides it: ``end_reason.json`` in the trial's folder,
-    written atomically. The tables read the record; replaying the curve is only the fallback for
+    written atomically, straight to the experiment's storage (Ray uploads its own files from the driver's
+    staging folder later). The tables read the record; replaying the curve is only the fallback for
     experiments without one, so a curve a crash cut short cannot re-label a trial."""
 
-    def __init__(self, stopper, settings: SearchSettings, exp_dir: Path):
+    def __init__(self, stopper, settings: SearchSettings, exp_dir: str | Location):
         self._stopper = stopper
         self._settings = settings
-        self._exp_dir = Path(exp_dir)
+        self._exp_dir = location(exp_dir)
         self.latest: dict[str, dict[str, Any]] = {}  # trial_id -> its last result
         self.reasons: dict[str, str] = {}  # trial_id -> why it ended, for the trials that have
 
@@ -52,7 +54,7 @@ class EndReasonRecorder(Callback):
         self.reasons[trial.trial_id] = reason
         last = self.latest.get(trial.trial_id, {})
         folder = self._exp_dir / Path(trial.path).name
-        if folder.is_dir():  # the experiment's storage is this machine's disk
+        if isinstance(folder, StoragePath) or folder.is_dir():  # on local disk, once Ray has made the folder
             record = {"trial_id": trial.trial_id, "end_reason": reason, "step": last.get("step", 0), "samples": last.get("samples", 0)}
             write_json_atomic(folder / END_REASON_FILE, record)
 
@@ -102,11 +104,12 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def resume_line(exp_dir: Path) -> str:
-    return f"resume with: reid-tune search --resume --name {exp_dir.name} --storage-path {exp_dir.parent}"
+def resume_line(exp_dir: Location) -> str:
+    storage = shlex.quote(str(exp_dir.parent))  # a URI's query holds '&': quoted, the line pastes into a shell
+    return f"resume with: reid-tune search --resume --name {exp_dir.name} --storage-path {storage}"
 
 
-def summarise(exp_dir: Path, wall_s: float) -> int:
+def summarise(exp_dir: Location, wall_s: float) -> int:
     """Write the exports, print the summary; exit code 130 when the search was interrupted before every
     trial ended (Ctrl-C), else 1 when some trials failed, else 0."""
     exports = write_exports(exp_dir)
@@ -144,7 +147,8 @@ def summarise(exp_dir: Path, wall_s: float) -> int:
         written.append(exports["best_config"])
     print("wrote " + ", ".join(str(p) for p in written))
     if exports["best_config"] is not None:
-        print(f"re-run the winner: {settings.rerun_command(exports['best_config'])}")
+        config = exports["best_config"] if isinstance(exp_dir, Path) else "best_config.json"  # copied from the URI first
+        print(f"re-run the winner: {settings.rerun_command(config)}")
     unfinished = int((frame["end_reason"] == UNFINISHED).sum()) if not frame.empty else 0
     if unfinished or len(frame) < settings.num_trials:
         print(f"interrupted with {settings.num_trials - len(frame) + unfinished} of {settings.num_trials} trials unfinished; {resume_line(exp_dir)}")

@@ -2,7 +2,8 @@
 
 Ray's own readers (``ResultGrid``, ``ExperimentAnalysis``) import Ray and torch; reading tables
 and drawing curves needs neither. This is the one module that knows Ray's file layout. It reads
-what a crash leaves: an unreadable line or file is skipped and named in a note, never fatal.
+what a crash leaves: an unreadable line or file is skipped and named in a note, never fatal. The
+experiment may be a local folder or a storage URI (`tuner.storage.location`).
 
 - ``<trial folder>/params.json``: the trial's sampled config;
 - ``<trial folder>/result.json``: one JSON object per line, one line per ``tune.report``;
@@ -20,8 +21,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional
+
+from tuner.storage import Location, location
 
 
 END_REASON_FILE = "end_reason.json"  # ours, beside Ray's files: why the trial ended, written when it was decided
@@ -30,7 +32,7 @@ END_REASON_FILE = "end_reason.json"  # ours, beside Ray's files: why the trial e
 @dataclass
 class TrialFiles:
     trial_id: str
-    path: Path  # the trial's folder
+    path: Location  # the trial's folder (a local Path, or a StoragePath on an object store)
     sampled: dict[str, Any]  # params.json as written
     status: Optional[str]  # Ray's status from the newest experiment state; None if unknown
     rows: list[dict[str, Any]] = field(default_factory=list)  # result.json, one per report, by step
@@ -39,10 +41,10 @@ class TrialFiles:
     damage: list[str] = field(default_factory=list)  # what a crash left unreadable, one note each
 
 
-def statuses(exp_dir: Path) -> tuple[dict[str, tuple[Optional[str], Optional[str]]], Optional[str]]:
+def statuses(exp_dir: Location) -> tuple[dict[str, tuple[Optional[str], Optional[str]]], Optional[str]]:
     """``(trial_id -> (status, relative_logdir), note)`` from Ray's newest experiment state; the note says
     why the state could not be read (then every status is unknown)."""
-    states = sorted(Path(exp_dir).glob("experiment_state-*.json"))
+    states = sorted(location(exp_dir).glob("experiment_state-*.json"))
     if not states:
         return {}, None
     try:
@@ -56,7 +58,7 @@ def statuses(exp_dir: Path) -> tuple[dict[str, tuple[Optional[str], Optional[str
         return {}, f"{states[-1]} is unreadable ({type(err).__name__}); trial statuses unknown, end reasons read from the trials' own files"
 
 
-def read_results(result_file: Path) -> tuple[list[dict[str, Any]], list[str]]:
+def read_results(result_file: Location) -> tuple[list[dict[str, Any]], list[str]]:
     """``(the training steps a trial reported, one per step in step order; notes on unreadable lines)``."""
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
@@ -77,7 +79,7 @@ def read_results(result_file: Path) -> tuple[list[dict[str, Any]], list[str]]:
     return [by_step[s] for s in sorted(by_step)], notes
 
 
-def last_error_line(trial_dir: Path) -> Optional[str]:
+def last_error_line(trial_dir: Location) -> Optional[str]:
     error_file = trial_dir / "error.txt"
     if not error_file.is_file():
         return None
@@ -85,7 +87,7 @@ def last_error_line(trial_dir: Path) -> Optional[str]:
     return lines[-1].strip() if lines else "unknown error"
 
 
-def _read_json(path: Path, damage: list[str]) -> Optional[Any]:
+def _read_json(path: Location, damage: list[str]) -> Optional[Any]:
     if not path.is_file():
         return None
     try:
@@ -95,10 +97,10 @@ def _read_json(path: Path, damage: list[str]) -> Optional[Any]:
         return None
 
 
-def read_trial_folders(exp_dir: Path) -> tuple[list[TrialFiles], list[str]]:
+def read_trial_folders(exp_dir: str | Location) -> tuple[list[TrialFiles], list[str]]:
     """Every trial folder of the experiment (those holding params.json), sorted by folder name, and
     notes on what could not be read."""
-    exp_dir = Path(exp_dir)
+    exp_dir = location(exp_dir, "experiment")
     known, state_note = statuses(exp_dir)
     notes = [state_note] if state_note else []
     trials = []

@@ -3,9 +3,10 @@
     python -m tuner.report tune_results/NAME                       # table, compute account, pictures
     python -m tuner.report tune_results/NAME --reason stuck_at_chance --format markdown
     python -m tuner.report tune_results/NAME --compare runs/rerun  # trial curve vs plain re-run
+    python -m tuner.report s3://bucket/experiments/NAME             # an experiment on shared storage
 
-Needs no running Ray: it reads the files. Works on finished, interrupted,
-resumed and still-running experiments. In a notebook::
+Needs no running Ray: it reads the files, from a folder or a storage URI (`tuner.storage`). Works on
+finished, interrupted, resumed and still-running experiments. In a notebook::
 
     from tuner.report import load
     df = load("tune_results/NAME")
@@ -28,6 +29,7 @@ from reid_core.io import write_text_atomic
 from reid_core.schema import END_REASONS
 from tuner.results import compute_account, objective_column, read_experiment, read_trials, results_frame
 from tuner.settings import SearchSettings
+from tuner.storage import Location, is_folder, location
 
 PROG = "python -m tuner.report"
 TABLE_FORMATS = ("table", "csv", "json", "markdown")  # how the per-trial table is printed
@@ -38,7 +40,7 @@ TABLE_FORMATS = ("table", "csv", "json", "markdown")  # how the per-trial table 
 COMPARE_TOLERANCE = 1e-5
 
 
-def load(exp_dir: str | Path) -> pd.DataFrame:
+def load(exp_dir: str | Location) -> pd.DataFrame:
     """The per-trial table as a pandas DataFrame, best first (what ``results.csv`` holds, sorted)."""
     return results_frame(exp_dir)
 
@@ -97,7 +99,7 @@ def account_text(frame: pd.DataFrame, settings: SearchSettings) -> str:
     )
 
 
-def hyperparams_png(frame: pd.DataFrame, settings: SearchSettings, path: Path) -> None:
+def hyperparams_png(frame: pd.DataFrame, settings: SearchSettings, path: Location) -> None:
     """Each searched hyperparameter against the final objective, coloured by end reason."""
     import matplotlib.pyplot as plt
 
@@ -130,7 +132,7 @@ def _go_line(frame: pd.DataFrame, settings: SearchSettings) -> Optional[float]:
     return settings.go_line(float(frame["chance_ce"].dropna().iloc[0]))
 
 
-def compare(exp_dir: Path, rerun_dir: Path) -> tuple[float, int, str, Path]:
+def compare(exp_dir: Location, rerun_dir: Path) -> tuple[float, int, str, Path]:
     """Largest |ce difference| at matching steps between a re-run folder and the trial it re-runs.
 
     The trial is the one whose complete config equals the re-run's ``config.json``.
@@ -151,7 +153,7 @@ def compare(exp_dir: Path, rerun_dir: Path) -> tuple[float, int, str, Path]:
     if trial is None:
         raise UserError(
             f"no trial of '{exp_dir}' has the config of '{rerun_dir}'; re-run a trial with "
-            f"{settings.rerun_command(f'{exp_dir}/best_config.json')}"
+            f"{settings.rerun_command(exp_dir / 'best_config.json')}"
         )
     rerun = pd.read_csv(metrics_file)
     if rerun.empty:
@@ -179,7 +181,7 @@ def compare(exp_dir: Path, rerun_dir: Path) -> tuple[float, int, str, Path]:
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    p.add_argument("experiment", metavar="EXPERIMENT_DIR", help="the folder a search wrote (tune_results/NAME)")
+    p.add_argument("experiment", metavar="EXPERIMENT_DIR", help="the folder a search wrote (tune_results/NAME), or its URI (s3://...)")
     p.add_argument("--top", type=int, help="only the N best trials")
     p.add_argument("--reason", help=f"only trials that ended so: {', '.join(END_REASONS)}")
     p.add_argument("--format", choices=TABLE_FORMATS, default="table", help="table (default), csv, json or markdown")
@@ -195,8 +197,8 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
         p.prog = prog
     args = p.parse_args(argv)
     try:
-        exp_dir = Path(args.experiment)
-        if not exp_dir.is_dir():
+        exp_dir = location(args.experiment, "experiment")
+        if not is_folder(exp_dir, "experiment"):
             raise UserError(f"experiment folder '{exp_dir}' does not exist")
         SearchSettings.load(exp_dir)  # is it an experiment at all? (before any other complaint)
         if args.reason is not None and args.reason not in END_REASONS:

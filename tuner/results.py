@@ -11,22 +11,21 @@ having survived.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any, Optional
 
 import pandas as pd
 
 from reid_core.chance import first_verdict
 from reid_core.diagnostics import stuck_cause
-from reid_core.io import write_json_atomic, write_text_atomic
 from reid_core.schema import ASHA, COMPLETED, END_REASONS, ERROR, RENAMED_METRICS, STUCK
 from tuner.ray_files import TrialFiles, read_trial_folders
 from tuner.settings import SearchSettings, end_reason, sampled_values
+from tuner.storage import Location, location, write_json_atomic, write_text_atomic
 
 Trial = TrialFiles  # a trial as its folder tells it: sampled values, status, per-step rows, error
 
 
-def read_trials(exp_dir: Path, notes: Optional[list[str]] = None, own_keys: bool = False) -> list[Trial]:
+def read_trials(exp_dir: str | Location, notes: Optional[list[str]] = None, own_keys: bool = False) -> list[Trial]:
     """Every trial of the experiment, with today's names for config keys (``own_keys``: a user's, as is)
     and metrics; what could not be read is skipped and, when ``notes`` is given, named there (one line each)."""
     trials, damage = read_trial_folders(exp_dir)
@@ -109,11 +108,11 @@ def objective_column(settings: SearchSettings) -> str:
 
 
 def read_experiment(
-    exp_dir: str | Path, notes: Optional[list[str]] = None
+    exp_dir: str | Location, notes: Optional[list[str]] = None
 ) -> tuple[SearchSettings, list[Trial], pd.DataFrame]:
     """``(settings, trials, table)``: the folder read once; the table sorted best first. A trial whose
     files a crash damaged is kept, its ``damage`` column saying what; ``notes`` collects one line each."""
-    exp_dir = Path(exp_dir)
+    exp_dir = location(exp_dir, "experiment")
     settings = SearchSettings.load(exp_dir)
     trials = read_trials(exp_dir, notes, own_keys=bool(settings.trainable))
     frame = pd.DataFrame([trial_row(t, settings) for t in trials])
@@ -124,7 +123,7 @@ def read_experiment(
     return settings, trials, frame
 
 
-def results_frame(exp_dir: str | Path) -> pd.DataFrame:
+def results_frame(exp_dir: str | Location) -> pd.DataFrame:
     """One row per trial, sorted by the search's objective (best first). For notebooks::
 
         from tuner.results import results_frame
@@ -147,9 +146,9 @@ def best_trial(frame: pd.DataFrame, settings: SearchSettings) -> Optional[pd.Ser
     return candidates.loc[values.idxmin() if settings.mode == "min" else values.idxmax()]
 
 
-def write_exports(exp_dir: str | Path) -> dict[str, Any]:
-    """Write results.csv and best_config.json (atomically); return what a summary needs."""
-    exp_dir = Path(exp_dir)
+def write_exports(exp_dir: str | Location) -> dict[str, Any]:
+    """Write results.csv and best_config.json (atomically, also on an object store); return what a summary needs."""
+    exp_dir = location(exp_dir, "experiment")
     settings, trial_list, frame = read_experiment(exp_dir)
     trials = {t.trial_id: t for t in trial_list}
     write_text_atomic(exp_dir / "results.csv", frame.to_csv(index=False))

@@ -15,7 +15,6 @@ import argparse
 import json
 import math
 import sys
-import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -32,6 +31,7 @@ from search_spaces import load_space
 from tuner.cluster import probe, use_token
 from tuner.driver import Resources, run
 from tuner.settings import SETTINGS_FILE, SearchSettings
+from tuner.storage import Location, check_writable, location
 
 PROG = "python -m tuner.search"
 DEFAULT_CHECKPOINT_EVERY = 50  # steps; a checkpoint of the tiny model with its AdamW moments is ~40 MB
@@ -199,27 +199,13 @@ def _read_points(path: Optional[str], space: dict) -> list[dict[str, Any]]:
     return [{canonical_key(k): coerce_value(k, v) for k, v in point.items()} for point in points]
 
 
-def _check_writable(folder: Path) -> None:
-    """The experiments folder must be one this process can create and write: checked by making (and
-    removing) a temporary folder in its nearest existing parent, before Ray starts, leaving nothing."""
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(f"--storage-path '{folder}': '{existing}' is a file, not a folder; pass a folder")
-    try:
-        tempfile.TemporaryDirectory(dir=existing, prefix=".reid-tune-probe-").cleanup()
-    except OSError as err:
-        raise UserError(
-            f"--storage-path '{folder}' cannot be created or written here ({err.strerror or err}); "
-            "pass a folder you can write to"
-        ) from None
-
-
-def _experiment_dir(args) -> Path:
+def _experiment_dir(args) -> Location:
+    """The experiment's folder under ``--storage-path`` (a folder, or a storage URI every node reaches:
+    `tuner.storage`), the storage checked writable before Ray starts."""
     name = args.name or f"search-{datetime.now():%Y%m%d-%H%M%S}"
-    _check_writable(Path(args.storage_path).expanduser().resolve())
-    exp_dir = Path(args.storage_path).expanduser().resolve() / name
+    storage = location(args.storage_path).expanduser().resolve()
+    check_writable(storage)
+    exp_dir = storage / name
     if args.resume:
         if not args.name:
             raise UserError("--resume needs --name: the experiment to continue")

@@ -17,8 +17,8 @@ from typing import Any, Mapping, Optional
 from reid_core.chance import go_line
 from reid_core.config import TrainConfig, canonical_key
 from reid_core.errors import UserError
-from reid_core.io import write_json_atomic
 from reid_core.schema import ASHA, COMPLETED, DIVERGED, ERROR, EVAL_METRICS, UNFINISHED
+from tuner.storage import Location, location, write_json_atomic
 
 SETTINGS_FILE = "reid_tune.json"  # in the experiment folder, beside Ray's files
 RENAMED_SETTINGS = {"num_samples": "num_trials"}  # keys of experiments written before 0.2
@@ -80,8 +80,8 @@ class SearchSettings:
     def go_line(self, chance_ce: float) -> float:
         return go_line(chance_ce, self.chance_margin)
 
-    def save(self, exp_dir: Path) -> None:
-        write_json_atomic(Path(exp_dir) / SETTINGS_FILE, dataclasses.asdict(self))
+    def save(self, exp_dir: str | Location) -> None:
+        write_json_atomic(location(exp_dir) / SETTINGS_FILE, dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "SearchSettings":
@@ -100,8 +100,8 @@ class SearchSettings:
         return cls(**out)
 
     @classmethod
-    def load(cls, exp_dir: Path) -> "SearchSettings":
-        path = Path(exp_dir) / SETTINGS_FILE
+    def load(cls, exp_dir: str | Location) -> "SearchSettings":
+        path = location(exp_dir, "experiment") / SETTINGS_FILE
         if not path.is_file():
             raise UserError(f"'{exp_dir}' is not a reid-tune experiment (no {SETTINGS_FILE}); pass the folder a search wrote")
         try:
