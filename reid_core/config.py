@@ -28,6 +28,7 @@ class ConfigError(UserError, ValueError):
 
 
 AMP_MODES = ("auto", "off", "bf16", "fp16")
+SDM_STARTS = ("steps", "go_line")  # what ends the CE-only phase: a step count, or CE leaving chance
 EVAL_SPLITS = ("test", "val")
 
 
@@ -60,6 +61,8 @@ class TrainConfig:
 
     # --- losses ----------------------------------------------------------------
     ce_only_steps: int = 50  # CE-only phase, optimizer steps: SDM weight is 0 and the text encoder is not run (not the LR warm-up)
+    sdm_start: str = "steps"  # when the CE-only phase ends: 'steps' (after ce_only_steps) or 'go_line' (once ce_ema first reaches log(C) - 0.39, the default Go line)
+    sdm_start_cap: Optional[int] = None  # sdm_start=go_line only: optimizer steps after which SDM starts anyway; None = never (a stuck run stays CE-only)
     sdm_weight: float = 1.0  # target weight of the SDM image-text loss after the ramp
     sdm_ramp_steps: int = 50  # optimizer steps over which the SDM weight rises linearly from 0 to sdm_weight
     logit_scale: float = 50.0  # SDM similarity scale (1 / temperature 0.02), fixed as in IRRA
@@ -269,6 +272,8 @@ def _problems(cfg: TrainConfig):
         rule("grad_clip", cfg.grad_clip >= 0, ">= 0 (0 turns clipping off)"),
         rule("ce_only_steps", cfg.ce_only_steps >= 0, ">= 0"),
         rule("sdm_weight", cfg.sdm_weight >= 0, ">= 0"),
+        rule("sdm_start", cfg.sdm_start in SDM_STARTS, f"one of {', '.join(SDM_STARTS)}"),
+        rule("sdm_start_cap", cfg.sdm_start_cap is None or cfg.sdm_start_cap >= 0, ">= 0 or unset"),
         rule("sdm_ramp_steps", cfg.sdm_ramp_steps >= 0, ">= 0"),
         rule("logit_scale", cfg.logit_scale > 0, "> 0"),
         rule("label_smoothing", 0 <= cfg.label_smoothing < 1, "in [0, 1)"),

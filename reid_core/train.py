@@ -118,9 +118,18 @@ def train(
         "task": data.task,
         "chance_ce": trainer.chance_ce,
         "best_ce_ema": best_ce_ema if math.isfinite(best_ce_ema) else None,
+        "sdm_start_step": first_sdm_step(trainer),
         "final": metrics,
         "wall_s": time.perf_counter() - started,
     }
+
+
+def first_sdm_step(trainer: Trainer) -> Optional[int]:
+    """The first optimizer step trained with SDM (the CE-only phase's end), or None if none was."""
+    start, cfg = trainer.sdm_start_step, trainer.cfg
+    if start is None or start >= trainer.step or cfg.sdm_weight <= 0 or not trainer.data.has_captions:
+        return None
+    return start + 1  # start is the 0-based index of that step; steps are reported 1-based
 
 
 # --- plain command line --------------------------------------------------------------

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from reid_core.chance import go_line
 from reid_core.config import TrainConfig
 from reid_core.data import EVAL_BATCH, ReIDData, Split, batches, eval_images, load_data, loader_workers
 from reid_core.errors import UserError
@@ -126,6 +127,8 @@ class Trainer:
         self.monitor = HeadMonitor(self.model.classifier, capture=False)
         self.step = 0  # optimizer steps taken
         self.ce_ema: Optional[float] = None
+        # the step at which the CE-only phase ended and the SDM ramp began (known in advance for sdm_start=steps)
+        self.sdm_start_step: Optional[int] = cfg.ce_only_steps if cfg.sdm_start == "steps" else None
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs to continue the same curve: only tensors and plain
@@ -136,6 +139,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "step": self.step,
             "ce_ema": self.ce_ema,
+            "sdm_start_step": -1 if self.sdm_start_step is None else self.sdm_start_step,
             **self.monitor.state_dict(),  # skipped_steps, head_weight_start
             "torch_rng": torch.get_rng_state(),
         }
@@ -146,6 +150,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.ce_ema = state["step"], state["ce_ema"]
+        if "sdm_start_step" in state:  # checkpoints from before sdm_start keep the config's own
+            self.sdm_start_step = None if state["sdm_start_step"] < 0 else state["sdm_start_step"]
         self.monitor.load_state_dict(state)
         # The micro-batch stream is a pure function of its seed and of how many batches were drawn:
         # drawing the same number again puts it where the checkpointed run was.
@@ -188,7 +194,9 @@ class Trainer:
         factor = lr_factor(self.step, cfg.lr_warmup_steps, cfg.max_steps)
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
-        sdm_weight = sdm_weight_at(self.step, cfg.ce_only_steps, cfg.sdm_ramp_steps, cfg.sdm_weight)
+        sdm_weight = 0.0  # CE-only until the phase's end is known (sdm_start=go_line: until CE leaves chance)
+        if self.sdm_start_step is not None:
+            sdm_weight = sdm_weight_at(self.step, self.sdm_start_step, cfg.sdm_ramp_steps, cfg.sdm_weight)
         if not self.data.has_captions:
             sdm_weight = 0.0  # no captions (Market-1501): identity CE only
 
@@ -210,6 +218,10 @@ class Trainer:
         # beta per batch of images: a step of k micro-batches weighs k batches, so ce_ema spans the same
         # images at any accumulation (the stopping rule and ASHA compare trials at equal images)
         self.ce_ema = ema(self.ce_ema, ce, cfg.ce_ema_beta**cfg.grad_accum_steps) if finite else float("nan")
+        if self.sdm_start_step is None and (
+            self.ce_ema <= go_line(self.chance_ce) or (cfg.sdm_start_cap is not None and self.step >= cfg.sdm_start_cap)
+        ):
+            self.sdm_start_step = self.step  # CE has left chance (or the cap is reached): the ramp starts next step
         return {
             "step": self.step,
             "samples": self.step * cfg.images_per_step,

@@ -86,6 +86,8 @@ def trial_row(trial: Trial, settings: SearchSettings) -> dict[str, Any]:
             "final_ce_ema": last.get("ce_ema"),
             "best_ce_ema": min(ce_emas) if ce_emas else None,
             "go_samples": next((r["samples"] for r in rows if go is not None and r["ce_ema"] <= go), None),
+            # the first step trained with SDM: where the CE-only phase ended (sdm_start=steps or go_line)
+            "sdm_start_step": next((r["step"] for r in rows if (r.get("sdm_weight") or 0) > 0), None),
             "wall_s": last.get("time_total_s"),
             # the Ray nodes that ran it, in order: more than one when it moved after a node was lost
             "node_ids": ";".join(dict.fromkeys(r["node_id"] for r in rows if r.get("node_id"))) or None,

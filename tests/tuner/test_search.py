@@ -18,7 +18,7 @@ def test_search_exits_0_and_writes_one_results_row_per_trial(learner_and_stuck):
     code, exp, table = learner_and_stuck
     assert code == 0
     assert len(table) == 2
-    assert {"trial_id", "head_lr", "end_reason", "steps", "samples", "final_ce_ema", "best_ce_ema", "go_samples", "wall_s"} <= set(table.columns)
+    assert {"trial_id", "head_lr", "end_reason", "steps", "samples", "final_ce_ema", "best_ce_ema", "go_samples", "wall_s", "sdm_start_step"} <= set(table.columns)
 
 
 def test_head_lr_1e_6_is_stopped_at_chance_within_one_report_of_the_grace_window(learner_and_stuck):
