@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import NoReturn
+from typing import NoReturn, Optional, Sequence
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -52,3 +52,11 @@ def shortcut_values(args: argparse.Namespace) -> dict[str, str]:
     """The config values the shortcut flags given stand for, as typed (no YAML parsing: a path stays a path).
     They apply after ``--config`` and ``--set``, and win."""
     return {key: getattr(args, key) for key in SHORTCUTS if getattr(args, key, None) is not None}
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]], prog: Optional[str] = None) -> argparse.Namespace:
+    """``argv`` parsed, with errors and help under ``prog``: the name the user typed (``reid-tune train``,
+    or the parser's own ``python -m ...``)."""
+    if prog:
+        parser.prog = prog
+    return parser.parse_args(argv)

@@ -22,7 +22,7 @@ from reid_core.chance import DEFAULT_CHANCE_MARGIN, DEFAULT_GRACE_STEPS, ChanceL
 from reid_core.config import TrainConfig
 from reid_core.diagnostics import diagnose
 from reid_core.errors import UserError, cli_exit
-from reid_core.flags import ArgumentParser, add_config_arguments, add_shortcut_arguments, shortcut_values
+from reid_core.flags import ArgumentParser, add_config_arguments, add_shortcut_arguments, parse_args, shortcut_values
 from reid_core.io import write_json_atomic
 from reid_core.preflight import preflight
 from reid_core.schema import COMPLETED, DIVERGED, METRIC_COLUMNS, STEP_METRICS, STUCK
@@ -254,9 +254,7 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> int:
     parser = build_parser()
-    if prog:
-        parser.prog = prog
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv, prog)
     try:
         if args.grace_steps < 1 or not args.chance_margin > 0:
             raise UserError(

@@ -28,7 +28,7 @@ from reid_core.contract import load_trainable, preflight_checks, probe, trainabl
 from reid_core.errors import UserError
 from reid_core.flags import SHORTCUTS
 from search_spaces import Domain, load_space
-from tuner.settings import SearchSettings
+from tuner.settings import settings_from_flags
 
 USER_METRICS = ("ce_ema", "ce")  # what every user's function reports (or the harness derives)
 
@@ -115,18 +115,12 @@ def user_search(args, experiment_dir: Callable[[Any], Path], log: Callable[[str]
         f"{args.trainable}: {per_step:g} images per optimizer step at the base config, chance CE {first['chance_ce']:.3f}; "
         f"each trial may see {max_samples} images ({args.max_steps} steps there), judged after {grace_samples}"
     )
-    settings = SearchSettings(
+    settings = settings_from_flags(
+        args,
         base=base,
         space={k: d.describe() for k, d in space.items()},
-        metric=args.metric,
-        mode=args.mode,
         grace_samples=grace_samples,
-        chance_margin=args.chance_margin,
         max_samples=max_samples,
-        num_trials=args.num_trials,
-        reduction_factor=args.reduction_factor,
-        seed=args.seed,
-        max_failures=args.max_failures,
         checkpoint_every=checkpoint_every,
         inject_fault=fault,
         trainable=args.trainable,

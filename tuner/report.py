@@ -24,7 +24,7 @@ import pandas as pd
 
 from reid_core.config import TrainConfig
 from reid_core.errors import UserError, cli_exit
-from reid_core.flags import ArgumentParser
+from reid_core.flags import ArgumentParser, parse_args
 from reid_core.io import write_text_atomic
 from reid_core.schema import END_REASONS
 from tuner.results import compute_account, objective_column, read_experiment, read_trials, results_frame
@@ -193,9 +193,7 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> int:
     p = build_parser()
-    if prog:
-        p.prog = prog
-    args = p.parse_args(argv)
+    args = parse_args(p, argv, prog)
     try:
         exp_dir = location(args.experiment, "experiment")
         if not is_folder(exp_dir, "experiment"):

@@ -25,7 +25,7 @@ from reid_core.chance import DEFAULT_CHANCE_MARGIN, DEFAULT_GRACE_STEPS
 from reid_core.contract import BudgetSpent, Reporter, call, load_trainable
 from reid_core.diagnostics import diagnose
 from reid_core.errors import UserError, cli_exit
-from reid_core.flags import ArgumentParser
+from reid_core.flags import ArgumentParser, parse_args
 from reid_core.io import write_json_atomic
 from reid_core.schema import COMPLETED, DIVERGED, STUCK
 from reid_core.train import RunWriter
@@ -59,9 +59,7 @@ def _exported(path: str) -> dict[str, Any]:
 
 def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> int:
     parser = build_parser()
-    if prog:
-        parser.prog = prog
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv, prog)
     try:
         for flag in ("max_steps", "grace_steps", "threads"):
             if getattr(args, flag) is not None and getattr(args, flag) < 1:

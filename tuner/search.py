@@ -24,13 +24,13 @@ import yaml
 from reid_core.chance import DEFAULT_CHANCE_MARGIN, DEFAULT_GRACE_STEPS
 from reid_core.config import TrainConfig, canonical_key, coerce_value
 from reid_core.errors import INTERRUPTED, UserError, cli_exit
-from reid_core.flags import ArgumentParser, add_config_arguments, add_shortcut_arguments, shortcut_values
+from reid_core.flags import ArgumentParser, add_config_arguments, add_shortcut_arguments, parse_args, shortcut_values
 from reid_core.schema import EVAL_METRICS
 from reid_core.train import load_cli_config
 from search_spaces import load_space
 from tuner.cluster import probe, use_token
 from tuner.driver import Resources, run
-from tuner.settings import SETTINGS_FILE, SearchSettings
+from tuner.settings import SETTINGS_FILE, SearchSettings, settings_from_flags
 from tuner.storage import Location, check_writable, location
 
 PROG = "python -m tuner.search"
@@ -259,18 +259,12 @@ def run_search(args) -> int:
         from reid_core.preflight import preflight
 
         preflight(base, overfit_head_lr=_best_head_lr(space, base), log=None if args.quiet else print)
-    settings = SearchSettings(
+    settings = settings_from_flags(
+        args,
         base=base.to_dict(),
         space={k: d.describe() for k, d in space.items()},
-        metric=args.metric,
-        mode=args.mode,
         grace_samples=args.grace_steps * base.batch_size,  # steps at accumulation 1, as the plain job counts them
-        chance_margin=args.chance_margin,
         max_samples=args.max_steps * base.images_per_step,
-        num_trials=args.num_trials,
-        reduction_factor=args.reduction_factor,
-        seed=args.seed,
-        max_failures=args.max_failures,
         checkpoint_every=checkpoint_every,
         inject_fault=fault,
     )
@@ -314,9 +308,7 @@ def _best_head_lr(space: dict, base: TrainConfig) -> float:
 
 def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> int:
     parser = build_parser()
-    if prog:
-        parser.prog = prog
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv, prog)
     try:
         _check_args(args)
         return run_search(args)

@@ -113,6 +113,21 @@ class SearchSettings:
             ) from None
 
 
+def settings_from_flags(args: Any, **values: Any) -> SearchSettings:
+    """The search's settings: what every search takes from its flags, plus ``values`` (base, space,
+    budgets in images, ...) that depend on the kind of search (ours, or a user's --trainable)."""
+    return SearchSettings(
+        metric=args.metric,
+        mode=args.mode,
+        chance_margin=args.chance_margin,
+        num_trials=args.num_trials,
+        reduction_factor=args.reduction_factor,
+        seed=args.seed,
+        max_failures=args.max_failures,
+        **values,
+    )
+
+
 def sampled_values(sampled: Mapping[str, Any], own_keys: bool = False) -> dict[str, Any]:
     """A trial's searched values (Ray's params.json) under today's field names (``own_keys``: a user's, as is)."""
     return dict(sampled) if own_keys else {canonical_key(k): v for k, v in sampled.items()}
