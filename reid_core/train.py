@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 from reid_core.chance import DEFAULT_CHANCE_MARGIN, DEFAULT_GRACE_STEPS, ChanceLevelRule, go_line
 from reid_core.config import TrainConfig
+from reid_core.dashboards import DEFAULT_MLFLOW_URI, MlflowLog
 from reid_core.diagnostics import diagnose
 from reid_core.errors import UserError, cli_exit
 from reid_core.flags import ArgumentParser, add_config_arguments, add_shortcut_arguments, parse_args, shortcut_values
@@ -237,6 +238,14 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--log-every", type=float, default=5.0, metavar="SECONDS", help="progress line interval")
     parser.add_argument("--preflight", action="store_true", help="run the search's pre-flight checks first")
     parser.add_argument(
+        "--mlflow",
+        nargs="?",
+        const=DEFAULT_MLFLOW_URI,
+        metavar="TRACKING_URI",
+        help=f"also log every step's metrics to an MLflow run (default store {DEFAULT_MLFLOW_URI}; needs pip install "
+        "'reid-tune[mlflow]')",
+    )
+    parser.add_argument(
         "--grace-steps",
         type=int,
         default=DEFAULT_GRACE_STEPS,
@@ -269,10 +278,20 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
         if args.preflight:
             preflight(cfg, log=print)
         writer = RunWriter(cfg, out, args.log_every, grace_steps=args.grace_steps, chance_margin=args.chance_margin)
+        dashboard = MlflowLog(args.mlflow, "reid-tune-train", out.name, cfg.to_dict()) if args.mlflow else None
+
+        def report(metrics: dict[str, Any]) -> None:
+            writer(metrics)
+            if dashboard is not None:
+                dashboard(metrics)
+
+        summary = None
         try:
-            summary = train(cfg, writer, log=print)
+            summary = train(cfg, report, log=print)
         finally:
             writer.close()
+            if dashboard is not None:
+                dashboard.close(failed=summary is None or summary["end_reason"] != COMPLETED)
     except UserError as err:
         return cli_exit(err, parser.prog)
     summary["chance_verdict"] = writer.verdict if writer.verdict == STUCK else None

@@ -75,6 +75,28 @@ def fast_reporting() -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Ray's legacy reporter honours verbose=0; ours prints instead
 
 
+@dataclass(frozen=True)
+class Loggers:
+    """Where every trial's per-step results go besides result.json (what the tables read)."""
+
+    tensorboard: bool = False  # TensorBoard event files per trial
+    mlflow: Optional[str] = None  # an MLflow tracking URI: one MLflow run per trial, in an experiment named as ours
+
+    def callbacks(self, exp_dir: Path) -> list:
+        """Ray Tune logger callbacks: result.json always (what tuner.results reads), then the asked-for ones."""
+        from ray.tune.logger import JsonLoggerCallback, TBXLoggerCallback
+
+        out = [JsonLoggerCallback()]
+        if self.tensorboard:
+            out.append(TBXLoggerCallback())
+        if self.mlflow:
+            from ray.air.integrations.mlflow import MLflowLoggerCallback
+
+            tags = {"reid_tune.experiment": str(exp_dir)}
+            out.append(MLflowLoggerCallback(self.mlflow, experiment_name=exp_dir.name, tags=tags))
+        return out
+
+
 class _DropMessages(logging.Filter):
     """Drops a logger's records that start with one of ``prefixes`` (and, when given, contain ``marker``)."""
 
@@ -122,7 +144,7 @@ def run(
     points: Optional[list[dict[str, Any]]] = None,
     resume: bool = False,
     quiet: bool = False,
-    tensorboard: bool = False,
+    loggers: Loggers = Loggers(),
 ) -> int:
     """Run (or, with ``resume``, continue) the search; returns the exit code of its summary.
 
@@ -134,7 +156,7 @@ def run(
     quiet_ray_logs()
     started_ray = connect(resources)
     try:
-        return _fit(settings, exp_dir, resources, space, points or [], resume, quiet, tensorboard)
+        return _fit(settings, exp_dir, resources, space, points or [], resume, quiet, loggers)
     except KeyboardInterrupt:  # the second Ctrl-C: out at once, Ray's own state as it was last saved
         from tuner.progress import resume_line
 
@@ -148,11 +170,10 @@ def run(
             ray.shutdown()
 
 
-def _fit(settings, exp_dir: Path, resources: Resources, space, points, resume: bool, quiet: bool, tensorboard: bool) -> int:
+def _fit(settings, exp_dir: Path, resources: Resources, space, points, resume: bool, quiet: bool, loggers: Loggers) -> int:
     import optuna
     import torch
     from ray import tune
-    from ray.tune.logger import JsonLoggerCallback, TBXLoggerCallback
 
     from tuner.progress import EndReasonRecorder, ProgressPrinter, summarise
     from tuner.schedulers import RecheckingASHA, rung_milestones
@@ -196,7 +217,7 @@ def _fit(settings, exp_dir: Path, resources: Resources, space, points, resume: b
         name=exp_dir.name,
         storage_path=str(exp_dir.parent),
         stop=stopper,
-        callbacks=[recorder, progress, JsonLoggerCallback(), *([TBXLoggerCallback()] if tensorboard else [])],
+        callbacks=[recorder, progress, *loggers.callbacks(exp_dir)],
         verbose=0,
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # only the newest: a retry needs no other

@@ -22,6 +22,7 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from reid_core.chance import DEFAULT_CHANCE_MARGIN, DEFAULT_GRACE_STEPS
+from reid_core.dashboards import DEFAULT_MLFLOW_URI, require_mlflow
 from reid_core.config import TrainConfig, canonical_key, coerce_value
 from reid_core.errors import INTERRUPTED, UserError, cli_exit
 from reid_core.flags import ArgumentParser, add_config_arguments, add_shortcut_arguments, parse_args, shortcut_values
@@ -29,7 +30,7 @@ from reid_core.schema import EVAL_METRICS
 from reid_core.train import load_cli_config
 from search_spaces import load_space
 from tuner.cluster import probe, use_token
-from tuner.driver import Resources, run
+from tuner.driver import Loggers, Resources, run
 from tuner.settings import SETTINGS_FILE, SearchSettings, settings_from_flags
 from tuner.storage import Location, check_writable, location
 
@@ -100,6 +101,14 @@ def build_parser() -> ArgumentParser:
     o.add_argument("--resume", action="store_true", help="continue the interrupted experiment --name")
     o.add_argument("--quiet", action="store_true", help="only the final summary")
     o.add_argument(
+        "--mlflow",
+        nargs="?",
+        const=DEFAULT_MLFLOW_URI,
+        metavar="TRACKING_URI",
+        help=f"log every trial's per-step metrics to MLflow, one run per trial (default store {DEFAULT_MLFLOW_URI}; "
+        "needs pip install 'reid-tune[mlflow]')",
+    )
+    o.add_argument(
         "--tensorboard",
         action="store_true",
         help="also write TensorBoard event files per trial (off by default: every result costs the driver time)",
@@ -124,8 +133,14 @@ def _check_metric(args) -> None:
         raise UserError(f"--metric {args.metric} is better when {word}: use --mode {better} (or leave --mode out)")
 
 
+def _loggers(args) -> Loggers:
+    return Loggers(tensorboard=args.tensorboard, mlflow=args.mlflow)
+
+
 def _check_args(args) -> None:
     _check_metric(args)
+    if args.mlflow:
+        require_mlflow()
 
     def positive(flag: str, value: Optional[float], allow_zero: bool = False) -> None:
         if value is None:
@@ -235,7 +250,7 @@ def run_search(args) -> int:
             load_trainable(settings.trainable, settings.trainable_root)  # still importable, before Ray starts
         else:
             _check_weights_and_data(settings.base_config, log)
-        return run(settings, exp_dir, resources, resume=True, quiet=args.quiet, tensorboard=args.tensorboard)
+        return run(settings, exp_dir, resources, resume=True, quiet=args.quiet, loggers=_loggers(args))
 
     # a trial that may be retried checkpoints, so the retry continues instead of starting over
     checkpoint_every = (
@@ -245,7 +260,7 @@ def run_search(args) -> int:
         from tuner.byo import user_search
 
         settings, exp_dir, space, points = user_search(args, _experiment_dir, log, checkpoint_every)
-        return run(settings, exp_dir, resources, space=space, points=points, quiet=args.quiet, tensorboard=args.tensorboard)
+        return run(settings, exp_dir, resources, space=space, points=points, quiet=args.quiet, loggers=_loggers(args))
 
     fault = _parse_fault(args.inject_fault)  # a bad spec fails before the minutes of checks below
     space = load_space(args.space)
@@ -269,7 +284,7 @@ def run_search(args) -> int:
         inject_fault=fault,
     )
     return run(
-        settings, exp_dir, resources, space=space, points=points, quiet=args.quiet, tensorboard=args.tensorboard
+        settings, exp_dir, resources, space=space, points=points, quiet=args.quiet, loggers=_loggers(args)
     )
 
 
