@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 from reid_core.chance import DEFAULT_CHANCE_MARGIN, DEFAULT_GRACE_STEPS, ChanceLevelRule, go_line
 from reid_core.config import TrainConfig
-from reid_core.diagnostics import diagnose
+from reid_core.diagnostics import Diagnosis, configured_lrs, diagnose
 from reid_core.errors import UserError, cli_exit
 from reid_core.flags import ArgumentParser, add_config_arguments, add_shortcut_arguments, parse_args, shortcut_values
 from reid_core.io import write_json_atomic
@@ -194,14 +194,18 @@ class RunWriter:
             self._file.flush()
             print(progress_line(metrics, self.max_steps, now - self._started), file=self.stream, flush=True)
 
+    def diagnosis(self) -> Optional[Diagnosis]:
+        """The likely cause of the run being stuck, from the rows so far and the configured LRs."""
+        return diagnose(self.rows, **configured_lrs(self.config))
+
     def say_stuck(self) -> None:
         """The seed team's Go/No-Go look: above the Go line and not clearly falling, and the likely cause."""
         last = self.rows[-1]
-        found = diagnose(self.rows)
+        found = self.diagnosis()
         print(
             f"stuck at chance after {last['step']} steps (the search would stop this trial here): ce_ema "
             f"{last['ce_ema']:.3f}, Go line {go_line(last['chance_ce'], self.chance_margin):.2f}, not clearly falling; "
-            f"likely cause: {found.line() if found else 'unknown'}",
+            f"likely cause: {found.block() if found else 'unknown'}",
             file=self.stream,
             flush=True,
         )
@@ -277,7 +281,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
         return cli_exit(err, parser.prog)
     summary["chance_verdict"] = writer.verdict if writer.verdict == STUCK else None
     summary["chance_verdict_step"] = writer.verdict_step if writer.verdict == STUCK else None
-    found = diagnose(writer.rows) if writer.verdict == STUCK else None
+    found = writer.diagnosis() if writer.verdict == STUCK else None
     summary["stuck_cause"] = found.cause if found else None
     write_json_atomic(out / "summary.json", summary)
     final = summary["final"]
