@@ -83,10 +83,17 @@ GRAD_COLLAPSE = 0.5  # head gradient fell to half its first value or less (tanh:
 BOUNDED_STD = 1.0  # logit std below 1 nat: the logits cannot separate 400 classes (healthy at 5x moved: >= 0.17, and rising)
 FLAT_CE = 0.05  # within 0.05 nats of chance: CE has not left it
 
-# Reference values of a healthy head (the seed's 权重范数基准): the default config (pretrained reid-tiny,
-# 400 ids, 300 steps, head LR 1e-3, 3e-3, 7.8e-3 and 1e-2, seeds 0-2: 12 runs), min-max at each step.
-# step -> metric -> (low, high). Measured by /tmp/cal14/ref.py (see the issue-14 report).
-HEALTHY_HEAD: dict[int, dict[str, tuple[float, float]]] = {}
+# Reference values of a healthy head (the seed's 权重范数基准): 12 healthy runs of the embedded default
+# (pretrained reid-tiny, 400 ids, 300 steps, CE-only 50) at head LR 1e-3, 3e-3, 7.8e-3 and 1e-2, seeds 0-2,
+# min-max at each step; all cross the Go line by step 100. Re-measure with `python benchmarks/healthy_head.py`.
+# step -> metric -> (low, high)
+HEALTHY_HEAD: dict[int, dict[str, tuple[float, float]]] = {
+    25: {"head_weight_change": (4.48, 37.8), "head_grad_norm": (2.02, 2.31), "logit_std": (0.19, 1.66)},
+    50: {"head_weight_change": (9.17, 60.4), "head_grad_norm": (2.07, 2.43), "logit_std": (0.42, 2.44)},
+    100: {"head_weight_change": (16.6, 83.9), "head_grad_norm": (1.83, 2.56), "logit_std": (0.803, 2.98)},
+    150: {"head_weight_change": (21.2, 96.9), "head_grad_norm": (1.92, 2.70), "logit_std": (1.07, 3.66)},
+    300: {"head_weight_change": (24.8, 105.0), "head_grad_norm": (1.91, 2.67), "logit_std": (1.26, 4.38)},
+}
 REFERENCE_METRICS = ("head_weight_change", "head_grad_norm", "logit_std")
 
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import pytest
 
 from reid_core.config import TrainConfig
-from reid_core.diagnostics import CAUSES, diagnose, stuck_cause
+from reid_core.diagnostics import CAUSES, HEALTHY_HEAD, diagnose, stuck_cause
 from reid_core.trainer import Trainer
 
 STEPS = 100
@@ -154,3 +154,11 @@ def test_evidence_quotes_the_configured_lrs_beside_the_applied_ones():
     assert f"last {rows[-1]['head_lr_applied']:.2g}" in found.evidence  # the decayed one, named as applied
     plain = stuck_cause(rows, margin=0.39, config={"lr_head": 1e-5})  # a user's config without our keys
     assert "head_lr_applied peak" in plain.evidence and "head_lr 1e-05" not in plain.evidence
+
+
+def test_a_stuck_head_is_shown_beside_the_healthy_reference_values():
+    found = diagnose(run({"head_lr": 1e-6, "seed": 3}, None, steps=50), head_lr=1e-6)
+    low, high = HEALTHY_HEAD[50]["head_weight_change"]
+    assert f"head_weight_change {found.reference.split('head_weight_change ')[1].split(' ')[0]}" in found.block()
+    assert f"(healthy {low:.3g}-{high:.3g})" in found.block() and "head_grad_norm" in found.block()
+    assert "logit_std" in found.reference and "step 50" in found.reference
