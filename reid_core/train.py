@@ -53,8 +53,9 @@ def train(
     ``report(metrics)`` (one call per step either way); ``resume`` (such a state) continues
     that run where it stopped, on the same curve.
 
-    Ends with ``end_reason`` ``completed`` (all ``max_steps`` done) or ``diverged``
-    (the loss became NaN/inf; the last report carries it). Raises `UserError`
+    Ends with ``end_reason`` ``completed`` (all ``max_steps`` done), ``diverged``
+    (the loss became NaN/inf; the last report carries it), or whatever ``report.stop_reason`` says
+    once it is set (a `RunWriter` with ``stop_when_stuck``: ``stuck_at_chance``). Raises `UserError`
     for bad data or config before the first step, so nothing is reported then.
 
     The reference implementation of the training-function contract (`reid_core.contract`):
@@ -108,6 +109,9 @@ def train(
         if diverged:
             log(f"diverged: {message}")
             break
+        if getattr(report, "stop_reason", None):  # the report's own verdict, e.g. the plain job's --stop-when-stuck
+            end_reason, message = report.stop_reason, f"stopped at step {metrics['step']}"  # type: ignore[union-attr]
+            break
 
     return {
         "end_reason": end_reason,
@@ -148,17 +152,19 @@ class RunWriter:
         cfg: TrainConfig | Mapping[str, Any],
         out: Path,
         log_every_s: float = 5.0,
-        stream=sys.stdout,
+        stream=None,
         grace_steps: int = DEFAULT_GRACE_STEPS,
         chance_margin: float = DEFAULT_CHANCE_MARGIN,
         *,
         grace_samples: Optional[float] = None,
         max_steps: Optional[int] = None,
+        stop_when_stuck: bool = False,
     ):
         """``cfg``: a `TrainConfig`, or a user's own config mapping (``reid-tune run``), which then
         gives ``grace_samples`` (images) and, if it knows it, ``max_steps``."""
         own = isinstance(cfg, TrainConfig)
-        self.cfg, self.out, self.log_every_s, self.stream = cfg, out, log_every_s, stream
+        self.cfg, self.out, self.log_every_s = cfg, out, log_every_s
+        self.stream = stream or sys.stdout  # read now: a captured or redirected stdout
         self.config = cfg.to_dict() if own else dict(cfg)  # what config.json holds
         self.max_steps = cfg.max_steps if own else max_steps
         self.chance_margin = chance_margin
@@ -166,6 +172,8 @@ class RunWriter:
         self.rule = ChanceLevelRule(grace_steps * cfg.batch_size if own else grace_samples, chance_margin)
         self.verdict: Optional[str] = None  # the rule's first verdict: what the search would have ended the trial as
         self.verdict_step: Optional[int] = None
+        self.stop_when_stuck = stop_when_stuck
+        self.stop_reason: Optional[str] = None  # set to stuck_at_chance at the verdict with stop_when_stuck: train() ends there
         self.rows: list[dict[str, Any]] = []  # kept for the diagnosis of a run stuck at chance
         self._file = None
         self._writer: Optional[csv.DictWriter] = None
@@ -188,6 +196,7 @@ class RunWriter:
             self.verdict, self.verdict_step = verdict, metrics["step"]
             if verdict == STUCK:
                 self.say_stuck()
+                self.stop_reason = STUCK if self.stop_when_stuck else None
         now = time.perf_counter()
         if now - self._last_log >= self.log_every_s or metrics["step"] == self.max_steps:
             self._last_log = now
@@ -241,6 +250,11 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--log-every", type=float, default=5.0, metavar="SECONDS", help="progress line interval")
     parser.add_argument("--preflight", action="store_true", help="run the search's pre-flight checks first")
     parser.add_argument(
+        "--stop-when-stuck",
+        action="store_true",
+        help="end the run where the search would stop it as stuck_at_chance (the seed's 'No-Go: stop first'); exit 1",
+    )
+    parser.add_argument(
         "--grace-steps",
         type=int,
         default=DEFAULT_GRACE_STEPS,
@@ -272,7 +286,14 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
             raise UserError(f"--out '{out}' is a file; pass a folder")
         if args.preflight:
             preflight(cfg, log=print)
-        writer = RunWriter(cfg, out, args.log_every, grace_steps=args.grace_steps, chance_margin=args.chance_margin)
+        writer = RunWriter(
+            cfg,
+            out,
+            args.log_every,
+            grace_steps=args.grace_steps,
+            chance_margin=args.chance_margin,
+            stop_when_stuck=args.stop_when_stuck,
+        )
         try:
             summary = train(cfg, writer, log=print)
         finally:
