@@ -112,6 +112,25 @@ def _head_lr_zeroed_after(step: int) -> Plant:  # a scheduler that zeroes the he
     return plant
 
 
+def _collapse_features(t: Trainer) -> None:  # every image gets the batch's mean feature (a collapsed backbone)
+    inner = t.model.identity_logits
+    t.model.identity_logits = lambda f: inner(f.mean(0, keepdim=True).expand_as(f) + 1e-3 * torch.randn_like(f))
+
+
+def _bnneck_eval_after(step: int) -> Plant:  # the BNNeck switched to eval mode (running statistics) from `step` on
+    def plant(t: Trainer) -> None:
+        inner = t.train_step
+
+        def train_step():
+            if t.step >= step:
+                t.model.bnneck.eval()  # the Trainer never calls model.train() again: it stays so
+            return inner()
+
+        t.train_step = train_step
+
+    return plant
+
+
 @dataclass(frozen=True)
 class Kind:
     expected: str  # the cause it should be named; UNKNOWN where we have none; HEALTHY for healthy runs
@@ -135,6 +154,8 @@ KINDS: dict[str, Kind] = {
     ),
     "amp_skipped_steps": Kind("amp_skipped_steps", (("inf grads", {}, _grad_hook(float("inf"))), ("nan grads", {}, _grad_hook(float("nan"))))),
     "head_lr_zeroed": Kind("lr_too_low", (("after step 3", {}, _head_lr_zeroed_after(3)), ("after step 5", {}, _head_lr_zeroed_after(5)))),
+    "features_collapsed": Kind(UNKNOWN, (("batch mean", {}, _collapse_features), ("batch mean, random init", RAND, _collapse_features))),
+    "bnneck_eval": Kind(UNKNOWN, (("eval from step 0", RAND, _bnneck_eval_after(0)), ("eval from step 5", RAND, _bnneck_eval_after(5)))),
     "logit_scale_tiny": Kind(UNKNOWN, (("x0.01", {}, _logits(lambda x: 0.01 * x)), ("x0.005", {}, _logits(lambda x: 0.005 * x)))),
     "label_smoothing_near_1": Kind(UNKNOWN, (("0.99", {"label_smoothing": 0.99}, None), ("0.95", {"label_smoothing": 0.95}, None))),
     HEALTHY: Kind(
