@@ -27,6 +27,9 @@ from reid_core.trainer import Trainer
 OVERFIT_BATCHES = 8  # micro-batches replayed by the overfit run (256 images at batch 32)
 OVERFIT_STEPS = 60  # optimizer steps of the overfit run
 OVERFIT_TARGET = 0.5  # the overfit run must end at ce_ema <= OVERFIT_TARGET * log(C)
+# Tried when the space's top head LR cannot overfit: the default's head LR. On the default it overfits
+# to ce_ema ~0.3 in 60 steps; 1e-6 stays at chance (5.99). If it learns, the LR was the problem, not the data.
+KNOWN_GOOD_HEAD_LR = 1e-2
 
 
 class PreflightError(UserError):
@@ -118,9 +121,40 @@ def _check_wiring(trainer: Trainer) -> None:
 def _check_overfit(cfg: TrainConfig, data: ReIDData, head_lr: float) -> float:
     """A few hundred images, the best head LR, a short run: CE must fall well below chance.
 
-    The same ``OVERFIT_BATCHES`` micro-batches are replayed for ``OVERFIT_STEPS`` steps: a head
-    that can learn at all memorises them; one that cannot stays at chance.
+    If it does not, the same run at `KNOWN_GOOD_HEAD_LR` tells a head LR too low (that one learns:
+    the message names ``head_lr``) from labels, head or data that nothing can learn from.
     """
+    ce, chance, images = _overfit_ce(cfg, data, head_lr)
+    if _learned(ce, chance):
+        return ce
+    target = OVERFIT_TARGET * chance
+    tried = (
+        f"{OVERFIT_STEPS} steps over the same {images} images at head_lr {head_lr:.2g} left ce_ema at {ce:.2f} "
+        f"(chance {chance:.2f}, needed <= {target:.2f})"
+    )
+    if head_lr < KNOWN_GOOD_HEAD_LR:
+        good_ce, _, _ = _overfit_ce(cfg, data, KNOWN_GOOD_HEAD_LR)
+        if _learned(good_ce, chance):
+            raise PreflightError(
+                "lr_too_low",
+                f"{tried}; head_lr {KNOWN_GOOD_HEAD_LR:g} reached {good_ce:.2f}, so head_lr {head_lr:.2g} is too low",
+                fix=f"raise head_lr (the top of the search space's range) from {head_lr:.2g} to at least {KNOWN_GOOD_HEAD_LR:g}",
+            )
+        tried += f", and head_lr {KNOWN_GOOD_HEAD_LR:g} left it at {good_ce:.2f}"
+    raise PreflightError(
+        "cannot_overfit",
+        f"{tried}, so no trial could learn",
+        fix="check the labels, the identity head and the data before searching (--skip-preflight to search anyway)",
+    )
+
+
+def _learned(ce: float, chance: float) -> bool:
+    return math.isfinite(ce) and ce <= OVERFIT_TARGET * chance
+
+
+def _overfit_ce(cfg: TrainConfig, data: ReIDData, head_lr: float) -> tuple[float, float, int]:
+    """``(ce_ema, chance, images)`` after ``OVERFIT_STEPS`` steps replaying the same ``OVERFIT_BATCHES``
+    micro-batches: a head that can learn at all memorises them; one that cannot stays at chance."""
     overfit_cfg = dataclasses.replace(
         cfg,
         head_lr=head_lr,
@@ -134,13 +168,4 @@ def _check_overfit(cfg: TrainConfig, data: ReIDData, head_lr: float) -> float:
     metrics = {}
     for _ in range(OVERFIT_STEPS):
         metrics = trainer.train_step()
-    ce, chance = metrics["ce_ema"], trainer.chance_ce
-    if not (math.isfinite(ce) and ce <= OVERFIT_TARGET * chance):
-        images = sum(len(batch[1]) for batch in fixed)
-        raise PreflightError(
-            "cannot_overfit",
-            f"{OVERFIT_STEPS} steps over the same {images} images at head LR {head_lr:.2g} left ce_ema at {ce:.2f} "
-            f"(chance {chance:.2f}, needed <= {OVERFIT_TARGET * chance:.2f}), so no trial could learn",
-            fix="check the labels, the identity head and the data before searching (--skip-preflight to search anyway)",
-        )
-    return ce
+    return metrics["ce_ema"], trainer.chance_ce, sum(len(batch[1]) for batch in fixed)

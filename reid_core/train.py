@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 from reid_core.chance import DEFAULT_CHANCE_MARGIN, DEFAULT_GRACE_STEPS, ChanceLevelRule, go_line
 from reid_core.config import TrainConfig
 from reid_core.dashboards import DEFAULT_MLFLOW_URI, MlflowLog
-from reid_core.diagnostics import diagnose
+from reid_core.diagnostics import Diagnosis, configured_lrs, diagnose
 from reid_core.errors import UserError, cli_exit
 from reid_core.flags import ArgumentParser, add_config_arguments, add_shortcut_arguments, parse_args, shortcut_values
 from reid_core.io import write_json_atomic
@@ -54,8 +54,9 @@ def train(
     ``report(metrics)`` (one call per step either way); ``resume`` (such a state) continues
     that run where it stopped, on the same curve.
 
-    Ends with ``end_reason`` ``completed`` (all ``max_steps`` done) or ``diverged``
-    (the loss became NaN/inf; the last report carries it). Raises `UserError`
+    Ends with ``end_reason`` ``completed`` (all ``max_steps`` done), ``diverged``
+    (the loss became NaN/inf; the last report carries it), or whatever ``report.stop_reason`` says
+    once it is set (a `RunWriter` with ``stop_when_stuck``: ``stuck_at_chance``). Raises `UserError`
     for bad data or config before the first step, so nothing is reported then.
 
     The reference implementation of the training-function contract (`reid_core.contract`):
@@ -109,6 +110,9 @@ def train(
         if diverged:
             log(f"diverged: {message}")
             break
+        if getattr(report, "stop_reason", None):  # the report's own verdict, e.g. the plain job's --stop-when-stuck
+            end_reason, message = report.stop_reason, f"stopped at step {metrics['step']}"  # type: ignore[union-attr]
+            break
 
     return {
         "end_reason": end_reason,
@@ -149,17 +153,21 @@ class RunWriter:
         cfg: TrainConfig | Mapping[str, Any],
         out: Path,
         log_every_s: float = 5.0,
-        stream=sys.stdout,
+        stream=None,
         grace_steps: int = DEFAULT_GRACE_STEPS,
         chance_margin: float = DEFAULT_CHANCE_MARGIN,
         *,
         grace_samples: Optional[float] = None,
         max_steps: Optional[int] = None,
+        stop_when_stuck: bool = False,
+        dashboard: Optional[Callable[[dict[str, Any]], None]] = None,
     ):
         """``cfg``: a `TrainConfig`, or a user's own config mapping (``reid-tune run``), which then
-        gives ``grace_samples`` (images) and, if it knows it, ``max_steps``."""
+        gives ``grace_samples`` (images) and, if it knows it, ``max_steps``; ``dashboard``: also
+        called with every step's metrics (``--mlflow``: `reid_core.dashboards.MlflowLog`)."""
         own = isinstance(cfg, TrainConfig)
-        self.cfg, self.out, self.log_every_s, self.stream = cfg, out, log_every_s, stream
+        self.cfg, self.out, self.log_every_s = cfg, out, log_every_s
+        self.stream = stream or sys.stdout  # read now: a captured or redirected stdout
         self.config = cfg.to_dict() if own else dict(cfg)  # what config.json holds
         self.max_steps = cfg.max_steps if own else max_steps
         self.chance_margin = chance_margin
@@ -167,6 +175,9 @@ class RunWriter:
         self.rule = ChanceLevelRule(grace_steps * cfg.batch_size if own else grace_samples, chance_margin)
         self.verdict: Optional[str] = None  # the rule's first verdict: what the search would have ended the trial as
         self.verdict_step: Optional[int] = None
+        self.stop_when_stuck = stop_when_stuck
+        self.dashboard = dashboard
+        self.stop_reason: Optional[str] = None  # set to stuck_at_chance at the verdict with stop_when_stuck: train() ends there
         self.rows: list[dict[str, Any]] = []  # kept for the diagnosis of a run stuck at chance
         self._file = None
         self._writer: Optional[csv.DictWriter] = None
@@ -183,26 +194,33 @@ class RunWriter:
             self._writer = csv.DictWriter(self._file, fieldnames=columns, restval="", extrasaction="ignore")
             self._writer.writeheader()
         self._writer.writerow(metrics)
+        if self.dashboard is not None:
+            self.dashboard(metrics)
         self.rows.append({k: metrics[k] for k in STEP_METRICS if k in metrics})
         verdict = self.rule(metrics) if self.verdict is None else None
         if verdict is not None:
             self.verdict, self.verdict_step = verdict, metrics["step"]
             if verdict == STUCK:
                 self.say_stuck()
+                self.stop_reason = STUCK if self.stop_when_stuck else None
         now = time.perf_counter()
         if now - self._last_log >= self.log_every_s or metrics["step"] == self.max_steps:
             self._last_log = now
             self._file.flush()
             print(progress_line(metrics, self.max_steps, now - self._started), file=self.stream, flush=True)
 
+    def diagnosis(self) -> Optional[Diagnosis]:
+        """The likely cause of the run being stuck, from the rows so far and the configured LRs."""
+        return diagnose(self.rows, **configured_lrs(self.config))
+
     def say_stuck(self) -> None:
         """The seed team's Go/No-Go look: above the Go line and not clearly falling, and the likely cause."""
         last = self.rows[-1]
-        found = diagnose(self.rows)
+        found = self.diagnosis()
         print(
             f"stuck at chance after {last['step']} steps (the search would stop this trial here): ce_ema "
             f"{last['ce_ema']:.3f}, Go line {go_line(last['chance_ce'], self.chance_margin):.2f}, not clearly falling; "
-            f"likely cause: {found.line() if found else 'unknown'}",
+            f"likely cause: {found.block() if found else 'unknown'}",
             file=self.stream,
             flush=True,
         )
@@ -237,6 +255,11 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--out", metavar="DIR", help="run folder (default: runs/train-TIMESTAMP)")
     parser.add_argument("--log-every", type=float, default=5.0, metavar="SECONDS", help="progress line interval")
     parser.add_argument("--preflight", action="store_true", help="run the search's pre-flight checks first")
+    parser.add_argument(
+        "--stop-when-stuck",
+        action="store_true",
+        help="end the run where the search would stop it as stuck_at_chance (the seed's 'No-Go: stop first'); exit 1",
+    )
     parser.add_argument(
         "--mlflow",
         nargs="?",
@@ -277,17 +300,19 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
             raise UserError(f"--out '{out}' is a file; pass a folder")
         if args.preflight:
             preflight(cfg, log=print)
-        writer = RunWriter(cfg, out, args.log_every, grace_steps=args.grace_steps, chance_margin=args.chance_margin)
         dashboard = MlflowLog(args.mlflow, "reid-tune-train", out.name, cfg.to_dict()) if args.mlflow else None
-
-        def report(metrics: dict[str, Any]) -> None:
-            writer(metrics)
-            if dashboard is not None:
-                dashboard(metrics)
-
+        writer = RunWriter(
+            cfg,
+            out,
+            args.log_every,
+            grace_steps=args.grace_steps,
+            chance_margin=args.chance_margin,
+            stop_when_stuck=args.stop_when_stuck,
+            dashboard=dashboard,
+        )
         summary = None
         try:
-            summary = train(cfg, report, log=print)
+            summary = train(cfg, writer, log=print)
         finally:
             writer.close()
             if dashboard is not None:
@@ -296,7 +321,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
         return cli_exit(err, parser.prog)
     summary["chance_verdict"] = writer.verdict if writer.verdict == STUCK else None
     summary["chance_verdict_step"] = writer.verdict_step if writer.verdict == STUCK else None
-    found = diagnose(writer.rows) if writer.verdict == STUCK else None
+    found = writer.diagnosis() if writer.verdict == STUCK else None
     summary["stuck_cause"] = found.cause if found else None
     write_json_atomic(out / "summary.json", summary)
     final = summary["final"]

@@ -27,7 +27,7 @@ from reid_core.errors import UserError, cli_exit
 from reid_core.flags import ArgumentParser, parse_args
 from reid_core.io import write_text_atomic
 from reid_core.schema import END_REASONS
-from tuner.results import compute_account, objective_column, read_experiment, read_trials, results_frame
+from tuner.results import compute_account, objective_column, read_experiment, read_trials, results_frame, stuck_diagnoses
 from tuner.settings import SearchSettings
 from tuner.storage import Location, is_folder, location
 
@@ -85,6 +85,13 @@ def _cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def healthy_head_text(frame: pd.DataFrame, trials, settings: SearchSettings) -> str:
+    """Under the table: each stuck trial's head beside a healthy head's reference values (the seed's 权重范数基准)."""
+    found = stuck_diagnoses(trials, frame, settings)
+    lines = [f"  {trial_id} ({d.cause}): {d.reference}" for trial_id, d in found.items() if d.reference]
+    return "".join(f"{line}\n" for line in ["stuck trials' heads vs a healthy head:", *lines]) if lines else ""
 
 
 def account_text(frame: pd.DataFrame, settings: SearchSettings) -> str:
@@ -226,6 +233,8 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
         write_text_atomic(args.out, text)
     else:
         sys.stdout.write(text)
+    if args.format == "table" and not args.out:
+        print(healthy_head_text(filtered(frame, args.reason, args.top), trials, settings), end="")
     if args.format == "table" or args.out:
         print(account_text(frame, settings))
         if not args.no_plots and not frame.empty:

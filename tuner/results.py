@@ -17,6 +17,7 @@ import pandas as pd
 
 from reid_core.chance import first_verdict
 from reid_core.diagnostics import stuck_cause
+from reid_core.errors import UserError
 from reid_core.schema import ASHA, COMPLETED, END_REASONS, ERROR, RENAMED_METRICS, STUCK
 from tuner.ray_files import TrialFiles, read_trial_folders
 from tuner.settings import SearchSettings, end_reason, sampled_values
@@ -73,7 +74,7 @@ def trial_row(trial: Trial, settings: SearchSettings) -> dict[str, Any]:
     for key in settings.space:
         row[key] = trial.sampled.get(key)
     row["end_reason"], disagreement = trial_end_reason(trial, settings)
-    cause = stuck_cause(trial.rows, settings.chance_margin) if row["end_reason"] == STUCK else None
+    cause = stuck_cause(trial.rows, settings.chance_margin, trial_config_or_none(trial, settings)) if row["end_reason"] == STUCK else None
     row["stuck_cause"] = (cause.cause if cause else "unknown") if row["end_reason"] == STUCK else None  # no evidence, no guess
     rows = trial.rows
     last = rows[-1] if rows else {}
@@ -103,6 +104,26 @@ def trial_row(trial: Trial, settings: SearchSettings) -> dict[str, Any]:
     row["chance_ce"] = last.get("chance_ce")
     row["trial_dir"] = trial.path.name
     return row
+
+
+def trial_config_or_none(trial: Trial, settings: SearchSettings) -> Any:
+    """The trial's config, for the diagnosis to quote its configured LRs; None when it no longer builds."""
+    try:
+        return settings.trial_config(trial.sampled)
+    except (UserError, ValueError, TypeError):
+        return None
+
+
+def stuck_diagnoses(trials: list[Trial], frame: pd.DataFrame, settings: SearchSettings) -> dict[str, Any]:
+    """trial_id -> `reid_core.diagnostics.Diagnosis` of each trial stopped at chance that has head metrics."""
+    by_id = {t.trial_id: t for t in trials}
+    out = {}
+    for trial_id in frame.loc[frame["end_reason"] == STUCK, "trial_id"] if not frame.empty else ():
+        trial = by_id[trial_id]
+        found = stuck_cause(trial.rows, settings.chance_margin, trial_config_or_none(trial, settings))
+        if found is not None:
+            out[trial_id] = found
+    return out
 
 
 def objective_column(settings: SearchSettings) -> str:

@@ -23,7 +23,6 @@ from typing import Any, Optional, Sequence
 
 from reid_core.chance import DEFAULT_CHANCE_MARGIN, DEFAULT_GRACE_STEPS
 from reid_core.contract import BudgetSpent, Reporter, call, load_trainable
-from reid_core.diagnostics import diagnose
 from reid_core.errors import UserError, cli_exit
 from reid_core.flags import ArgumentParser, parse_args
 from reid_core.io import write_json_atomic
@@ -126,7 +125,7 @@ class PlainRun:
         self.reporter = Reporter(self._forward)
         returned = call(fn, self.config, self.reporter, threads)
         writer, last = self.writer, self.reporter.last
-        found = diagnose(writer.rows) if writer.verdict == STUCK else None
+        found = writer.diagnosis() if writer.verdict == STUCK else None
         ce_emas = [r["ce_ema"] for r in writer.rows if math.isfinite(r["ce_ema"])]
         summary = {
             **returned,  # what the function returned, under the harness's keys

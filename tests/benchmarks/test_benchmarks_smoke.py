@@ -32,6 +32,7 @@ SMOKES = {
     "simulate": ["--trials", "30", "--workers", "4", "--max-steps", "60", "--grace-steps", "20"],
     "driver_rate": ["--trials", "4", "--max-steps", "10", "--grace-steps", "5"],
     "monitor_cost": ["--steps", "2", "--warmup", "1", *TINY],
+    "diagnosis": ["--seeds", "1", "--configs", "b32", "--kinds", "lr_too_low", "healthy", "--steps", "8", "--grace-steps", "4", *TINY],
 }
 
 RATIO_LINES = {
@@ -42,6 +43,8 @@ RATIO_LINES = {
     "simulate": r"\d+ policy runs of \d+ trials in \d+\.\d s: \d+ trials/s",
     "driver_rate": r"\d+ results/s, \d+\.\d trials/s",
     "monitor_cost": r"monitor share of a step: -?\d+\.\d{4}",
+    "diagnosis": r"top-1 \d\.\d{3}, wrong-cause \d\.\d{3}, unknown \d\.\d{3}, healthy stopped or named \d+ of \d+, "
+    r"median detection step (\d+|nan), wall \d+ s",
 }
 
 
@@ -137,6 +140,7 @@ def scripts():
         ("step_throughput", ["--set", "head_lrr=1"], "did you mean 'head_lr'"),
         ("early_stop", ["--space", "no-such-space"], "no-such-space"),
         ("stuck_latency", ["/no/such/experiment"], "/no/such/experiment"),
+        ("diagnosis", ["--kinds", "no_such_kind"], "unknown kind 'no_such_kind'"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(scripts, name, argv, message, capsys):

@@ -152,6 +152,18 @@ def test_diverged_run_exits_1_and_says_why(tmp_path: Path, capsys):
     assert "diverged" in capsys.readouterr().out
 
 
+def test_stop_when_stuck_ends_the_run_at_the_verdict_with_its_diagnosis(tmp_path: Path, capsys):
+    out = tmp_path / "run"
+    args = ["--set", "head_lr=1e-6", "max_steps=200", "ce_only_steps=200", "--grace-steps", "20", "--log-every", "60"]
+    assert run_main([*args, "--stop-when-stuck", "--out", str(out)]) == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["end_reason"] == "stuck_at_chance" and summary["stuck_cause"] == "lr_too_low"
+    assert summary["steps"] == summary["chance_verdict_step"] < 200  # stopped where the search would stop it
+    assert len(read_rows(out / "metrics.csv")) == summary["steps"]
+    printed = capsys.readouterr().out
+    assert "lr_too_low" in printed and "head_lr 1e-06" in printed and "(healthy " in printed  # the diagnosis, printed
+
+
 def test_refuses_to_overwrite_a_run(run_dir: Path, capsys):
     before = (run_dir / "metrics.csv").read_text()
     assert run_main(["--set", *SMALL, "--out", str(run_dir)]) == 2

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import pytest
 
 from reid_core.config import TrainConfig
-from reid_core.diagnostics import CAUSES, diagnose, stuck_cause
+from reid_core.diagnostics import CAUSES, HEALTHY_HEAD, diagnose, stuck_cause
 from reid_core.trainer import Trainer
 
 STEPS = 100
@@ -89,3 +89,76 @@ def test_healthy_run_gets_no_stuck_cause():
 
 def test_a_stuck_run_gets_its_cause_through_stuck_cause():
     assert stuck_cause(run({"head_lr": 1e-6}, None, steps=30), margin=0.39).cause == "lr_too_low"
+
+
+# --- faults planted otherwise than the thresholds were calibrated on --------------------------------------
+# Calibration (reid_core/diagnostics.py): seed 0, tanh(logits), an unscaled cosine classifier, randperm-shuffled
+# labels. Judged here: seed 3, clamp / softsign logits, labels rolled by one, a logit scale of 0.01.
+
+
+def squash(fn):
+    def plant(t: Trainer) -> None:
+        inner = t.model.identity_logits
+        t.model.identity_logits = lambda f: fn(inner(f))
+
+    return plant
+
+
+def roll_labels(t: Trainer) -> None:
+    inner = t.stream
+    t.stream = ((images, labels.roll(1), tokens) for images, labels, tokens in inner)
+
+
+@pytest.mark.parametrize(
+    "plant, expected",
+    [
+        (squash(lambda x: x.clamp(-1, 1)), "bounded_logits"),  # squashed logits: the head moves ~50x, not lr_too_low
+        (squash(F.softsign), "bounded_logits"),
+    ],
+)
+def test_logits_squashed_into_minus_one_one_are_bounded_not_lr_too_low(plant, expected):
+    rows = run({"pretrained": None, "seed": 3}, plant)
+    assert rows[-1]["ce_ema"] > rows[-1]["chance_ce"] - 0.39
+    found = diagnose(rows, head_lr=1e-2)
+    assert found.cause == expected, found.block()
+
+
+def test_labels_rolled_by_one_carry_no_signal():
+    found = diagnose(run({"seed": 3}, roll_labels), head_lr=1e-2)
+    assert found.cause == "labels_no_signal", found.block()
+
+
+def test_a_fault_no_cause_fits_is_unknown_with_the_evidence_against_each_and_the_checklist():
+    rows = run({"seed": 3}, squash(lambda x: 0.01 * x), steps=60)  # a logit scale far too small: no cause of ours
+    assert rows[-1]["ce_ema"] > rows[-1]["chance_ce"] - 0.39
+    found = diagnose(rows, head_lr=1e-2)
+    assert found.cause == "unknown", found.block()
+    block = found.block()
+    assert all(f"not {cause}:" in block for cause in CAUSES)  # the evidence against each known cause
+    assert "after the BNNeck" in block and "no_grad" in block and "optimizer" in block and "labels" in block
+    assert "head moved" in found.line() and len(block.splitlines()) <= 10  # one short block
+
+
+def test_a_healthy_run_judged_too_early_is_not_blamed_on_its_labels_or_lr():
+    rows = run({"head_lr": 7.8e-3, "seed": 4}, None, steps=9)  # moved > 5x, ce_ema still at chance (it lags)
+    assert rows[-1]["head_weight_change"] >= 5 and rows[-1]["ce_ema"] > rows[-1]["chance_ce"] - 0.05
+    assert diagnose(rows, head_lr=7.8e-3).cause == "unknown"
+
+
+def test_evidence_quotes_the_configured_lrs_beside_the_applied_ones():
+    rows = run({"head_lr": 1e-5, "seed": 3}, None, steps=40)  # max_steps=40: cosine decays to ~0 by the last step
+    config = TrainConfig(head_lr=1e-5, backbone_lr=2e-5)
+    found = stuck_cause(rows, margin=0.39, config=config)
+    assert found.cause == "lr_too_low"
+    assert "head_lr 1e-05" in found.evidence and "backbone_lr 2e-05" in found.evidence
+    assert f"last {rows[-1]['head_lr_applied']:.2g}" in found.evidence  # the decayed one, named as applied
+    plain = stuck_cause(rows, margin=0.39, config={"lr_head": 1e-5})  # a user's config without our keys
+    assert "head_lr_applied peak" in plain.evidence and "head_lr 1e-05" not in plain.evidence
+
+
+def test_a_stuck_head_is_shown_beside_the_healthy_reference_values():
+    found = diagnose(run({"head_lr": 1e-6, "seed": 3}, None, steps=50), head_lr=1e-6)
+    low, high = HEALTHY_HEAD[50]["head_weight_change"]
+    assert f"head_weight_change {found.reference.split('head_weight_change ')[1].split(' ')[0]}" in found.block()
+    assert f"(healthy {low:.3g}-{high:.3g})" in found.block() and "head_grad_norm" in found.block()
+    assert "logit_std" in found.reference and "step 50" in found.reference

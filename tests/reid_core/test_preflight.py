@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 import pytest
 
+import reid_core.preflight
 import reid_core.trainer
 from reid_core.config import TrainConfig
 from reid_core.errors import UserError
@@ -48,8 +49,14 @@ def test_cosine_classifier_without_scale(monkeypatch):
         preflight(TrainConfig())
 
 
-def test_a_head_lr_that_cannot_learn_stops_the_search_before_it_starts():
-    with pytest.raises(PreflightError, match="cannot_overfit: .* so no trial could learn"):
+def test_a_head_lr_that_cannot_learn_is_named_when_a_known_good_one_learns():
+    with pytest.raises(PreflightError, match=r"lr_too_low: .*at head_lr 1e-06 .*head_lr 0.01 reached .*raise head_lr .* from 1e-06"):
+        preflight(TrainConfig(), overfit_head_lr=1e-6)
+
+
+def test_when_no_head_lr_learns_the_labels_head_and_data_are_blamed(monkeypatch):
+    monkeypatch.setattr(reid_core.preflight, "OVERFIT_TARGET", 0.0)  # a bar no head LR can clear
+    with pytest.raises(PreflightError, match=r"cannot_overfit: .*at head_lr 1e-06 .*and head_lr 0.01 left it at .*check the labels"):
         preflight(TrainConfig(), overfit_head_lr=1e-6)
 
 
@@ -62,5 +69,5 @@ def test_plain_job_runs_the_same_checks_with_a_flag(tmp_path, capsys):
     out = tmp_path / "run"
     code = train_main(["--preflight", "--set", "head_lr=1e-6", "max_steps=5", "--out", str(out)])
     err = capsys.readouterr().err
-    assert code == 2 and "pre-flight: cannot_overfit" in err and err.count("\n") == 1
+    assert code == 2 and "pre-flight: lr_too_low" in err and "head_lr 1e-06" in err and err.count("\n") == 1
     assert not out.exists()

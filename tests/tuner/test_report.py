@@ -11,6 +11,7 @@ import sys
 import pandas as pd
 import pytest
 
+from reid_core.diagnostics import HEALTHY_HEAD
 from reid_core.train import main as train_main
 from tuner.report import load, main
 
@@ -131,3 +132,11 @@ def test_an_experiment_written_with_the_old_names_still_reads(learner_and_stuck,
     columns = ["trial_id", "head_lr", "end_reason", "stuck_cause", "steps", "final_ce_ema"]
     pd.testing.assert_frame_equal(load(old)[columns], load(exp)[columns])
     assert set(load(old).end_reason) == {"completed", "stuck_at_chance"}
+
+
+def test_table_shows_the_stuck_trials_head_beside_a_healthy_one(exp, capsys):
+    assert main([str(exp), "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if "(lr_too_low):" in line)  # the head LR 1e-6 trial
+    low, high = HEALTHY_HEAD[50]["head_weight_change"]  # stopped at its grace window, step 60: the table's step 50
+    assert "head_weight_change 0.0" in line and f"(healthy {low:.3g}-{high:.3g})" in line and "logit_std" in line

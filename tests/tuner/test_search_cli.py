@@ -76,3 +76,23 @@ def test_real_command_line_prints_no_traceback(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "python -m tuner.search: error: unknown search space 'nope'; shipped: default, head_lr, or pass a .yaml path"
     ]
+
+
+def test_a_space_whose_top_head_lr_is_1e_6_is_refused_in_seconds_naming_head_lr(tmp_path, capsys, monkeypatch):
+    import time
+
+    import tuner.search
+
+    def driver_started(*args, **kwargs):  # the Ray driver (tuner.driver.run): must not be reached
+        raise AssertionError("the search reached the Ray driver")
+
+    monkeypatch.setattr(tuner.search, "run", driver_started)
+    storage = tmp_path / "results"
+    started = time.perf_counter()
+    code = main([*bad_space(tmp_path, "head_lr: {loguniform: [1.0e-7, 1.0e-6]}"), "--storage-path", str(storage), "--name", "exp"])
+    took = time.perf_counter() - started
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "pre-flight: lr_too_low" in err and "head_lr 1e-06" in err and "head_lr 0.01 reached" in err
+    assert took < 60  # the pre-flight's two overfit runs; measured ~10 s on this machine with 3 agents
+    assert not storage.exists()  # refused before Ray started: nothing written
