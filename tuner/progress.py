@@ -53,10 +53,13 @@ class EndReasonRecorder(Callback):
     def _record(self, trial, reason: str) -> None:
         self.reasons[trial.trial_id] = reason
         last = self.latest.get(trial.trial_id, {})
+        # Straight into the trial's folder in the experiment's storage: Ray writes its own files to a staging
+        # folder on the driver and copies them there now and then, so the folder may not be there yet.
         folder = self._exp_dir / Path(trial.path).name
-        if isinstance(folder, StoragePath) or folder.is_dir():  # on local disk, once Ray has made the folder
-            record = {"trial_id": trial.trial_id, "end_reason": reason, "step": last.get("step", 0), "samples": last.get("samples", 0)}
-            write_json_atomic(folder / END_REASON_FILE, record)
+        if not isinstance(folder, StoragePath):
+            folder.mkdir(parents=True, exist_ok=True)
+        record = {"trial_id": trial.trial_id, "end_reason": reason, "step": last.get("step", 0), "samples": last.get("samples", 0)}
+        write_json_atomic(folder / END_REASON_FILE, record)
 
 
 class ProgressPrinter(Callback):
