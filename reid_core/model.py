@@ -76,7 +76,7 @@ def build_model(cfg: TrainConfig, num_classes: int) -> ReIDModel:
     if cfg.context_length is not None:
         kwargs["force_context_length"] = cfg.context_length
     try:
-        with _quiet_random_init():
+        with quiet_random_init():
             clip = open_clip.create_model(
                 cfg.model,
                 pretrained=weights,
@@ -103,7 +103,7 @@ class _DropRandomInitNotice(logging.Filter):
 
 
 @contextlib.contextmanager
-def _quiet_random_init():
+def quiet_random_init():
     """open_clip logs "No pretrained weights loaded ... initialized randomly" on the root logger for every
     random-init model: for reid-tiny's default that is the expected case, not news, and the search
     builds the model several times. Other warnings still show."""

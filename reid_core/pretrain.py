@@ -38,7 +38,7 @@ from safetensors.torch import save_file
 from reid_core.data import SYNTHETIC_DATA_SEED, normalise
 from reid_core.errors import UserError, cli_exit
 from reid_core.flags import ArgumentParser
-from reid_core.model import _quiet_random_init  # importing reid_core.model registers 'reid-tiny'
+from reid_core.model import quiet_random_init  # importing reid_core.model registers 'reid-tiny'
 from reid_core.schedule import lr_factor
 from reid_core.shipped_weights import shipped_file
 from reid_core.synthetic import RAW_ID_BASE, Person, attributes, draw_people, make_split
@@ -109,7 +109,7 @@ def pretrain(recipe: Recipe, log: Callable[[str], None] = lambda s: None) -> tup
     tokens = tokenizer(split.captions)
     log(f"rendered {len(images)} images of {len(people)} people in {time.perf_counter() - started:.0f} s")
 
-    with _quiet_random_init():  # random init is the point here, not news
+    with quiet_random_init():  # random init is the point here, not news
         model = open_clip.create_model(recipe.model, force_image_size=tuple(recipe.image_size)).train()
     optimizer = torch.optim.AdamW(
         _parameter_groups(model, recipe.weight_decay), lr=recipe.lr, betas=(0.9, 0.98), eps=1e-6, fused=True
