@@ -27,12 +27,23 @@ What it returns (``after_step``; names as in ``reid_core.schema.STEP_METRICS``):
 - ``loss_scale`` and ``skipped_steps``: with ``scaler`` (a ``torch.amp.GradScaler``), its scale
   and the steps it skipped (its scale fell across ``scaler.update()``); 1 and 0 without.
 
+**How often.** The LR, AMP and optimizer keys are read at every step. The tensor statistics (the
+head's weight norm and change, gradient norm, logit spread, feature norm: `MEASURED_KEYS`) are
+measured at the first step and then every ``every`` steps (default `DEFAULT_EVERY` = 5: steps 1,
+5, 10, ...); the steps between repeat the last measurement, and ``head_measured_step`` says which
+step it came from. The diagnosis compares a run's first and latest measurements over hundreds of
+steps, and the seed team printed these every 100 steps; ``every=1`` measures every step. Why not
+every step by default: on a CPU each of these ~9 small reductions costs 25-60 us right after a
+forward or backward (the head's weights, gradient and start copy are read from memory the step
+has evicted), about 2% of the tiny model's 15 ms step; at ``every=5`` the monitor adds under 1%
+(``benchmarks/monitor_cost.py``, BENCHMARKS.md section 7). On a GPU they are asynchronous launches.
+
 The first ``after_backward`` (and the first ``after_step``) also return the pre-flight evidence (`PREFLIGHT_KEYS`):
 ``head_in_optimizer``, ``logit_gain`` (how much 4x the classifier's weights widen its logits:
 ~4 for a linear head, ~1 for a cosine one without a scale) and, when labels were passed to
 `observe` or `observe_labels`, ``label_min`` / ``label_max`` against ``num_classes`` (the classifier's rows). A user
 training function that reports them at its first step gets the search's pre-flight checks
-(`reid_core.contract`). Cost: well under 1% of a tiny-model step (``benchmarks/monitor_cost.py``).
+(`reid_core.contract`).
 """
 
 from __future__ import annotations
@@ -44,6 +55,9 @@ from torch import nn
 
 PREFLIGHT_KEYS = ("head_in_optimizer", "head_grad_norm", "logit_gain", "label_min", "label_max", "num_classes")
 GAIN_SCALE = 4.0  # the pre-flight's test: scale the classifier's weights by this, see how far the logits follow
+DEFAULT_EVERY = 5  # measure the tensor statistics at step 1 and every this many steps (see "How often")
+# measured every `every` steps and repeated between (the rest of `after_step`'s keys are read every step)
+MEASURED_KEYS = ("head_weight_norm", "head_weight_change", "head_grad_norm", "feature_norm", "logit_std")
 
 
 class HeadMonitor:
@@ -57,10 +71,19 @@ class HeadMonitor:
         scaler: Optional[torch.amp.GradScaler] = None,
         neck: Optional[nn.Module] = None,
         capture: bool = True,
+        every: int = DEFAULT_EVERY,
     ):
         """``classifier``: the module whose ``weight`` are the class rows (or that weight itself);
         ``optimizer`` and ``scaler`` may be replaced later by assigning the attributes;
-        ``capture``: record logits and features with forward hooks (``False``: call `observe`)."""
+        ``capture``: record logits and features with forward hooks (``False``: call `observe`);
+        ``every``: measure the tensor statistics at the first step and every this many steps."""
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"HeadMonitor(every={every!r}): must be an integer >= 1 (1 measures every step)")
+        self.every = every
+        self.steps = 0  # after_step calls so far: the step in progress is steps + 1
+        self.measuring = True  # whether the step in progress measures (the first always does)
+        self._measured: dict[str, float] = {}  # the last measurement, repeated until the next
+        self._lr_where: Optional[tuple[int, int, int, int]] = None  # (optimizer id, groups, group, position)
         self.module = classifier if isinstance(classifier, nn.Module) else None
         self.weight: torch.Tensor = classifier.weight if isinstance(classifier, nn.Module) else classifier
         self.optimizer = optimizer
@@ -94,11 +117,13 @@ class HeadMonitor:
         labels: Optional[torch.Tensor] = None,
     ) -> None:
         """Record one forward pass (micro-batch): its logits, the features entering the head, its labels."""
+        if labels is not None:
+            self.observe_labels(labels)
+        if not self.measuring:
+            return
         with torch.no_grad():  # 0-d tensors, read once per step: no device sync per micro-batch
             feature_norm = features.float().norm(dim=1).mean() if features is not None else None
             self._stats.append((feature_norm, logits.float().std()))
-        if labels is not None:
-            self.observe_labels(labels)
 
     def observe_labels(self, labels: torch.Tensor) -> None:
         """Labels of a micro-batch of the first step, for the pre-flight's range check (later calls: no-op)."""
@@ -107,11 +132,11 @@ class HeadMonitor:
             self._labels = (low, high) if self._labels is None else (min(low, self._labels[0]), max(high, self._labels[1]))
 
     def _on_neck(self, module, args) -> None:
-        if torch.is_grad_enabled() and args:
+        if self.measuring and torch.is_grad_enabled() and args:
             self._pending_features = args[0]
 
     def _on_classifier(self, module, args, output) -> None:
-        if not torch.is_grad_enabled() or not isinstance(output, torch.Tensor):
+        if not self.measuring or not torch.is_grad_enabled() or not isinstance(output, torch.Tensor):
             return
         head_input = args[0] if args else None
         if self._first and head_input is not None and self._first_input is None:
@@ -126,11 +151,14 @@ class HeadMonitor:
         """Call once per optimizer step after the last ``backward`` (after ``scaler.unscale_``, if any)
         and before ``optimizer.step()``: takes the head's gradient norm (read, with the rest, by
         ``after_step``); the first call returns the pre-flight keys, later calls nothing."""
-        grad = self.weight.grad
-        self._grad_norm = grad.norm() if grad is not None else None  # a 0-d tensor: no sync here
         scaler = self.scaler
         if scaler is not None and scaler.is_enabled():
             self._scale_before = scaler.get_scale()
+        if not self.measuring:
+            return {}
+        grad = self.weight.grad
+        self._grad_norm = grad.norm() if grad is not None else None  # a 0-d tensor: no sync here
+        if scaler is not None and scaler.is_enabled():
             if self._grad_norm is not None and not _unscaled(scaler, self.optimizer):
                 self._grad_norm = self._grad_norm / self._scale_before  # the true gradient's norm
         if not self._first:
@@ -146,6 +174,27 @@ class HeadMonitor:
         scaled = scaler is not None and scaler.is_enabled()
         if scaled and scaler.get_scale() < self._scale_before:
             self.skipped_steps += 1  # GradScaler found inf/nan gradients and skipped the update
+        if self.measuring:
+            self._measured = self._measure()
+        self.steps += 1
+        self.measuring = self._measures(self.steps + 1)
+        lr = self.head_lr_applied()
+        evidence, self._evidence = self._evidence, {}  # the first step's pre-flight keys, once
+        return {
+            **evidence,
+            "head_lr_applied": 0.0 if lr is None else lr,
+            "head_in_optimizer": lr is not None,
+            **self._measured,
+            "loss_scale": scaler.get_scale() if scaled else 1.0,
+            "skipped_steps": self.skipped_steps,
+        }
+
+    def _measures(self, step: int) -> bool:
+        """Whether step ``step`` (1-based) measures the tensor statistics: the first and every ``every``-th."""
+        return step == 1 or step % self.every == 0
+
+    def _measure(self) -> dict[str, Any]:
+        """The tensor statistics (`MEASURED_KEYS`) of the step just taken, and ``head_measured_step``."""
         # every number of the step in one read (one device sync): each tiny op costs ~10-30 us on a CPU
         w = self._weight  # detached alias: no autograd bookkeeping, sees the optimizer's in-place updates
         grad_norm = self._grad_norm if self._grad_norm is not None else torch.zeros((), device=w.device)
@@ -153,19 +202,13 @@ class HeadMonitor:
         values = [v if v.dtype == torch.float32 else v.float() for v in values]
         grad_norm, weight_norm, distance, feature_norm, logit_std = torch.stack(values).tolist()
         self.head_grad_norm, self._grad_norm = grad_norm, None
-        lr = self.head_lr_applied()
-        evidence, self._evidence = self._evidence, {}  # the first step's pre-flight keys, once
         return {
-            **evidence,
-            "head_lr_applied": 0.0 if lr is None else lr,
-            "head_in_optimizer": lr is not None,
             "head_weight_norm": weight_norm,
             "head_weight_change": distance / self.weight_start_norm,
             "head_grad_norm": grad_norm,
             "feature_norm": feature_norm,
             "logit_std": logit_std,
-            "loss_scale": scaler.get_scale() if scaled else 1.0,
-            "skipped_steps": self.skipped_steps,
+            "head_measured_step": self.steps + 1,
         }
 
     # --- pieces ----------------------------------------------------------------------
@@ -191,12 +234,22 @@ class HeadMonitor:
 
     def head_lr_applied(self) -> Optional[float]:
         """The LR of the first optimizer group holding the classifier weight; None when none holds it."""
-        if self.optimizer is None:
+        optimizer = self.optimizer
+        if optimizer is None:
             return None
-        for group in self.optimizer.param_groups:
-            if any(p is self.weight for p in group["params"]):
-                return float(group["lr"])
-        return None
+        groups = optimizer.param_groups
+        where = self._lr_where  # where it was last found: checked in O(1), searched again when it moved
+        if where is not None and where[:2] == (id(optimizer), len(groups)):
+            if where[2] < 0:
+                return None
+            params = groups[where[2]]["params"]
+            if where[3] < len(params) and params[where[3]] is self.weight:
+                return float(groups[where[2]]["lr"])
+        found = next(
+            ((g, i) for g, group in enumerate(groups) for i, p in enumerate(group["params"]) if p is self.weight), (-1, -1)
+        )
+        self._lr_where = (id(optimizer), len(groups), *found)
+        return None if found[0] < 0 else float(groups[found[0]]["lr"])
 
     def preflight_evidence(self) -> dict[str, Any]:
         """What the pre-flight checks read (`PREFLIGHT_KEYS`), from what this step saw."""
@@ -223,7 +276,12 @@ class HeadMonitor:
         return gain
 
     def state_dict(self) -> dict[str, Any]:
-        return {"head_weight_start": self.weight_start, "skipped_steps": self.skipped_steps}
+        return {
+            "head_weight_start": self.weight_start,
+            "skipped_steps": self.skipped_steps,
+            "head_monitor_steps": self.steps,
+            "head_measured": dict(self._measured),  # repeated until the next measurement, after a resume too
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.weight_start = state["head_weight_start"].to(self.weight.device)
@@ -231,6 +289,10 @@ class HeadMonitor:
         self.weight_start_norm = max(self.weight_start.norm().item(), 1e-12)
         self.skipped_steps = state["skipped_steps"]
         self._first = False  # a resumed run is past its first step
+        # on the same measuring steps as the run it continues (checkpoints from before `every`: from its step)
+        self.steps = int(state.get("head_monitor_steps", state.get("step", 0)))
+        self.measuring = self._measures(self.steps + 1)
+        self._measured = dict(state.get("head_measured", {}))
 
     def close(self) -> None:
         """Remove the forward hooks."""

@@ -100,7 +100,8 @@ def _image_features(model: ReIDModel, split: Split, size, device: torch.device, 
 
 # The step metrics `HeadMonitor.after_step` measures, in the order train_step reports them.
 HEAD_METRICS = (
-    "head_weight_norm", "head_weight_change", "head_grad_norm", "feature_norm", "logit_std", "loss_scale", "skipped_steps",
+    "head_weight_norm", "head_weight_change", "head_grad_norm", "feature_norm", "logit_std", "head_measured_step",
+    "loss_scale", "skipped_steps",
 )  # fmt: skip
 
 
@@ -124,7 +125,7 @@ class Trainer:
         self.stream = batches(self.data, cfg.batch_size, cfg.seed, self.device, self.workers)
         # the head's diagnostic metrics, as any loop measures them; logits passed explicitly (a planted
         # fault may compute them without the classifier module), optimizer and scaler set each step
-        self.monitor = HeadMonitor(self.model.classifier, capture=False)
+        self.monitor = HeadMonitor(self.model.classifier, capture=False, every=cfg.monitor_every)
         self.step = 0  # optimizer steps taken
         self.ce_ema: Optional[float] = None
         # the step at which the CE-only phase ended and the SDM ramp began (known in advance for sdm_start=steps)
@@ -181,7 +182,8 @@ class Trainer:
                 if sdm_weight > 0:  # CE-only phase: the text encoder is not even run
                     sdm = sdm_loss(features, model.encode_text(tokens), labels, cfg.logit_scale)
                 loss = ce + sdm_weight * sdm
-            self.monitor.observe(logits, features)  # before backward: its tensors are still in cache
+            if self.monitor.measuring:  # (1 step in cfg.monitor_every)
+                self.monitor.observe(logits, features)  # before backward: its tensors are still in cache
             self.scaler.scale(loss / cfg.grad_accum_steps).backward()
             with torch.no_grad():
                 sums += torch.stack([ce, sdm, loss]).float().cpu()

@@ -140,7 +140,7 @@ def test_a_fault_no_cause_fits_is_unknown_with_the_evidence_against_each_and_the
 
 
 def test_a_healthy_run_judged_too_early_is_not_blamed_on_its_labels_or_lr():
-    rows = run({"head_lr": 7.8e-3, "seed": 4}, None, steps=9)  # moved > 5x, ce_ema still at chance (it lags)
+    rows = run({"head_lr": 7.8e-3, "seed": 4, "monitor_every": 1}, None, steps=9)  # moved > 5x, ce_ema still at chance (it lags)
     assert rows[-1]["head_weight_change"] >= 5 and rows[-1]["ce_ema"] > rows[-1]["chance_ce"] - 0.05
     assert diagnose(rows, head_lr=7.8e-3).cause == "unknown"
 

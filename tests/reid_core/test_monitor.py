@@ -115,3 +115,50 @@ def test_fp16_skipped_steps_and_the_true_gradient_norm():
         optimizer.zero_grad()
         out = monitor.after_step()
     assert out["skipped_steps"] == 3 and out["loss_scale"] < 2.0**10
+
+
+def _linear_loop(monitor: HeadMonitor, head: nn.Linear, optimizer, steps: int) -> list[dict]:
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    for _ in range(steps):
+        x = torch.randn(8, DIM, generator=gen)
+        F.cross_entropy(head(x), torch.randint(CLASSES, (8,), generator=gen)).backward()
+        monitor.after_backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        rows.append(monitor.after_step())
+    return rows
+
+
+def test_statistics_are_measured_at_the_first_step_and_every_nth_and_repeated_between():
+    torch.manual_seed(0)
+    head = nn.Linear(DIM, CLASSES, bias=False)
+    optimizer = torch.optim.SGD(head.parameters(), lr=0.1)
+    rows = _linear_loop(HeadMonitor(head, optimizer, every=5), head, optimizer, 11)
+    assert [r["head_measured_step"] for r in rows] == [1, 1, 1, 1, 5, 5, 5, 5, 5, 10, 10]
+    assert rows[9]["head_weight_change"] > rows[8]["head_weight_change"] == rows[4]["head_weight_change"]
+    assert all(r["head_lr_applied"] == 0.1 for r in rows)  # read every step
+    torch.manual_seed(0)
+    head = nn.Linear(DIM, CLASSES, bias=False)
+    optimizer = torch.optim.SGD(head.parameters(), lr=0.1)
+    every_step = _linear_loop(HeadMonitor(head, optimizer, every=1), head, optimizer, 11)
+    assert [r["head_measured_step"] for r in every_step] == list(range(1, 12))
+    assert every_step[9]["head_weight_change"] == pytest.approx(rows[9]["head_weight_change"], rel=1e-6)
+
+
+def test_a_resumed_monitor_measures_on_the_same_steps_and_repeats_the_last_measurement():
+    head = nn.Linear(DIM, CLASSES, bias=False)
+    optimizer = torch.optim.SGD(head.parameters(), lr=0.1)
+    monitor = HeadMonitor(head, optimizer, every=5)
+    before = _linear_loop(monitor, head, optimizer, 7)
+    resumed = HeadMonitor(head, optimizer, every=5)
+    resumed.load_state_dict(monitor.state_dict())
+    after = _linear_loop(resumed, head, optimizer, 4)  # steps 8-11
+    assert after[0]["head_measured_step"] == 5 and after[0]["head_weight_change"] == before[-1]["head_weight_change"]
+    assert [r["head_measured_step"] for r in after] == [5, 5, 10, 10]
+
+
+@pytest.mark.parametrize("every", [0, -1, 2.5, True])
+def test_a_bad_every_is_refused(every):
+    with pytest.raises(ValueError, match="every=.*must be an integer >= 1"):
+        HeadMonitor(nn.Linear(DIM, CLASSES), every=every)
