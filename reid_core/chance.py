@@ -10,7 +10,10 @@ downward trend. `ChanceLevelRule` reads a run's results one at a time:
   over the last ``trend_samples`` images, it would reach the Go line within another grace
   window. A flat run near chance stops as ``stuck_at_chance`` at the first result past the
   window; a slow learner (head LR 1.5e-4 on the random-init default: ce_ema 5.79 and falling at
-  the window) goes on, and is stopped later only if its fall slows before it reaches the line.
+  the window) goes on, and is stopped later only if its fall slows before it reaches the line;
+* a run that changes its own head LR (the counts ``head_guard_firings`` or ``head_lr_raises``
+  grow, `reid_core.head_lr`) starts a new grace window there, its trend forgotten: it is judged on
+  the LR it now trains at, not stopped for the flat curve that made the raise.
 
 The chance level is read from each result's ``chance_ce`` (log C), so one rule serves data sets
 with any number of identities. No torch, no Ray: `tuner.stoppers.ChanceLevelStopper` applies it
@@ -24,7 +27,7 @@ import math
 from collections import deque
 from typing import Any, Iterable, Optional
 
-from reid_core.schema import DIVERGED, STUCK
+from reid_core.schema import DIVERGED, HEAD_LR_COUNTS, STUCK
 
 DEFAULT_GRACE_STEPS = 300  # the seed team's smoke window, optimizer steps at accumulation 1
 DEFAULT_CHANCE_MARGIN = 0.39  # Go line = log(C) - 0.39: 5.6 for 400 identities, the seed's number
@@ -37,6 +40,10 @@ def go_line(chance_ce: float, margin: float = DEFAULT_CHANCE_MARGIN) -> float:
 
 class ChanceLevelRule:
     """The rule on one run's stream of results: feed results in order, read the verdict."""
+
+    # class defaults too: a rule pickled before head-LR changes existed (a restored search) unpickles with them
+    _grace_start = 0.0
+    _lr_changes = 0
 
     def __init__(self, grace_samples: float, margin: float = DEFAULT_CHANCE_MARGIN, trend_samples: Optional[float] = None):
         if not grace_samples > 0:
@@ -52,6 +59,8 @@ class ChanceLevelRule:
         self.margin = margin
         self.trend_samples = trend_samples
         self._history: deque[tuple[float, float]] = deque()  # (samples, ce_ema) over the trend window
+        self._grace_start = 0.0  # samples at which the current grace window began (a head-LR change restarts it)
+        self._lr_changes = 0  # head_guard_firings + head_lr_raises at the last result
 
     def __call__(self, result: dict[str, Any]) -> Optional[str]:
         """Return ``None`` to go on, or the reason to stop: ``stuck_at_chance`` or ``diverged``."""
@@ -62,9 +71,14 @@ class ChanceLevelRule:
         if not (math.isfinite(ce) and math.isfinite(ce_ema)):
             return DIVERGED
         samples = float(result["samples"])
+        # The run changed its own head LR (guard or raise): a new grace window from here, on the new LR's curve.
+        lr_changes = sum(v for v in map(result.get, HEAD_LR_COUNTS) if isinstance(v, (int, float)) and math.isfinite(v))
+        if lr_changes != self._lr_changes:
+            self._lr_changes, self._grace_start = lr_changes, samples
+            self._history.clear()
         self._remember(samples, ce_ema)
-        # Too early to judge: the seed's smoke window has not passed.
-        if samples < self.grace_samples:
+        # Too early to judge: the seed's smoke window (since the start, or the last head-LR change) has not passed.
+        if samples - self._grace_start < self.grace_samples:
             return None
         # Below the Go line: learning.
         gap = ce_ema - go_line(result["chance_ce"], self.margin)

@@ -59,6 +59,14 @@ class TrainConfig:
     lr_warmup_steps: int = 10  # optimizer steps of linear LR warm-up before the cosine decay to 0
     grad_clip: float = 0.0  # max global gradient norm; 0 = no clipping
 
+    # --- the run's own head-LR changes (reid_core.head_lr; each change is an event in summary.json) -----
+    head_guard: bool = False  # automatic fallback: when the identity CE runs away (ce_ema above head_guard_ce_ratio x log(C) and rising), put the head back as it was at its lowest ce_ema and multiply its LR by head_guard_factor
+    head_guard_ce_ratio: float = 2.0  # head_guard: fire above this multiple of chance, log(C) (2: 12 nats for 400 ids; healthy runs stay under 1.1x, a runaway head passes 2x within a few steps)
+    head_guard_factor: float = 0.1  # head_guard: the head LR is multiplied by this at each firing
+    head_lr_raise: float = 1.0  # progressive head LR: every head_lr_watch_steps, multiply the head LR by this while ce_ema is above the Go line and the diagnosis says lr_too_low; 1 = off
+    head_lr_watch_steps: int = 100  # head_lr_raise: optimizer steps watched before each decision (the seed's 100)
+    head_lr_raise_cap: Optional[float] = None  # head_lr_raise: the highest head LR a raise may reach; None = no cap
+
     # --- losses ----------------------------------------------------------------
     ce_only_steps: int = 50  # CE-only phase, optimizer steps: SDM weight is 0 and the text encoder is not run (not the LR warm-up)
     sdm_start: str = "steps"  # when the CE-only phase ends: 'steps' (after ce_only_steps) or 'go_line' (once ce_ema first reaches log(C) - 0.39, the default Go line)
@@ -271,6 +279,11 @@ def _problems(cfg: TrainConfig):
         rule("weight_decay", cfg.weight_decay >= 0, ">= 0"),
         rule("lr_warmup_steps", cfg.lr_warmup_steps >= 0, ">= 0"),
         rule("grad_clip", cfg.grad_clip >= 0, ">= 0 (0 turns clipping off)"),
+        rule("head_guard_ce_ratio", cfg.head_guard_ce_ratio > 1, "> 1 (a multiple of chance, log C)"),
+        rule("head_guard_factor", 0 < cfg.head_guard_factor < 1, "in (0, 1): the guard lowers the head LR"),
+        rule("head_lr_raise", math.isfinite(cfg.head_lr_raise) and cfg.head_lr_raise >= 1, ">= 1 (1 turns the raise off)"),
+        rule("head_lr_watch_steps", cfg.head_lr_watch_steps >= 1, ">= 1"),
+        rule("head_lr_raise_cap", cfg.head_lr_raise_cap is None or cfg.head_lr_raise_cap > 0, "> 0 or unset"),
         rule("ce_only_steps", cfg.ce_only_steps >= 0, ">= 0"),
         rule("sdm_weight", cfg.sdm_weight >= 0, ">= 0"),
         rule("sdm_start", cfg.sdm_start in SDM_STARTS, f"one of {', '.join(SDM_STARTS)}"),

@@ -20,6 +20,8 @@ bounded_logits           the weights grow freely but the logits do not follow th
 labels_no_signal         the weights move far (>= 5x their initial norm) yet CE, smoothed and
                          raw, has not left chance, and rose 0.15 nats above it (a head fitting
                          noise is confidently wrong: shuffled or misaligned labels)
+guard_lowered_lr         as lr_too_low, but the head guard lowered the LR (the CE had run away
+                         at the LR before): raising it is not the fix (``head_guard_firings``)
 lr_too_low               gradient flows, the logits follow the weights, but the head moved
                          less than 5x its initial norm: its LR holds it back
 unknown                  none of these fits: the evidence against each, and the seed's
@@ -36,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 from reid_core.chance import DEFAULT_CHANCE_MARGIN, go_line
+from reid_core.schema import GUARD_FIRINGS
 
 # cause -> (what it means, the usual fix)
 CAUSES: dict[str, tuple[str, str]] = {
@@ -58,6 +61,10 @@ CAUSES: dict[str, tuple[str, str]] = {
     "labels_no_signal": (
         "the head's weights move freely but CE does not leave chance",
         "check that labels belong to their images (misaligned or shuffled labels)",
+    ),
+    "guard_lowered_lr": (
+        "the head guard lowered the head LR after the CE ran away, and at the lowered LR the head moves too little",
+        "pick a head_lr between the guard's last two (see its events), lengthen lr_warmup_steps, or set head_guard_factor nearer 1",
     ),
     "lr_too_low": (
         "the head learns, but its learning rate is too low to leave chance in time",
@@ -181,6 +188,13 @@ def diagnose(
         return found("labels_no_signal", f"head moved {moved:.1f}x its initial norm, {ce_text}")
     # Gradient flows, the logits follow the weights, but the weights moved little: the LR holds them back.
     lrs = lr_text(rows, head_lr, backbone_lr)
+    firings = last.get(GUARD_FIRINGS) or 0
+    if moved < FREE_MOVEMENT and firings:  # the guard chose this LR because the one before ran away
+        return found(
+            "guard_lowered_lr",
+            f"head guard fired {firings:g} time(s), each restoring the head and lowering its LR; the head moved {moved:.2g}x "
+            f"its initial norm by step {steps} at {lrs}; {ce_text}",
+        )
     if moved < FREE_MOVEMENT:
         return found("lr_too_low", f"head moved {moved:.2g}x its initial norm in {steps} steps at {lrs}; {ce_text}")
     return found(

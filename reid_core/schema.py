@@ -28,8 +28,12 @@ STEP_METRICS = (
     "loss_scale",  # fp16 GradScaler scale (1 when not in fp16)
     "skipped_steps",  # optimizer steps skipped so far because of inf/nan gradients (fp16)
     "chance_ce",  # log(num_classes): the CE of a head that knows nothing
+    "head_guard_firings",  # times so far the head_guard lowered the head LR (CE ran away; reid_core.head_lr)
+    "head_lr_raises",  # times so far the progressive schedule (head_lr_raise) raised the head LR
     "images_per_s",  # training throughput of this step
 )
+# The run's own head-LR changes (reid_core.head_lr), running counts in every step's metrics: guard firings, raises.
+GUARD_FIRINGS, LR_RAISES = HEAD_LR_COUNTS = ("head_guard_firings", "head_lr_raises")
 EVAL_METRICS = ("val_r1", "val_r5", "val_r10", "val_map", "val_minp")  # retrieval on the evaluated split
 METRIC_COLUMNS = STEP_METRICS + EVAL_METRICS
 

@@ -24,6 +24,7 @@ from reid_core.dashboards import DEFAULT_MLFLOW_URI, MlflowLog
 from reid_core.diagnostics import Diagnosis, configured_lrs, diagnose
 from reid_core.errors import UserError, cli_exit
 from reid_core.flags import ArgumentParser, add_config_arguments, add_shortcut_arguments, parse_args, shortcut_values
+from reid_core.head_lr import GUARD, RAISE
 from reid_core.io import write_json_atomic
 from reid_core.preflight import preflight
 from reid_core.schema import COMPLETED, DIVERGED, METRIC_COLUMNS, STEP_METRICS, STUCK
@@ -86,8 +87,12 @@ def train(
     best_ce_ema = math.inf if resume is None else resume.get("best_ce_ema", math.inf)
     metrics: dict[str, Any] = {}
     end_reason, message = COMPLETED, ""
+    logged = len(trainer.events)  # a resumed run's earlier head-LR changes were said before
     while trainer.step < cfg.max_steps:
         metrics = trainer.train_step()
+        for event in trainer.events[logged:]:  # the guard fired, or the schedule raised the head LR
+            log(event.line())
+        logged = len(trainer.events)
         diverged = not math.isfinite(metrics["loss"])
         if diverged:
             end_reason = DIVERGED
@@ -124,6 +129,10 @@ def train(
         "chance_ce": trainer.chance_ce,
         "best_ce_ema": best_ce_ema if math.isfinite(best_ce_ema) else None,
         "sdm_start_step": first_sdm_step(trainer),
+        # the run's own head-LR changes (reid_core.head_lr): counts, and each with its step, evidence, LR before/after
+        "head_guard_firings": trainer.head_lr_changes.count(GUARD),
+        "head_lr_raises": trainer.head_lr_changes.count(RAISE),
+        "head_lr_events": [e.to_dict() for e in trainer.events],
         "final": metrics,
         "wall_s": time.perf_counter() - started,
     }

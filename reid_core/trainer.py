@@ -20,6 +20,7 @@ from reid_core.chance import go_line
 from reid_core.config import TrainConfig
 from reid_core.data import EVAL_BATCH, ReIDData, Split, batches, eval_images, load_data, loader_workers
 from reid_core.errors import UserError
+from reid_core.head_lr import Event, HeadLRChanges
 from reid_core.losses import id_loss, sdm_loss
 from reid_core.metrics import retrieval_metrics
 from reid_core.model import ReIDModel, build_model, context_length, parameter_groups
@@ -130,6 +131,12 @@ class Trainer:
         self.ce_ema: Optional[float] = None
         # the step at which the CE-only phase ended and the SDM ramp began (known in advance for sdm_start=steps)
         self.sdm_start_step: Optional[int] = cfg.ce_only_steps if cfg.sdm_start == "steps" else None
+        self.head_lr_changes = HeadLRChanges(self)  # the run's own head-LR changes: head_guard and head_lr_raise
+
+    @property
+    def events(self) -> list[Event]:
+        """The run's own head-LR changes so far (guard firings, raises), oldest first."""
+        return self.head_lr_changes.events
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs to continue the same curve: only tensors and plain
@@ -142,6 +149,7 @@ class Trainer:
             "ce_ema": self.ce_ema,
             "sdm_start_step": -1 if self.sdm_start_step is None else self.sdm_start_step,
             **self.monitor.state_dict(),  # skipped_steps, head_weight_start
+            **self.head_lr_changes.state_dict(),  # the head LR's own changes: they live in base_lr, set again on load
             "torch_rng": torch.get_rng_state(),
         }
 
@@ -154,6 +162,7 @@ class Trainer:
         if "sdm_start_step" in state:  # checkpoints from before sdm_start keep the config's own
             self.sdm_start_step = None if state["sdm_start_step"] < 0 else state["sdm_start_step"]
         self.monitor.load_state_dict(state)
+        self.head_lr_changes.load_state_dict(state)
         # The micro-batch stream is a pure function of its seed and of how many batches were drawn:
         # drawing the same number again puts it where the checkpointed run was.
         for _ in range(self.step * self.cfg.grad_accum_steps):
@@ -204,6 +213,7 @@ class Trainer:
 
         monitor = self.monitor
         monitor.optimizer, monitor.scaler = optimizer, scaler  # as they are now (a test may swap either)
+        self.head_lr_changes.before_step()
         ce, sdm, loss = self.backward(sdm_weight).tolist()
 
         scaler.unscale_(optimizer)  # no-op without fp16; makes grad norms real numbers
@@ -217,6 +227,7 @@ class Trainer:
         head = monitor.after_step()
 
         finite = math.isfinite(ce) and math.isfinite(loss)
+        previous_ce_ema = self.ce_ema
         # beta per batch of images: a step of k micro-batches weighs k batches, so ce_ema spans the same
         # images at any accumulation (the stopping rule and ASHA compare trials at equal images)
         self.ce_ema = ema(self.ce_ema, ce, cfg.ce_ema_beta**cfg.grad_accum_steps) if finite else float("nan")
@@ -224,7 +235,7 @@ class Trainer:
             self.ce_ema <= go_line(self.chance_ce) or (cfg.sdm_start_cap is not None and self.step >= cfg.sdm_start_cap)
         ):
             self.sdm_start_step = self.step  # CE has left chance (or the cap is reached): the ramp starts next step
-        return {
+        metrics = {
             "step": self.step,
             "samples": self.step * cfg.images_per_step,
             "ce": ce,
@@ -238,6 +249,9 @@ class Trainer:
             "chance_ce": self.chance_ce,
             "images_per_s": cfg.images_per_step / max(time.perf_counter() - started, 1e-9),
         }
+        # the guard (CE ran away: head restored, LR lowered) and the raise (lr_too_low after a watch window)
+        self.head_lr_changes.after_step(metrics, previous_ce_ema)
+        return metrics
 
     def _backbone_lr_applied(self) -> float:
         """The LR the optimizer used this step for the backbone's first group (the head's is the monitor's):

@@ -18,7 +18,7 @@ import pandas as pd
 from reid_core.chance import first_verdict
 from reid_core.diagnostics import stuck_cause
 from reid_core.errors import UserError
-from reid_core.schema import ASHA, COMPLETED, END_REASONS, ERROR, RENAMED_METRICS, STUCK
+from reid_core.schema import ASHA, COMPLETED, END_REASONS, ERROR, HEAD_LR_COUNTS, RENAMED_METRICS, STUCK
 from tuner.ray_files import TrialFiles, read_trial_folders
 from tuner.settings import SearchSettings, end_reason, sampled_values
 from tuner.storage import Location, location, write_json_atomic, write_text_atomic
@@ -89,6 +89,8 @@ def trial_row(trial: Trial, settings: SearchSettings) -> dict[str, Any]:
             "go_samples": next((r["samples"] for r in rows if go is not None and r["ce_ema"] <= go), None),
             # the first step trained with SDM: where the CE-only phase ended (sdm_start=steps or go_line)
             "sdm_start_step": next((r["step"] for r in rows if (r.get("sdm_weight") or 0) > 0), None),
+            # the trial's own head-LR changes (reid_core.head_lr): guard firings (CE ran away) and progressive raises
+            **{key: int(last.get(key) or 0) for key in HEAD_LR_COUNTS},
             "wall_s": last.get("time_total_s"),
             # the Ray nodes that ran it, in order: more than one when it moved after a node was lost
             "node_ids": ";".join(dict.fromkeys(r["node_id"] for r in rows if r.get("node_id"))) or None,
