@@ -209,6 +209,9 @@ def diagnose(
             f"labels_no_signal: CE left chance ({ce_text}, recent raw ce below {chance - FLAT_CE:.2f})"
             if not raw_flat or left_chance
             else f"labels_no_signal: ce_ema never rose above chance + {OVERSHOOT} (a head fitting noise would)",
+            f"guard_lowered_lr: the head moved {moved:.1f}x (>= {FREE_MOVEMENT:g}x)"
+            if firings
+            else "guard_lowered_lr: the head guard never fired",
             f"lr_too_low: the head moved {moved:.1f}x (>= {FREE_MOVEMENT:g}x: not held back by its LR)",
         ),
     )

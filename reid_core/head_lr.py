@@ -161,7 +161,8 @@ class HeadLRChanges:
         with torch.no_grad():
             modules = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in self.trainer.model.head_modules()]
             state = self.trainer.optimizer.state
-            moments = [{k: v.detach().clone() if torch.is_tensor(v) else v for k, v in state[p].items()} for p in self._head_params()]
+            # .get: optimizer.state is a defaultdict, and a frozen parameter (the BNNeck bias) must not gain an entry
+            moments = [{k: v.clone() if torch.is_tensor(v) else v for k, v in state.get(p, {}).items()} for p in self._head_params()]
         return {"modules": modules, "moments": moments}
 
     def _load_head_state(self, saved: dict[str, Any]) -> None:

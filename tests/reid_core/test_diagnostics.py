@@ -58,6 +58,9 @@ CASES = {
     "bounded_logits": ({"pretrained": None}, cosine_classifier),
     "labels_no_signal": ({}, shuffle_labels),
     "amp_skipped_steps": ({}, overflow_fp16),
+    # the head guard (reid_core.head_lr) fires on the runaway at head LR 30 and lowers it a millionfold, to 3e-5:
+    # the head moves too little, but raising the LR is not the fix
+    "guard_lowered_lr": ({"head_lr": 30.0, "head_guard": True, "head_guard_factor": 1e-6}, None),
 }
 
 
