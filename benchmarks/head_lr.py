@@ -46,13 +46,18 @@ def run(overrides: dict, steps: int, plant=None) -> dict:
     rows = [trainer.train_step() for _ in range(steps)]
     last = rows[-1]
     lrs = [trainer.cfg.head_lr] + [e.lr_after for e in trainer.events]
-    return {**last, "below": last["ce_ema"] <= go_line(last["chance_ce"]), "lrs": " -> ".join(f"{lr:.2g}" for lr in lrs)}
+    return {
+        **last,
+        "below": last["ce_ema"] <= go_line(last["chance_ce"]),
+        "lrs": " -> ".join(f"{lr:.2g}" for lr in lrs),
+        "peak": max(r["ce_ema"] / r["chance_ce"] for r in rows),  # the guard's test reads this against head_guard_ce_ratio
+    }
 
 
 def say(name: str, r: dict) -> None:
     print(
         f"{name:44s} ce_ema {r['ce_ema']:10.3f} {'below' if r['below'] else 'ABOVE'} the Go line; "
-        f"guard fired {r[GUARD_FIRINGS]}, raised {r[LR_RAISES]}; head LR {r['lrs']}",
+        f"peak ce_ema {r['peak']:.3g}x chance; guard fired {r[GUARD_FIRINGS]}, raised {r[LR_RAISES]}; head LR {r['lrs']}",
         flush=True,
     )
 
@@ -108,8 +113,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(
         f"guard: runaways caught {caught} of {runaways}, below the Go line {guarded_below} of {runaways} "
         f"(without: {unguarded_below}); raise: too-low runs below the Go line {raised_below} of {too_low} "
-        f"(without: {unraised_below}); healthy runs the guard fired on {firings} of {len(healthy)}, "
-        f"raised {raises} of {len(healthy)}; wall {wall:.0f} s"
+        f"(without: {unraised_below}); healthy runs the guard fired on {firings} of {len(healthy)} "
+        f"(peak ce_ema {max(r['peak'] for r in healthy):.3f}x chance), raised {raises} of {len(healthy)}; wall {wall:.0f} s"
     )
     return 0
 

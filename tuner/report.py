@@ -26,7 +26,7 @@ from reid_core.config import TrainConfig
 from reid_core.errors import UserError, cli_exit
 from reid_core.flags import ArgumentParser, parse_args
 from reid_core.io import write_text_atomic
-from reid_core.schema import END_REASONS
+from reid_core.schema import END_REASONS, HEAD_LR_COUNTS
 from tuner.results import compute_account, objective_column, read_experiment, read_trials, results_frame, stuck_diagnoses
 from tuner.settings import SearchSettings
 from tuner.storage import Location, is_folder, location
@@ -68,6 +68,9 @@ def render(frame: pd.DataFrame, fmt: str) -> str:
     shown = shown.astype(object).where(shown.notna(), None)  # an empty cell for NaN and missing alike
     for column in ("error", "damage"):  # no trial failed or was damaged: no column of blanks
         if column in shown and shown[column].isna().all():
+            shown = shown.drop(columns=[column])
+    for column in HEAD_LR_COUNTS:  # no trial changed its own head LR: no column of zeros
+        if column in shown and not shown[column].fillna(0).astype(bool).any():
             shown = shown.drop(columns=[column])
     if fmt == "markdown":
         cells = [[_cell(v) for v in row] for row in shown.itertuples(index=False)]
