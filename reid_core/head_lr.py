@@ -114,9 +114,9 @@ class HeadLRChanges:
         cfg, best = self.trainer.cfg, self._best
         evidence = (
             f"ce_ema {metrics['ce_ema']:.4g} > {cfg.head_guard_ce_ratio:g} x chance {metrics['chance_ce']:.3g} and rising "
-            f"(from {previous_ce_ema:.4g}); ce {metrics['ce']:.4g}, logit std {metrics['logit_std']:.3g}, "
-            f"head weight norm {metrics['head_weight_norm']:.3g}"
-        )
+            f"(from {previous_ce_ema:.4g}); ce {metrics['ce']:.4g}; logit std {metrics['logit_std']:.3g} and "
+            f"head weight norm {metrics['head_weight_norm']:.3g} at step {metrics.get('head_measured_step', metrics['step'])}"
+        )  # the monitor measures those every monitor_every steps
         if best is not None:
             self._load_head_state(best)
             self.trainer.ce_ema = best["ce_ema"]
