@@ -18,11 +18,12 @@ reported set. Prints one line per run, then, last, the rates line.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
-from typing import Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
-from diagnosis import CONFIGS, HEALTHY, KINDS  # the diagnosis benchmark's healthy set, whatever it holds
+import diagnosis  # the diagnosis benchmark's healthy set, whatever it holds
 
 from reid_core.chance import go_line
 from reid_core.config import TrainConfig
@@ -35,6 +36,7 @@ RUNAWAY_LRS = (3.0, 10.0, 30.0, 100.0)
 TOO_LOW_LRS = (1e-6, 1e-5, 1e-4)
 GUARD = {"head_guard": True}
 RAISE = {"head_lr_raise": 10.0, "head_lr_watch_steps": 50, "head_lr_raise_cap": 1e-2}  # the README's recipe
+SETS = ("runaway", "too_low", "healthy")
 DIAGNOSIS_STEPS = 120  # benchmarks/diagnosis.py's default run length
 
 
@@ -54,6 +56,26 @@ def run(overrides: dict, steps: int, plant=None) -> dict:
     }
 
 
+def diagnosis_healthy_set(seeds: Sequence[int], steps: int) -> Iterator[tuple[str, dict, Any, int]]:
+    """``(name, config overrides, plant, steps)`` of each healthy run of ``benchmarks/diagnosis.py``: its
+    ``planted.healthy_cases`` where it has them (issue 14's larger set), else its ``KINDS['healthy']`` on its
+    ``CONFIGS``, CE only for the whole run."""
+    try:
+        import planted  # type: ignore[import-not-found]
+    except ImportError:
+        planted = None
+    if planted is not None and hasattr(planted, "healthy_cases"):
+        for case in planted.healthy_cases(seeds=list(seeds)):
+            config = {**planted.CONFIGS[case.config_name], **case.overrides, "seed": case.seed}
+            yield f"{case.way} {case.config_name} seed {case.seed}", config, case.plant, min(case.max_steps, steps)
+        return
+    steps = min(DIAGNOSIS_STEPS, steps)
+    for way, overrides, plant in diagnosis.KINDS[diagnosis.HEALTHY].ways:
+        for config, values in diagnosis.CONFIGS.items():
+            for seed in seeds:
+                yield f"{way} {config} seed {seed}", {**values, **overrides, "seed": seed, "ce_only_steps": 10 * steps}, plant, steps
+
+
 def say(name: str, r: dict) -> None:
     print(
         f"{name:44s} ce_ema {r['ce_ema']:10.3f} {'below' if r['below'] else 'ABOVE'} the Go line; "
@@ -67,6 +89,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="reported seeds (0 was seen while calibrating)")
     p.add_argument("--steps", type=int, default=300, help="optimizer steps of the default's runs (its max_steps)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every run")
+    p.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS), help="which sets to run (default all)")
     args = p.parse_args(argv)
     try:
         default, chosen = TrainConfig().to_dict(), TrainConfig().with_overrides(args.set).to_dict()
@@ -78,35 +101,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     started = time.perf_counter()
 
     caught = guarded_below = unguarded_below = 0
-    for lr in RUNAWAY_LRS:
+    for lr in RUNAWAY_LRS if "runaway" in args.sets else ():
         for seed in args.seeds:
             on, off = (run({**base, "head_lr": lr, "seed": seed, **extra}, args.steps) for extra in (GUARD, {}))
             say(f"runaway head_lr={lr:g} seed {seed}, guard", on)
             say(f"runaway head_lr={lr:g} seed {seed}, no guard", off)
             caught += on[GUARD_FIRINGS] > 0
             guarded_below, unguarded_below = guarded_below + on["below"], unguarded_below + off["below"]
-    runaways = len(RUNAWAY_LRS) * len(args.seeds)
+    runaways = len(RUNAWAY_LRS) * len(args.seeds) * ("runaway" in args.sets)
 
     raised_below = unraised_below = 0
-    for lr in TOO_LOW_LRS:
+    for lr in TOO_LOW_LRS if "too_low" in args.sets else ():
         for seed in args.seeds:
             on, off = (run({**base, "head_lr": lr, "seed": seed, **extra}, args.steps) for extra in (RAISE, {}))
             say(f"too low head_lr={lr:g} seed {seed}, raise", on)
             say(f"too low head_lr={lr:g} seed {seed}, no raise", off)
             raised_below, unraised_below = raised_below + on["below"], unraised_below + off["below"]
-    too_low = len(TOO_LOW_LRS) * len(args.seeds)
+    too_low = len(TOO_LOW_LRS) * len(args.seeds) * ("too_low" in args.sets)
 
     healthy: list[dict] = []
-    for seed in args.seeds:
+    for seed in args.seeds if "healthy" in args.sets else ():
         healthy.append(run({**base, "head_lr": 1e-2, "seed": seed, **GUARD, **RAISE}, args.steps))
         say(f"healthy default head_lr=1e-2 seed {seed}", healthy[-1])
-    for way, overrides, plant in KINDS[HEALTHY].ways:
-        for config, values in CONFIGS.items():
-            for seed in args.seeds:
-                steps = min(DIAGNOSIS_STEPS, args.steps)
-                cfg = {**values, **overrides, **base, "seed": seed, "ce_only_steps": 10 * steps, **GUARD, **RAISE}
-                healthy.append(run(cfg, steps, plant))
-                say(f"healthy diagnosis {way} {config} seed {seed}", healthy[-1])
+    for name, config, plant, steps in diagnosis_healthy_set(args.seeds, args.steps) if "healthy" in args.sets else ():
+        healthy.append(run({**config, **base, **GUARD, **RAISE}, steps, plant))
+        say(f"healthy diagnosis {name}", healthy[-1])
     firings = sum(r[GUARD_FIRINGS] > 0 for r in healthy)
     raises = sum(r[LR_RAISES] > 0 for r in healthy)
     wall = time.perf_counter() - started
@@ -114,7 +133,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"guard: runaways caught {caught} of {runaways}, below the Go line {guarded_below} of {runaways} "
         f"(without: {unguarded_below}); raise: too-low runs below the Go line {raised_below} of {too_low} "
         f"(without: {unraised_below}); healthy runs the guard fired on {firings} of {len(healthy)} "
-        f"(peak ce_ema {max(r['peak'] for r in healthy):.3f}x chance), raised {raises} of {len(healthy)}; wall {wall:.0f} s"
+        f"(peak ce_ema {max((r['peak'] for r in healthy), default=math.nan):.3f}x chance), raised {raises} of {len(healthy)}; wall {wall:.0f} s"
     )
     return 0
 
