@@ -58,17 +58,8 @@ def run(overrides: dict, steps: int, plant=None) -> dict:
 
 def diagnosis_healthy_set(seeds: Sequence[int], steps: int) -> Iterator[tuple[str, dict, Any, int]]:
     """``(name, config overrides, plant, steps)`` of each healthy run of ``benchmarks/diagnosis.py``: its
-    ``planted.healthy_cases`` where it has them (issue 14's larger set), else its ``KINDS['healthy']`` on its
-    ``CONFIGS``, CE only for the whole run."""
-    try:
-        import planted  # type: ignore[import-not-found]
-    except ImportError:
-        planted = None
-    if planted is not None and hasattr(planted, "healthy_cases"):
-        for case in planted.healthy_cases(seeds=list(seeds)):
-            config = {**planted.CONFIGS[case.config_name], **case.overrides, "seed": case.seed}
-            yield f"{case.way} {case.config_name} seed {case.seed}", config, case.plant, min(case.max_steps, steps)
-        return
+    ``KINDS['healthy']`` on its ``CONFIGS``, CE only for the whole run, as its ``judge`` trains them. The one place
+    to follow that benchmark when its healthy set changes."""
     steps = min(DIAGNOSIS_STEPS, steps)
     for way, overrides, plant in diagnosis.KINDS[diagnosis.HEALTHY].ways:
         for config, values in diagnosis.CONFIGS.items():
