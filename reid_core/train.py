@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 from reid_core.chance import DEFAULT_CHANCE_MARGIN, DEFAULT_GRACE_STEPS, ChanceLevelRule, go_line
 from reid_core.config import TrainConfig
-from reid_core.dashboards import DEFAULT_MLFLOW_URI, MlflowLog
+from reid_core.dashboards import DEFAULT_MLFLOW_URI, Dashboards, MlflowLog, WandbLog, add_wandb_argument, check_wandb, wandb_note
 from reid_core.diagnostics import Diagnosis, configured_lrs, diagnose
 from reid_core.errors import UserError, cli_exit
 from reid_core.flags import ArgumentParser, add_config_arguments, add_shortcut_arguments, parse_args, shortcut_values
@@ -173,7 +173,7 @@ class RunWriter:
     ):
         """``cfg``: a `TrainConfig`, or a user's own config mapping (``reid-tune run``), which then
         gives ``grace_samples`` (images) and, if it knows it, ``max_steps``; ``dashboard``: also
-        called with every step's metrics (``--mlflow``: `reid_core.dashboards.MlflowLog`)."""
+        called with every step's metrics (``--mlflow``, ``--wandb``: `reid_core.dashboards`)."""
         own = isinstance(cfg, TrainConfig)
         self.cfg, self.out, self.log_every_s = cfg, out, log_every_s
         self.stream = stream or sys.stdout  # read now: a captured or redirected stdout
@@ -277,6 +277,7 @@ def build_parser() -> ArgumentParser:
         help=f"also log every step's metrics to an MLflow run (default store {DEFAULT_MLFLOW_URI}; needs pip install "
         "'reid-tune[mlflow]')",
     )
+    add_wandb_argument(parser, "every step's metrics as one run, its config as the run's config, its files under --out")
     parser.add_argument(
         "--grace-steps",
         type=int,
@@ -307,9 +308,15 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
             raise UserError(f"'{out}' already holds a run (metrics.csv); pass a new --out folder")
         if out.exists() and not out.is_dir():
             raise UserError(f"--out '{out}' is a file; pass a folder")
+        wandb_mode = check_wandb(args.wandb) if args.wandb else None
         if args.preflight:
             preflight(cfg, log=print)
-        dashboard = MlflowLog(args.mlflow, "reid-tune-train", out.name, cfg.to_dict()) if args.mlflow else None
+        if wandb_mode:
+            print(wandb_note(wandb_mode, args.wandb, out))
+        dashboard = Dashboards(
+            MlflowLog(args.mlflow, "reid-tune-train", out.name, cfg.to_dict()) if args.mlflow else None,
+            WandbLog(args.wandb, "reid-tune-train", out.name, cfg.to_dict(), out, wandb_mode) if args.wandb else None,
+        )
         writer = RunWriter(
             cfg,
             out,
@@ -324,8 +331,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
             summary = train(cfg, writer, log=print)
         finally:
             writer.close()
-            if dashboard is not None:
-                dashboard.close(failed=summary is None or summary["end_reason"] != COMPLETED)
+            dashboard.close(failed=summary is None or summary["end_reason"] != COMPLETED)
     except UserError as err:
         return cli_exit(err, parser.prog)
     summary["chance_verdict"] = writer.verdict if writer.verdict == STUCK else None
