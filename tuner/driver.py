@@ -81,6 +81,8 @@ class Loggers:
 
     tensorboard: bool = False  # TensorBoard event files per trial
     mlflow: Optional[str] = None  # an MLflow tracking URI: one MLflow run per trial, in an experiment named as ours
+    wandb: Optional[str] = None  # a W&B project: one W&B run per trial, grouped by the experiment's name
+    wandb_mode: str = "offline"  # online, offline or disabled (reid_core.dashboards.wandb_mode)
 
     def callbacks(self, exp_dir: Path) -> list:
         """Ray Tune logger callbacks: result.json always (what tuner.results reads), then the asked-for ones."""
@@ -94,6 +96,10 @@ class Loggers:
 
             tags = {"reid_tune.experiment": str(exp_dir)}
             out.append(MLflowLoggerCallback(self.mlflow, experiment_name=exp_dir.name, tags=tags))
+        if self.wandb:
+            from tuner.wandb_callback import wandb_callback
+
+            out.append(wandb_callback(self.wandb, exp_dir, self.wandb_mode))
         return out
 
 
@@ -262,5 +268,9 @@ def _fit(settings, exp_dir: Path, resources: Resources, space, points, resume: b
             f"up to {settings.max_samples} images each; grace window {settings.grace_samples} images; results in {exp_dir}",
             flush=True,
         )
+        if loggers.wandb:
+            from reid_core.dashboards import wandb_folder, wandb_note
+
+            print(wandb_note(loggers.wandb_mode, loggers.wandb, wandb_folder(exp_dir)), flush=True)
     tuner.fit()
     return summarise(exp_dir, time.perf_counter() - t0)

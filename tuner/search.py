@@ -22,7 +22,7 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from reid_core.chance import DEFAULT_CHANCE_MARGIN, DEFAULT_GRACE_STEPS
-from reid_core.dashboards import DEFAULT_MLFLOW_URI, require_mlflow
+from reid_core.dashboards import DEFAULT_MLFLOW_URI, add_wandb_argument, check_wandb, require_mlflow
 from reid_core.config import TrainConfig, canonical_key, coerce_value
 from reid_core.errors import INTERRUPTED, UserError, cli_exit
 from reid_core.flags import ArgumentParser, add_config_arguments, add_shortcut_arguments, parse_args, shortcut_values
@@ -108,6 +108,7 @@ def build_parser() -> ArgumentParser:
         help=f"log every trial's per-step metrics to MLflow, one run per trial (default store {DEFAULT_MLFLOW_URI}; "
         "needs pip install 'reid-tune[mlflow]')",
     )
+    add_wandb_argument(o, "every trial's per-step metrics, one run per trial with its searched values, grouped by --name")
     o.add_argument(
         "--tensorboard",
         action="store_true",
@@ -134,13 +135,20 @@ def _check_metric(args) -> None:
 
 
 def _loggers(args) -> Loggers:
-    return Loggers(tensorboard=args.tensorboard, mlflow=args.mlflow)
+    return Loggers(
+        tensorboard=args.tensorboard,
+        mlflow=args.mlflow,
+        wandb=args.wandb,
+        wandb_mode=check_wandb(args.wandb) if args.wandb else "offline",
+    )
 
 
 def _check_args(args) -> None:
     _check_metric(args)
     if args.mlflow:
         require_mlflow()
+    if args.wandb:
+        check_wandb(args.wandb)
 
     def positive(flag: str, value: Optional[float], allow_zero: bool = False) -> None:
         if value is None:
