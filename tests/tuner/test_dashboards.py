@@ -1,4 +1,5 @@
-"""--mlflow: every trial's (and a plain run's) per-step metrics in MLflow, read back with MLflow's own client."""
+"""--mlflow: every trial's (and a plain run's) per-step metrics in MLflow, read back with MLflow's own client
+(--wandb: tests/tuner/test_wandb.py; a missing package, either one, here)."""
 
 from __future__ import annotations
 
@@ -42,16 +43,17 @@ def test_the_plain_job_logs_the_same_way(tmp_path):
     assert run.info.status == "FINISHED"
 
 
+@pytest.mark.parametrize("package", ["mlflow", "wandb"])
 @pytest.mark.parametrize("command", ["search", "train"])
-def test_without_mlflow_installed_the_flag_is_one_line_naming_the_extra(command, tmp_path, monkeypatch, capsys):
+def test_without_the_package_installed_the_flag_is_one_line_naming_the_extra(package, command, tmp_path, monkeypatch, capsys):
     import importlib.util
 
     from tuner.search import main as search_main
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
-    argv = ["--mlflow", "--out" if command == "train" else "--storage-path", str(tmp_path / "out")]
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == package else real(name, *a))
+    argv = [f"--{package}", "--out" if command == "train" else "--storage-path", str(tmp_path / "out")]
     code = (train_main if command == "train" else search_main)(argv)
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "pip install 'reid-tune[mlflow]'" in err[0]
+    assert code == 2 and len(err) == 1 and f"pip install 'reid-tune[{package}]'" in err[0]
     assert not (tmp_path / "out").exists()
