@@ -207,8 +207,9 @@ def add_wandb_argument(parser: Any, what: str) -> None:
         nargs="?",
         const=DEFAULT_WANDB_PROJECT,
         metavar="PROJECT",
-        help=f"log {what} to Weights & Biases (default project {DEFAULT_WANDB_PROJECT}); offline, into a wandb/ folder "
-        "for `wandb sync`, unless W&B has an API key or WANDB_MODE says otherwise; needs pip install 'reid-tune[wandb]'",
+        help=f"log {what} to Weights & Biases project PROJECT (default {DEFAULT_WANDB_PROJECT}): online when W&B has an "
+        "API key, else offline into a wandb/ folder for `wandb sync`; WANDB_MODE overrides; needs pip install "
+        "'reid-tune[wandb]'",
     )
 
 

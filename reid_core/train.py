@@ -277,7 +277,7 @@ def build_parser() -> ArgumentParser:
         help=f"also log every step's metrics to an MLflow run (default store {DEFAULT_MLFLOW_URI}; needs pip install "
         "'reid-tune[mlflow]')",
     )
-    add_wandb_argument(parser, "every step's metrics as one run, its config as the run's config, its files under --out")
+    add_wandb_argument(parser, "every step's metrics as one run (its files under --out)")
     parser.add_argument(
         "--grace-steps",
         type=int,
@@ -315,7 +315,9 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
             print(wandb_note(wandb_mode, args.wandb, out))
         dashboard = Dashboards(
             MlflowLog(args.mlflow, "reid-tune-train", out.name, cfg.to_dict()) if args.mlflow else None,
-            WandbLog(args.wandb, "reid-tune-train", out.name, cfg.to_dict(), out, wandb_mode) if args.wandb else None,
+            WandbLog(args.wandb, "reid-tune-train", out.name, cfg.to_dict(), out, wandb_mode)
+            if wandb_mode not in (None, "disabled")
+            else None,
         )
         writer = RunWriter(
             cfg,

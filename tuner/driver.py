@@ -96,7 +96,7 @@ class Loggers:
 
             tags = {"reid_tune.experiment": str(exp_dir)}
             out.append(MLflowLoggerCallback(self.mlflow, experiment_name=exp_dir.name, tags=tags))
-        if self.wandb:
+        if self.wandb and self.wandb_mode != "disabled":  # disabled: no logging actor per trial for nothing
             from tuner.wandb_callback import wandb_callback
 
             out.append(wandb_callback(self.wandb, exp_dir, self.wandb_mode))

@@ -108,7 +108,7 @@ def build_parser() -> ArgumentParser:
         help=f"log every trial's per-step metrics to MLflow, one run per trial (default store {DEFAULT_MLFLOW_URI}; "
         "needs pip install 'reid-tune[mlflow]')",
     )
-    add_wandb_argument(o, "every trial's per-step metrics, one run per trial with its searched values, grouped by --name")
+    add_wandb_argument(o, "every trial's per-step metrics, one run per trial grouped by --name (its files in the experiment folder)")
     o.add_argument(
         "--tensorboard",
         action="store_true",
