@@ -148,7 +148,7 @@ def wandb_note(mode: str, project: str, folder: Path) -> str:
         return "W&B: disabled (WANDB_MODE=disabled): nothing logged"
     if mode == "online":
         return f"W&B: logging to project {project} online; run files in {folder / 'wandb'}"
-    why = "WANDB_MODE=offline" if os.environ.get("WANDB_MODE") else "no W&B API key found"
+    why = f"WANDB_MODE={os.environ['WANDB_MODE'].strip()}" if os.environ.get("WANDB_MODE") else "no W&B API key found"
     return (
         f"W&B: offline ({why}): runs in {folder / 'wandb'}; upload them later with "
         f"`wandb sync {folder / 'wandb'}/offline-run-*`"

@@ -12,6 +12,7 @@ Imports Ray: import it only where Ray may be imported (`tuner.driver` builds the
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import ray
@@ -45,6 +46,22 @@ class WandbTrialLogger(WandbLoggerCallback):
                 num_cpus=0, **_force_on_current_node(), runtime_env={"env_vars": env_vars}, max_restarts=0
             )(self._logger_actor_cls)
         super()._start_logging_actor(trial, exclude_results, **wandb_init_kwargs)
+
+    def _cleanup_logging_actor(self, trial) -> None:
+        # Ray drops a logging actor's error (wandb.init refused, no network online): say it once per search,
+        # or the user would find out only on W&B's site.
+        future = self._trial_logging_futures[trial]
+        if not getattr(self, "_told", False) and not ray.wait([future], timeout=0)[1]:
+            try:
+                ray.get(future)
+            except Exception as err:  # RayTaskError (the actor's own exception as its cause) or the actor died
+                cause = getattr(err, "cause", None) or err
+                first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+                print(f"W&B: trial {trial.trial_id} was not logged ({type(cause).__name__}: {first}); its results are "
+                      "in the experiment folder all the same; further W&B failures of this search are not repeated",
+                      file=sys.stderr, flush=True)  # fmt: skip
+                self._told = True
+        super()._cleanup_logging_actor(trial)
 
     def __del__(self) -> None:
         try:

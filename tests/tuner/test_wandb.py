@@ -131,3 +131,16 @@ def test_a_wandb_mistake_is_one_line_before_anything_starts(command, environment
     assert code == 2 and len(err) == 1 and message in err[0]
     assert not (tmp_path / "out").exists()
 
+
+
+@pytest.mark.ray
+def test_a_run_wandb_refuses_is_one_line_and_the_search_goes_on(ray_session, tmp_path, no_wandb_account, monkeypatch, capfd):
+    monkeypatch.setenv("WANDB_API_KEY", "typo")  # a key: online; W&B refuses it at its first call (this process only)
+    code, exp = run_search(tmp_path, "wbfail", [{"head_lr": 1e-6}], extra=["--wandb", "--skip-preflight"])
+    assert code == 0 and (exp / "results.csv").is_file()  # the search itself is untouched
+    printed = capfd.readouterr()
+    assert "W&B: logging to project reid-tune online" in printed.out
+    (trial,), _ = read_trial_folders(exp)
+    told = [line for line in printed.err.splitlines() if line.startswith("W&B:")]
+    assert len(told) == 1 and f"W&B: trial {trial.trial_id} was not logged" in told[0] and "API key" in told[0]
+    assert_no_wandb_process_left(ray_session)
