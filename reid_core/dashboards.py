@@ -89,7 +89,10 @@ def check_wandb_project(project: str, flag: str = "--wandb") -> None:
     bad = sorted({c for c in project if c in _BAD_PROJECT_CHARACTERS})
     if not project.strip() or bad or len(project) > 128:
         reason = f"holds {' '.join(bad)}" if bad else "is empty" if not project.strip() else "is over 128 characters"
-        raise UserError(f"{flag} project '{project}' {reason}; W&B project names are up to 128 characters without {_BAD_PROJECT_CHARACTERS}")
+        raise UserError(
+            f"{flag} project '{project}' {reason}; W&B project names are up to 128 characters without "
+            f"{_BAD_PROJECT_CHARACTERS}"
+        )
 
 
 def wandb_mode(flag: str = "--wandb") -> str:
@@ -137,8 +140,11 @@ def wandb_key_found() -> Optional[bool]:
 
 
 def wandb_folder(folder: Any) -> Path:
-    """Where W&B writes its ``wandb/`` folder for runs kept with ``folder``: that folder when it is on this
-    machine, else (an experiment on object storage) the current folder."""
+    """Where W&B writes its ``wandb/`` folder for runs kept with ``folder``: ``WANDB_DIR`` when the user set
+    it (as W&B does), else that folder when it is on this machine, else (an experiment on object storage)
+    the current folder."""
+    if os.environ.get("WANDB_DIR"):
+        return Path(os.environ["WANDB_DIR"]).expanduser().resolve()
     return folder if isinstance(folder, Path) else Path.cwd()
 
 
@@ -176,7 +182,8 @@ class WandbLog:
                 self.run = wandb.init(**self._init)
             except wandb.errors.Error as err:  # e.g. online without a network: W&B's own words, on one line
                 first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-                raise UserError(f"--wandb: W&B could not start the run: {first}; set WANDB_MODE=offline to log offline") from None
+                message = f"--wandb: W&B could not start the run: {first}; set WANDB_MODE=offline to log offline"
+                raise UserError(message) from None
         numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         self.run.log(numbers, step=int(metrics["step"]))
 

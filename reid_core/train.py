@@ -20,7 +20,16 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 from reid_core.chance import DEFAULT_CHANCE_MARGIN, DEFAULT_GRACE_STEPS, ChanceLevelRule, go_line
 from reid_core.config import TrainConfig
-from reid_core.dashboards import DEFAULT_MLFLOW_URI, Dashboards, MlflowLog, WandbLog, add_wandb_argument, check_wandb, wandb_note
+from reid_core.dashboards import (
+    DEFAULT_MLFLOW_URI,
+    Dashboards,
+    MlflowLog,
+    WandbLog,
+    add_wandb_argument,
+    check_wandb,
+    wandb_folder,
+    wandb_note,
+)
 from reid_core.diagnostics import Diagnosis, configured_lrs, diagnose
 from reid_core.errors import UserError, cli_exit
 from reid_core.flags import ArgumentParser, add_config_arguments, add_shortcut_arguments, parse_args, shortcut_values
@@ -312,10 +321,10 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
         if args.preflight:
             preflight(cfg, log=print)
         if wandb_mode:
-            print(wandb_note(wandb_mode, args.wandb, out))
+            print(wandb_note(wandb_mode, args.wandb, wandb_folder(out)))
         dashboard = Dashboards(
             MlflowLog(args.mlflow, "reid-tune-train", out.name, cfg.to_dict()) if args.mlflow else None,
-            WandbLog(args.wandb, "reid-tune-train", out.name, cfg.to_dict(), out, wandb_mode)
+            WandbLog(args.wandb, "reid-tune-train", out.name, cfg.to_dict(), wandb_folder(out), wandb_mode)
             if wandb_mode not in (None, "disabled")
             else None,
         )

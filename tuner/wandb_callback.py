@@ -32,6 +32,8 @@ class WandbTrialLogger(WandbLoggerCallback):
     is passed on to the actors by Ray; `wandb login`'s .netrc is on the same node). So: nothing to set up.
     """
 
+    _told = False  # a trial's failed W&B run was reported (once per search)
+
     def setup(self, *args, **kwargs) -> None:
         return None
 
@@ -51,7 +53,7 @@ class WandbTrialLogger(WandbLoggerCallback):
         # Ray drops a logging actor's error (wandb.init refused, no network online): say it once per search,
         # or the user would find out only on W&B's site.
         future = self._trial_logging_futures[trial]
-        if not getattr(self, "_told", False) and not ray.wait([future], timeout=0)[1]:
+        if not self._told and not ray.wait([future], timeout=0)[1]:
             try:
                 ray.get(future)
             except Exception as err:  # RayTaskError (the actor's own exception as its cause) or the actor died

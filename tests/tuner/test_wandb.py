@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from reid_core.dashboards import wandb_mode
+from reid_core.dashboards import wandb_folder, wandb_mode
 from reid_core.train import main as train_main
 from tests.tuner.conftest import MAX_STEPS, run_search
 from tuner.ray_files import read_trial_folders
@@ -55,7 +55,8 @@ def no_wandb_account(monkeypatch):
 
 @pytest.mark.ray
 def test_a_search_writes_one_offline_wandb_run_per_trial_with_every_steps_ce_ema(ray_session, tmp_path, no_wandb_account, capfd):
-    code, exp = run_search(tmp_path, "wb", [{"head_lr": 1e-2}, {"head_lr": 1e-6}], extra=["--wandb", "reid-test", "--skip-preflight"])
+    points = [{"head_lr": 1e-2}, {"head_lr": 1e-6}]
+    code, exp = run_search(tmp_path, "wb", points, extra=["--wandb", "reid-test", "--skip-preflight"])
     assert code == 0
     out = capfd.readouterr()
     assert f"W&B: offline (no W&B API key found): runs in {exp / 'wandb'}" in out.out
@@ -109,6 +110,15 @@ def test_wandb_mode_is_offline_without_a_key_and_follows_wandb_mode_and_an_api_k
     assert wandb_mode() == "disabled"
 
 
+def test_the_run_files_go_with_the_experiment_unless_wandb_dir_says_where(no_wandb_account, monkeypatch, tmp_path):
+    from tuner.storage import location
+
+    assert wandb_folder(tmp_path / "exp") == tmp_path / "exp"
+    assert wandb_folder(location("s3://bucket/exp?endpoint_override=127.0.0.1:1")) == Path.cwd()  # not on this machine
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "elsewhere"))
+    assert wandb_folder(tmp_path / "exp") == tmp_path / "elsewhere"
+
+
 @pytest.mark.parametrize(
     "environment, flag, message",
     [
@@ -119,7 +129,9 @@ def test_wandb_mode_is_offline_without_a_key_and_follows_wandb_mode_and_an_api_k
     ids=["online without a key", "unknown mode", "bad project name"],
 )
 @pytest.mark.parametrize("command", ["search", "train"])
-def test_a_wandb_mistake_is_one_line_before_anything_starts(command, environment, flag, message, tmp_path, no_wandb_account, monkeypatch, capsys):
+def test_a_wandb_mistake_is_one_line_before_anything_starts(
+    command, environment, flag, message, tmp_path, no_wandb_account, monkeypatch, capsys
+):
     from tuner.search import main as search_main
 
     monkeypatch.setenv("HOME", str(tmp_path))
