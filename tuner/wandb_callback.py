@@ -43,10 +43,10 @@ class WandbTrialLogger(WandbLoggerCallback):
         # (ray-project/ray#53727). A restart could not resume the trial's wandb.init anyway; the same actor
         # class otherwise (no CPU, on this node, the API key passed on), and Ray's method does the rest.
         if not self._remote_logger_class:
-            env_vars = {WANDB_ENV_VAR: os.environ[WANDB_ENV_VAR]} if WANDB_ENV_VAR in os.environ else {}
-            self._remote_logger_class = ray.remote(
-                num_cpus=0, **_force_on_current_node(), runtime_env={"env_vars": env_vars}, max_restarts=0
-            )(self._logger_actor_cls)
+            options = {"num_cpus": 0, **_force_on_current_node(), "max_restarts": 0}
+            if WANDB_ENV_VAR in os.environ:  # else no runtime_env: the actor may start in one of Ray's idle workers
+                options["runtime_env"] = {"env_vars": {WANDB_ENV_VAR: os.environ[WANDB_ENV_VAR]}}
+            self._remote_logger_class = ray.remote(**options)(self._logger_actor_cls)
         super()._start_logging_actor(trial, exclude_results, **wandb_init_kwargs)
 
     def _cleanup_logging_actor(self, trial) -> None:
