@@ -92,10 +92,10 @@ class Loggers:
         if self.tensorboard:
             out.append(TBXLoggerCallback())
         if self.mlflow:
-            from ray.air.integrations.mlflow import MLflowLoggerCallback
+            from tuner.mlflow_callback import BatchedMLflowLoggerCallback
 
             tags = {"reid_tune.experiment": str(exp_dir)}
-            out.append(MLflowLoggerCallback(self.mlflow, experiment_name=exp_dir.name, tags=tags))
+            out.append(BatchedMLflowLoggerCallback(self.mlflow, experiment_name=exp_dir.name, tags=tags))
         if self.wandb and self.wandb_mode != "disabled":  # disabled: no logging actor per trial for nothing
             from tuner.wandb_callback import wandb_callback
 
