@@ -28,6 +28,7 @@ class ConfigError(UserError, ValueError):
 
 
 AMP_MODES = ("auto", "off", "bf16", "fp16")
+LR_SCHEDULES = {"head_lr_schedule": "head_lr", "backbone_lr_schedule": "backbone_lr"}  # schedule field -> the LR it steps
 SDM_STARTS = ("steps", "go_line")  # what ends the CE-only phase: a step count, or CE leaving chance
 EVAL_SPLITS = ("test", "val")
 
@@ -58,6 +59,8 @@ class TrainConfig:
     weight_decay: float = 4e-5  # AdamW decoupled weight decay; never applied to biases and norm weights
     lr_warmup_steps: int = 10  # optimizer steps of linear LR warm-up before the cosine decay to 0
     grad_clip: float = 0.0  # max global gradient norm; 0 = no clipping
+    head_lr_schedule: Optional[tuple[tuple[int, float], ...]] = None  # [[step, lr], ...] steps ascending: after `step` optimizer steps the head's LR is `lr` (warm-up and cosine still multiply it), before the first entry head_lr; None = head_lr throughout. What a --scheduler pbt winner exports
+    backbone_lr_schedule: Optional[tuple[tuple[int, float], ...]] = None  # the same for backbone_lr
 
     # --- the run's own head-LR changes (reid_core.head_lr; each change is an event in summary.json) -----
     head_guard: bool = False  # automatic fallback: when the identity CE runs away (ce_ema above head_guard_ce_ratio x log(C) and rising), put the head back as it was at its lowest ce_ema and multiply its LR by head_guard_factor
@@ -90,6 +93,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.image_size, (list, int)):  # TrainConfig(image_size=[64, 32]) from Python code
             object.__setattr__(self, "image_size", coerce_value("image_size", self.image_size))
+        for key in LR_SCHEDULES:  # a schedule given as lists from Python code
+            if isinstance(getattr(self, key), list):
+                object.__setattr__(self, key, coerce_value(key, getattr(self, key)))
         for problem in _problems(self):
             raise ConfigError(problem)
 
@@ -115,6 +121,9 @@ class TrainConfig:
         """Plain JSON-ready dict; ``TrainConfig.from_dict(cfg.to_dict()) == cfg``."""
         out = dataclasses.asdict(self)
         out["image_size"] = list(self.image_size)
+        for key in LR_SCHEDULES:
+            if out[key] is not None:
+                out[key] = [list(entry) for entry in out[key]]
         return out
 
     def save(self, path: str | Path) -> None:
@@ -208,6 +217,8 @@ def coerce_value(key: str, value: Any) -> Any:
     def bad(expected: str) -> ConfigError:
         return ConfigError(f"config key '{key}' must be {expected}, got {value!r}")
 
+    if key in LR_SCHEDULES:
+        return _coerce_schedule(value, bad("a list of [step, lr] pairs, e.g. [[300, 0.02], [400, 0.01]]"))
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -254,6 +265,39 @@ def coerce_value(key: str, value: Any) -> Any:
     raise TypeError(f"no coercion for field {key} of type {hint}")  # a bug, not a user error
 
 
+def _coerce_schedule(value: Any, error: ConfigError) -> tuple[tuple[int, float], ...]:
+    """``[[step, lr], ...]`` (lists, tuples, or their YAML/JSON text) -> a tuple of ``(int step, float lr)``."""
+    if isinstance(value, str):
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise error from None
+    if not isinstance(value, (list, tuple)):
+        raise error
+    out = []
+    for entry in value:
+        if not isinstance(entry, (list, tuple)) or len(entry) != 2:
+            raise error
+        step, lr = entry
+        try:
+            lr = float(lr)  # YAML 1.1 reads 1e-3 as a string
+        except (TypeError, ValueError):
+            raise error from None
+        if isinstance(step, bool) or not (isinstance(step, int) or (isinstance(step, float) and step.is_integer())):
+            raise error
+        out.append((int(step), lr))
+    return tuple(out)
+
+
+def _schedule_ok(schedule: Optional[tuple[tuple[int, float], ...]], lowest: float) -> bool:
+    """Steps >= 0 and strictly ascending, every LR finite and >= ``lowest``."""
+    if schedule is None:
+        return True
+    steps = [step for step, _ in schedule]
+    ascending = all(a < b for a, b in zip(steps, steps[1:])) and all(step >= 0 for step in steps)
+    return ascending and all(math.isfinite(lr) and lr >= lowest for _, lr in schedule)
+
+
 def _coerce_int(v: Any) -> int:
     if isinstance(v, bool):
         raise ValueError(v)
@@ -284,6 +328,12 @@ def _problems(cfg: TrainConfig):
         rule("head_lr_raise", math.isfinite(cfg.head_lr_raise) and cfg.head_lr_raise >= 1, ">= 1 (1 turns the raise off)"),
         rule("head_lr_watch_steps", cfg.head_lr_watch_steps >= 1, ">= 1"),
         rule("head_lr_raise_cap", cfg.head_lr_raise_cap is None or cfg.head_lr_raise_cap > 0, "> 0 or unset"),
+        rule(
+            "head_lr_schedule",
+            _schedule_ok(cfg.head_lr_schedule, 0.0) and all(lr > 0 for _, lr in cfg.head_lr_schedule or ()),
+            "[[step, lr], ...] with steps >= 0 ascending and every lr > 0",
+        ),
+        rule("backbone_lr_schedule", _schedule_ok(cfg.backbone_lr_schedule, 0.0), "[[step, lr], ...] with steps >= 0 ascending and every lr >= 0"),
         rule("ce_only_steps", cfg.ce_only_steps >= 0, ">= 0"),
         rule("sdm_weight", cfg.sdm_weight >= 0, ">= 0"),
         rule("sdm_start", cfg.sdm_start in SDM_STARTS, f"one of {', '.join(SDM_STARTS)}"),

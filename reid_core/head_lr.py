@@ -87,7 +87,7 @@ class HeadLRChanges:
 
     @property
     def head_lr(self) -> float:
-        return self.trainer.cfg.head_lr * self.scale
+        return self.trainer.configured_lr("head") * self.scale  # configured: head_lr, or head_lr_schedule's value now
 
     def count(self, kind: str) -> int:
         return sum(e.kind == kind for e in self.events)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 
 def lr_factor(step: int, lr_warmup_steps: int, total_steps: int) -> float:
@@ -28,3 +29,14 @@ def sdm_weight_at(step: int, ce_only_steps: int, ramp_steps: int, target: float)
 def ema(previous: float | None, value: float, beta: float) -> float:
     """Exponential moving average started at the first value (no zero-bias to correct)."""
     return value if previous is None else beta * previous + (1.0 - beta) * value
+
+
+def scheduled_value(schedule: Sequence[Sequence[float]] | None, step: int, default: float) -> float:
+    """The value a ``[[step, value], ...]`` schedule (steps ascending) holds after ``step`` optimizer steps:
+    the last entry whose step is ``<= step``, or ``default`` before the first (or without a schedule)."""
+    value = default
+    for start, entry in schedule or ():
+        if start > step:
+            break
+        value = float(entry)
+    return value

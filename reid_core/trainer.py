@@ -26,7 +26,7 @@ from reid_core.metrics import retrieval_metrics
 from reid_core.model import ReIDModel, build_model, context_length, parameter_groups
 from reid_core.monitor import HeadMonitor
 from reid_core.pretrained import check_model, resolve_pretrained
-from reid_core.schedule import ema, lr_factor, sdm_weight_at
+from reid_core.schedule import ema, lr_factor, scheduled_value, sdm_weight_at
 
 
 # --- runtime setup --------------------------------------------------------------
@@ -99,6 +99,8 @@ def _image_features(model: ReIDModel, split: Split, size, device: torch.device, 
 
 # --- training ----------------------------------------------------------------------
 
+LR_PARTS = ("head", "backbone")  # the parameter groups' name prefixes (reid_core.model.parameter_groups), each with its own LR
+
 # The step metrics `HeadMonitor.after_step` measures, in the order train_step reports them.
 HEAD_METRICS = (
     "head_weight_norm", "head_weight_change", "head_grad_norm", "feature_norm", "logit_std", "head_measured_step",
@@ -151,6 +153,7 @@ class Trainer:
             **self.monitor.state_dict(),  # skipped_steps, head_weight_start
             **self.head_lr_changes.state_dict(),  # the head LR's own changes: they live in base_lr, set again on load
             "torch_rng": torch.get_rng_state(),
+            "configured_lr": {part: self.configured_lr(part) for part in LR_PARTS},  # what the config said, for a restore under another
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -162,12 +165,36 @@ class Trainer:
         if "sdm_start_step" in state:  # checkpoints from before sdm_start keep the config's own
             self.sdm_start_step = None if state["sdm_start_step"] < 0 else state["sdm_start_step"]
         self.monitor.load_state_dict(state)
-        self.head_lr_changes.load_state_dict(state)
+        # The optimizer state just loaded carries the checkpointed run's base LRs. Restored under a config that
+        # sets another LR (a PBT exploit: a copy of one trial's checkpoint with a perturbed head_lr), this
+        # config's LR applies from here; a resume under the same config keeps the checkpoint's.
+        saved = state.get("configured_lr")
+        for part in LR_PARTS:
+            if saved is not None and saved[part] != self.configured_lr(part):
+                self._set_base_lr(part, self.base_lr(part))
+        self.head_lr_changes.load_state_dict(state)  # the head: the config's LR times the run's own changes
         # The micro-batch stream is a pure function of its seed and of how many batches were drawn:
         # drawing the same number again puts it where the checkpointed run was.
         for _ in range(self.step * self.cfg.grad_accum_steps):
             next(self.stream)
         torch.set_rng_state(state["torch_rng"])
+
+    def configured_lr(self, part: str) -> float:
+        """The base LR the config gives ``part`` ('head' or 'backbone') at the next step: its schedule's value
+        (``head_lr_schedule``, ``backbone_lr_schedule``), else ``head_lr`` / ``backbone_lr``."""
+        cfg = self.cfg
+        if part == "head":
+            return scheduled_value(cfg.head_lr_schedule, self.step, cfg.head_lr)
+        return scheduled_value(cfg.backbone_lr_schedule, self.step, cfg.backbone_lr)
+
+    def base_lr(self, part: str) -> float:
+        """The base LR ``part`` trains at: the configured one, for the head times the run's own changes (head_guard, head_lr_raise)."""
+        return self.configured_lr(part) * (self.head_lr_changes.scale if part == "head" else 1.0)
+
+    def _set_base_lr(self, part: str, value: float) -> None:
+        for group in self.optimizer.param_groups:
+            if group.get("name", "").startswith(part):
+                group["base_lr"] = value
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype) if self.dtype else contextlib.nullcontext()
@@ -202,6 +229,9 @@ class Trainer:
         """One optimizer step; returns its metrics (``reid_core.schema.STEP_METRICS``)."""
         cfg, optimizer, scaler = self.cfg, self.optimizer, self.scaler
         started = time.perf_counter()
+        for part, schedule in (("head", cfg.head_lr_schedule), ("backbone", cfg.backbone_lr_schedule)):
+            if any(start == self.step for start, _ in schedule or ()):  # a schedule entry starts at this step
+                self._set_base_lr(part, self.base_lr(part))
         factor = lr_factor(self.step, cfg.lr_warmup_steps, cfg.max_steps)
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
