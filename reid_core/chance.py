@@ -24,7 +24,7 @@ replays a recorded curve.
 from __future__ import annotations
 
 import math
-from collections import deque
+from bisect import bisect_left, bisect_right
 from typing import Any, Iterable, Optional
 
 from reid_core.schema import DIVERGED, HEAD_LR_COUNTS, STUCK
@@ -58,9 +58,13 @@ class ChanceLevelRule:
         self.grace_samples = grace_samples
         self.margin = margin
         self.trend_samples = trend_samples
-        self._history: deque[tuple[float, float]] = deque()  # (samples, ce_ema) over the trend window
         self._grace_start = 0.0  # samples at which the current grace window began (a head-LR change restarts it)
         self._lr_changes = 0  # head_guard_firings + head_lr_raises at the last result
+        # every result so far, samples ascending (a restore may go back to any of them): (samples, ce_ema), and
+        # (_lr_changes, _grace_start) as they stood after it
+        self._samples: list[float] = []
+        self._ce_emas: list[float] = []
+        self._states: list[tuple[int, float]] = []
 
     def __call__(self, result: dict[str, Any]) -> Optional[str]:
         """Return ``None`` to go on, or the reason to stop: ``stuck_at_chance`` or ``diverged``."""
@@ -71,11 +75,11 @@ class ChanceLevelRule:
         if not (math.isfinite(ce) and math.isfinite(ce_ema)):
             return DIVERGED
         samples = float(result["samples"])
+        self._rewind(samples)
         # The run changed its own head LR (guard or raise): a new grace window from here, on the new LR's curve.
         lr_changes = sum(v for v in map(result.get, HEAD_LR_COUNTS) if isinstance(v, (int, float)) and math.isfinite(v))
-        if lr_changes != self._lr_changes:
+        if lr_changes != self._lr_changes:  # the trend forgets what came before (`_reference`)
             self._lr_changes, self._grace_start = lr_changes, samples
-            self._history.clear()
         self._remember(samples, ce_ema)
         # Too early to judge: the seed's smoke window (since the start, or the last head-LR change) has not passed.
         if samples - self._grace_start < self.grace_samples:
@@ -85,18 +89,33 @@ class ChanceLevelRule:
         if gap <= 0:
             return None
         # Above the line but falling fast enough to cross it within another grace window: a slow learner.
-        then_samples, then_ce_ema = self._history[0]
+        then_samples, then_ce_ema = self._reference(samples)
         drop_per_sample = (then_ce_ema - ce_ema) / max(samples - then_samples, 1.0)
         if drop_per_sample > 0 and gap / drop_per_sample <= self.grace_samples:
             return None
         # Above the line and flat (or rising): stuck at chance.
         return STUCK
 
+    def _rewind(self, samples: float) -> None:
+        """A run restored from an earlier checkpoint (a retry; PBT's exploit) reports images seen again: the rule
+        forgets what came after the restore point, as the tables' reading of the curve does, so the live verdict
+        and the replayed one agree. (Hence the whole history, not only the trend window: ~80 bytes a step.)"""
+        cut = bisect_left(self._samples, samples)
+        if cut < len(self._samples):
+            del self._samples[cut:], self._ce_emas[cut:], self._states[cut:]
+            self._lr_changes, self._grace_start = self._states[-1] if self._states else (0, 0.0)
+
     def _remember(self, samples: float, ce_ema: float) -> None:
-        self._history.append((samples, ce_ema))
-        # Keep the newest point at least trend_samples old as the trend's reference.
-        while len(self._history) > 1 and samples - self._history[1][0] >= self.trend_samples:
-            self._history.popleft()
+        self._samples.append(samples)
+        self._ce_emas.append(ce_ema)
+        self._states.append((self._lr_changes, self._grace_start))
+
+    def _reference(self, samples: float) -> tuple[float, float]:
+        """The trend's reference: the newest point at least ``trend_samples`` old, else the oldest, within the
+        current grace window (a head-LR change starts the trend afresh)."""
+        first = bisect_left(self._samples, self._grace_start)
+        i = max(bisect_right(self._samples, samples - self.trend_samples) - 1, first)
+        return self._samples[i], self._ce_emas[i]
 
 
 def first_verdict(

@@ -35,7 +35,8 @@ class TrialFiles:
     path: Location  # the trial's folder (a local Path, or a StoragePath on an object store)
     sampled: dict[str, Any]  # params.json as written
     status: Optional[str]  # Ray's status from the newest experiment state; None if unknown
-    rows: list[dict[str, Any]] = field(default_factory=list)  # result.json, one per report, by step
+    rows: list[dict[str, Any]] = field(default_factory=list)  # result.json: the curve as it stands, images seen ascending
+    trained_samples: float = 0.0  # images this trial trained: every report counted, also those a restore undid
     error: Optional[str] = None  # last non-blank line of error.txt
     recorded: Optional[dict[str, Any]] = None  # end_reason.json: {"end_reason", "step", "samples"}, if written
     damage: list[str] = field(default_factory=list)  # what a crash left unreadable, one note each
@@ -58,8 +59,26 @@ def statuses(exp_dir: Location) -> tuple[dict[str, tuple[Optional[str], Optional
         return {}, f"{states[-1]} is unreadable ({type(err).__name__}); trial statuses unknown, end reasons read from the trials' own files"
 
 
-def read_results(result_file: Location) -> tuple[list[dict[str, Any]], list[str]]:
-    """``(the training steps a trial reported, one per step in step order; notes on unreadable lines)``."""
+def curve_of(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A trial restored from a checkpoint (a retry; under PBT, another trial's checkpoint) reports from its
+    restore point on: read in report order, each report undoes the ones at or past its images seen (steps for
+    a report without ``samples``). Without restores this is every report."""
+    curve: list[dict[str, Any]] = []
+    for row in reports:
+        at = row.get("samples", row["step"])
+        while curve and curve[-1].get("samples", curve[-1]["step"]) >= at:
+            curve.pop()
+        curve.append(row)
+    return curve
+
+
+def trained_samples(reports: list[dict[str, Any]]) -> float:
+    """Images a trial trained, every report counted once (one optimizer step of ``samples / step`` images)."""
+    return float(sum(r["samples"] / r["step"] for r in reports if r.get("samples") and r.get("step")))
+
+
+def read_reports(result_file: Location) -> tuple[list[dict[str, Any]], list[str]]:
+    """``(every training step the trial reported, in report order; notes on unreadable lines)``."""
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
     if not result_file.is_file():
@@ -74,9 +93,7 @@ def read_results(result_file: Location) -> tuple[list[dict[str, Any]], list[str]
             continue
         if isinstance(row, dict) and "step" in row:
             rows.append(row)
-    # A restored trial may repeat steps it had already reported: keep the last report of each step.
-    by_step = {row["step"]: row for row in rows}
-    return [by_step[s] for s in sorted(by_step)], notes
+    return rows, notes
 
 
 def last_error_line(trial_dir: Location) -> Optional[str]:
@@ -106,7 +123,8 @@ def read_trial_folders(exp_dir: str | Location) -> tuple[list[TrialFiles], list[
     trials = []
     for params_file in sorted(exp_dir.glob("*/params.json")):
         trial_dir = params_file.parent
-        rows, damage = read_results(trial_dir / "result.json")
+        reports, damage = read_reports(trial_dir / "result.json")
+        rows = curve_of(reports)
         sampled = _read_json(params_file, damage)
         recorded = _read_json(trial_dir / END_REASON_FILE, damage)
         trial_id = rows[-1].get("trial_id") if rows else None
@@ -121,6 +139,7 @@ def read_trial_folders(exp_dir: str | Location) -> tuple[list[TrialFiles], list[
                 sampled=sampled if isinstance(sampled, dict) else {},
                 status=known.get(trial_id, (None, None))[0],
                 rows=rows,
+                trained_samples=trained_samples(reports),
                 error=last_error_line(trial_dir),
                 recorded=recorded if isinstance(recorded, dict) else None,
                 damage=damage,

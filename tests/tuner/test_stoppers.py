@@ -170,3 +170,15 @@ def test_plain_job_and_search_reach_the_same_verdict_on_the_same_curve(curve, ve
     assert at_window["ce_ema"] > go_line(at_window["chance_ce"])
     if verdict_step is None:
         assert rows[-1]["ce_ema"] < go_line(rows[-1]["chance_ce"])  # and it did cross the Go line later
+
+
+def test_a_restore_to_an_earlier_point_is_judged_as_the_curve_without_the_steps_it_undid():
+    # A retry or PBT's exploit restores a checkpoint: images seen go back. The live rule (every report) and the
+    # tables' replay (the curve as read back: the undone steps dropped) must reach the same verdict, same step.
+    # Here: falling from step 150, restored at step 310 after running on to 420 (below the line), then flat above it.
+    falling = [CHANCE] * 150 + linear(CHANCE, 5.70, 160) + linear(5.70, 5.0, 110)
+    undone = results(falling)
+    kept = undone[:310] + results([0.0] * 310 + [5.72] * 200)[310:]
+    live = first_stop(ChanceLevelRule(GRACE), [*undone, *kept[310:]])
+    replayed = first_stop(ChanceLevelRule(GRACE), kept)
+    assert live == replayed and live[0] == "stuck_at_chance"
