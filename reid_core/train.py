@@ -52,6 +52,7 @@ def train(
     resume: Optional[dict[str, Any]] = None,
     checkpoint: Optional[Callable[[dict[str, Any], dict[str, Any]], None]] = None,
     checkpoint_every: int = 0,
+    checkpoint_at: Optional[Callable[[int], bool]] = None,
 ) -> dict:
     """Train ``cfg`` and return a summary; ``report(metrics)`` is called once per optimizer step.
 
@@ -61,7 +62,8 @@ def train(
     in training: the curve is the same with or without it.
 
     Every ``checkpoint_every`` steps ``checkpoint(metrics, trainer_state)`` is called instead of
-    ``report(metrics)`` (one call per step either way); ``resume`` (such a state) continues
+    ``report(metrics)`` (one call per step either way), and at every step ``checkpoint_at(step)`` is true
+    for (a PBT trial's perturbation points); ``resume`` (such a state) continues
     that run where it stopped, on the same curve.
 
     Ends with ``end_reason`` ``completed`` (all ``max_steps`` done), ``diverged``
@@ -117,7 +119,8 @@ def train(
                 due = True
             if due or trainer.step == cfg.max_steps or (cfg.eval_every and trainer.step % cfg.eval_every == 0):
                 metrics.update(trainer.evaluate())
-        if checkpoint is not None and checkpoint_every and trainer.step % checkpoint_every == 0 and not diverged:
+        keep = (checkpoint_every and trainer.step % checkpoint_every == 0) or (checkpoint_at and checkpoint_at(trainer.step))
+        if checkpoint is not None and keep and not diverged:
             checkpoint(metrics, {**trainer.state_dict(), "best_ce_ema": best_ce_ema})
         elif report is not None:
             report(metrics)

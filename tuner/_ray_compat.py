@@ -10,13 +10,21 @@ slower, still correct).
   Ray 2.60's ``TuneController._schedule_trial_train`` passes its arguments swapped
   (``train_buffered(buffer_length, buffer_time_s)`` into ``(buffer_time_s, max_buffer_length)``),
   so every batch ended after one result.
+- `JsonLogger`: Ray's ``JsonLoggerCallback`` that keeps the driver's own ``result.json`` when a trial
+  restarts. Ray's copies the file back from storage at every trial start (``_restore_from_remote``),
+  but within one ``fit`` the driver's staging copy is the newest and storage only gets it now and
+  then: a trial paused and restarted (PBT does it at every perturbation point, a retry once) lost the
+  rows written since the last sync (measured: a PBT trial's steps 1-40 gone). The copy back is kept
+  for what it is for, a new driver (``--resume``), whose staging folder starts empty.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Optional
 
+from ray.tune.logger import JsonLoggerCallback
 from ray.tune.result import DONE, RESULT_DUPLICATE, SHOULD_CHECKPOINT
 
 RESULT_BUFFER_S = 0.2  # seconds a trial's actor collects results before the driver gets them together
@@ -88,3 +96,13 @@ class FastReporting:
             ):
                 break
         return results
+
+
+class JsonLogger(JsonLoggerCallback):
+    """``JsonLoggerCallback`` whose restarted trials append to the driver's own ``result.json`` (see the module)."""
+
+    def _restore_from_remote(self, file_name: str, trial: Any) -> None:
+        local = getattr(trial, "local_path", None)
+        if local is not None and Path(local, file_name).is_file():  # this driver's copy: the newest there is
+            return
+        super()._restore_from_remote(file_name, trial)  # a new driver: continue the copy in storage

@@ -2,7 +2,8 @@
 
 ``tuner.search`` parses and checks everything a user can get wrong and builds the
 `SearchSettings`; this module only runs them. Optuna proposes, `RecheckingASHA` ranks on images
-seen, `ChanceLevelStopper` kills trials stuck at chance, `ProgressPrinter` says what happened.
+seen (or, with ``--scheduler pbt``, random starts and `tuner.pbt.LineagePBT`), `ChanceLevelStopper`
+kills trials stuck at chance, `ProgressPrinter` says what happened.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, Optional
 from reid_core.errors import INTERRUPTED, UserError
 from tuner.cluster import check_handshake, use_token
 from search_spaces import Domain, to_tune
-from tuner.settings import SETTINGS_FILE, SearchSettings
+from tuner.settings import PBT, SETTINGS_FILE, SearchSettings
 
 
 @dataclass(frozen=True)
@@ -86,9 +87,11 @@ class Loggers:
 
     def callbacks(self, exp_dir: Path) -> list:
         """Ray Tune logger callbacks: result.json always (what tuner.results reads), then the asked-for ones."""
-        from ray.tune.logger import JsonLoggerCallback, TBXLoggerCallback
+        from ray.tune.logger import TBXLoggerCallback
 
-        out = [JsonLoggerCallback()]
+        from tuner._ray_compat import JsonLogger
+
+        out = [JsonLogger()]  # Ray's, keeping a restarted trial's rows (tuner._ray_compat)
         if self.tensorboard:
             out.append(TBXLoggerCallback())
         if self.mlflow:
@@ -181,9 +184,9 @@ def _fit(settings, exp_dir: Path, resources: Resources, space, points, resume: b
     import torch
     from ray import tune
 
+    from tuner.pbt import CHECKPOINTS_KEPT
     from tuner.progress import EndReasonRecorder, ProgressPrinter, summarise
-    from tuner.schedulers import RecheckingASHA, rung_milestones
-    from tuner.searchers import PruningOptunaSearch
+    from tuner.schedulers import rung_milestones
     from tuner.stoppers import ChanceLevelStopper
     from tuner.trainable import train_trial
 
@@ -203,12 +206,15 @@ def _fit(settings, exp_dir: Path, resources: Resources, space, points, resume: b
             "threads": settings.threads,
         }
     else:
+        pbt = settings.scheduler == PBT
         function, parameters = train_trial, {
             "base": settings.base,
             "metric": settings.metric,
             "eval_at_samples": rung_milestones(settings.grace_samples, settings.max_samples, settings.reduction_factor)
-            if settings.evaluates_at_rungs
+            if settings.evaluates_at_rungs and not pbt
             else (),
+            # PBT looks at a trial where it checkpoints (and evaluates, for a retrieval metric): tuner.lineage
+            "pbt": {"burn_in": settings.grace_samples, "interval": settings.perturbation_interval} if pbt else None,
         }
     trainable = tune.with_resources(
         tune.with_parameters(
@@ -226,7 +232,8 @@ def _fit(settings, exp_dir: Path, resources: Resources, space, points, resume: b
         callbacks=[recorder, progress, *loggers.callbacks(exp_dir)],
         verbose=0,
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),  # only the newest: a retry needs no other
+        # only the newest: a retry needs no other; under PBT other trials copy them (tuner.pbt.CHECKPOINTS_KEPT)
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT if settings.scheduler == PBT else 1),
     )
     t0 = time.perf_counter()
     if resume:
@@ -234,20 +241,7 @@ def _fit(settings, exp_dir: Path, resources: Resources, space, points, resume: b
     else:
         exp_dir.mkdir(parents=True, exist_ok=True)
         settings.save(exp_dir)
-        searcher = PruningOptunaSearch(  # early-stopped trials reach TPE as pruned, not as completed
-            metric=settings.metric,
-            mode=settings.mode,
-            points_to_evaluate=points or None,
-            seed=settings.seed,
-            budget_attr="samples",
-            max_budget=settings.max_samples,
-        )
-        scheduler = RecheckingASHA(
-            time_attr="samples",  # images seen: trials with different accumulation compare at equal compute
-            grace_period=settings.grace_samples,
-            max_t=settings.max_samples,
-            reduction_factor=settings.reduction_factor,
-        )
+        searcher, scheduler = _search_and_scheduler(settings, exp_dir, space, points)
         tuner = tune.Tuner(
             trainable,
             param_space=to_tune(space),
@@ -265,7 +259,13 @@ def _fit(settings, exp_dir: Path, resources: Resources, space, points, resume: b
     if not quiet:
         print(
             f"{'resuming' if resume else 'searching'} {', '.join(settings.space)} over {settings.num_trials} trials of "
-            f"up to {settings.max_samples} images each; grace window {settings.grace_samples} images; results in {exp_dir}",
+            f"up to {settings.max_samples} images each; grace window {settings.grace_samples} images; results in {exp_dir}"
+            + (
+                f"\nPBT: random starts, then every {settings.perturbation_interval} images after the grace window the "
+                f"bottom quarter continues from a copy of a top trial with {'/'.join(settings.perturbed)} perturbed"
+                if settings.scheduler == PBT
+                else ""
+            ),
             flush=True,
         )
         if loggers.wandb:
@@ -274,3 +274,37 @@ def _fit(settings, exp_dir: Path, resources: Resources, space, points, resume: b
             print(wandb_note(loggers.wandb_mode, loggers.wandb, wandb_folder(exp_dir)), flush=True)
     tuner.fit()
     return summarise(exp_dir, time.perf_counter() - t0)
+
+
+def _search_and_scheduler(settings: SearchSettings, exp_dir: Path, space: dict[str, Domain], points: list) -> tuple[Any, Any]:
+    """Optuna (early stops told as pruned) and `RecheckingASHA`; or, for ``--scheduler pbt``, random starts
+    (Ray 2.60's PBT refuses a search algorithm) and `tuner.pbt.LineagePBT`."""
+    if settings.scheduler == PBT:
+        import random
+
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        from tuner.pbt import LineagePBT
+
+        random.seed(settings.seed)  # PBT draws its quantile partners and perturbations from Python's random
+        searcher = BasicVariantGenerator(points_to_evaluate=points or None, random_state=settings.seed)
+        perturbed = {k: space[k] for k in settings.perturbed}
+        return searcher, LineagePBT(exp_dir, perturbed, burn_in=settings.grace_samples, interval=settings.perturbation_interval)
+    from tuner.schedulers import RecheckingASHA
+    from tuner.searchers import PruningOptunaSearch
+
+    searcher = PruningOptunaSearch(  # early-stopped trials reach TPE as pruned, not as completed
+        metric=settings.metric,
+        mode=settings.mode,
+        points_to_evaluate=points or None,
+        seed=settings.seed,
+        budget_attr="samples",
+        max_budget=settings.max_samples,
+    )
+    scheduler = RecheckingASHA(
+        time_attr="samples",  # images seen: trials with different accumulation compare at equal compute
+        grace_period=settings.grace_samples,
+        max_t=settings.max_samples,
+        reduction_factor=settings.reduction_factor,
+    )
+    return searcher, scheduler

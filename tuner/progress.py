@@ -16,7 +16,8 @@ from reid_core.schema import ASHA, COMPLETED, DIVERGED, ERROR, STUCK, UNFINISHED
 from tuner.plots import curves_png
 from tuner.ray_files import END_REASON_FILE
 from tuner.results import compute_account, write_exports
-from tuner.settings import SearchSettings, end_reason
+from tuner.lineage import PERTURBABLE
+from tuner.settings import PBT, SearchSettings, end_reason
 from tuner.storage import Location, StoragePath, location, write_json_atomic
 
 
@@ -136,6 +137,11 @@ def summarise(exp_dir: Location, wall_s: float) -> int:
         print(f"best: trial {best['trial_id']} ({params}): {metric} {best[f'final_{metric}']:.3f}, {best['end_reason']}")
     else:
         print("best: none yet (no trial completed or was cut by ASHA), so no best_config.json")
+    if settings.scheduler == PBT and not frame.empty:
+        line = f"PBT: {int(frame['perturbations'].sum())} exploits (a trial continued from a copy of a better one's checkpoint)"
+        if best is not None:
+            line += "; the winner's " + "; ".join(f"{PERTURBABLE[k]} {best[PERTURBABLE[k]]}" for k in settings.perturbed)
+        print(line)
     if not frame.empty:
         account = compute_account(frame, settings)
         print(

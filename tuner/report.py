@@ -27,8 +27,17 @@ from reid_core.errors import UserError, cli_exit
 from reid_core.flags import ArgumentParser, parse_args
 from reid_core.io import write_text_atomic
 from reid_core.schema import END_REASONS, HEAD_LR_COUNTS
-from tuner.results import compute_account, objective_column, read_experiment, read_trials, results_frame, stuck_diagnoses
-from tuner.settings import SearchSettings
+from tuner.lineage import lineage_rows, read_lineage
+from tuner.results import (
+    compute_account,
+    export_config,
+    objective_column,
+    read_experiment,
+    read_trials,
+    results_frame,
+    stuck_diagnoses,
+)
+from tuner.settings import PBT, SearchSettings
 from tuner.storage import Location, is_folder, location
 
 PROG = "python -m tuner.report"
@@ -157,9 +166,9 @@ def compare(exp_dir: Location, rerun_dir: Path) -> tuple[float, int, str, Path]:
     settings = SearchSettings.load(exp_dir)
     own = bool(settings.trainable)  # a user's function: its config.json is the user's own mapping
     rerun_cfg = json.loads(config_file.read_text()) if own else TrainConfig.from_file(config_file)
-    trial = next(
-        (t for t in read_trials(exp_dir, own_keys=own) if settings.trial_config(t.sampled) == rerun_cfg and t.rows), None
-    )
+    lineage = read_lineage(exp_dir) if settings.scheduler == PBT else None  # PBT: a trial re-runs as its lineage's schedule
+    trials = read_trials(exp_dir, own_keys=own)
+    trial = next((t for t in trials if export_config(settings, t, lineage) == rerun_cfg and t.rows), None)
     if trial is None:
         raise UserError(
             f"no trial of '{exp_dir}' has the config of '{rerun_dir}'; re-run a trial with "
@@ -168,7 +177,11 @@ def compare(exp_dir: Location, rerun_dir: Path) -> tuple[float, int, str, Path]:
     rerun = pd.read_csv(metrics_file)
     if rerun.empty:
         raise UserError(f"'{metrics_file}' has no steps yet; let the re-run train first")
-    ours = pd.DataFrame(trial.rows)[["step", "ce", "ce_ema", "samples"]]
+    rows = trial.rows
+    entry = (lineage or {}).get("trials", {}).get(trial.trial_id)
+    if entry is not None:  # every step of its lineage, each from the trial that trained it
+        rows = lineage_rows(exp_dir, {t.trial_id: t.path for t in trials}, entry, trial.trial_id) or rows
+    ours = pd.DataFrame(rows)[["step", "ce", "ce_ema", "samples"]]
     joined = ours.merge(rerun[["step", "ce"]], on="step", suffixes=("_trial", "_rerun"))
     diff = float((joined["ce_trial"] - joined["ce_rerun"]).abs().max()) if len(joined) else math.nan
 

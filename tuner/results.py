@@ -16,11 +16,13 @@ from typing import Any, Optional
 import pandas as pd
 
 from reid_core.chance import first_verdict
+from reid_core.config import TrainConfig
 from reid_core.diagnostics import stuck_cause
 from reid_core.errors import UserError
 from reid_core.schema import ASHA, COMPLETED, END_REASONS, ERROR, HEAD_LR_COUNTS, RENAMED_METRICS, STUCK
+from tuner.lineage import PERTURBABLE, exploits_into, read_lineage, rerun_overrides, schedule_text, segments
 from tuner.ray_files import TrialFiles, read_trial_folders
-from tuner.settings import SearchSettings, end_reason, sampled_values
+from tuner.settings import PBT, SearchSettings, end_reason, sampled_values
 from tuner.storage import Location, location, write_json_atomic, write_text_atomic
 
 Trial = TrialFiles  # a trial as its folder tells it: sampled values, status, per-step rows, error
@@ -69,7 +71,8 @@ def trial_end_reason(trial: Trial, settings: SearchSettings) -> tuple[str, Optio
     return recorded, note + (f" and reads as {replayed}" if replayed != recorded else "")
 
 
-def trial_row(trial: Trial, settings: SearchSettings) -> dict[str, Any]:
+def trial_row(trial: Trial, settings: SearchSettings, lineage: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """One row of results.csv; ``lineage``: a PBT search's record (`tuner.lineage`)."""
     row: dict[str, Any] = {"trial_id": trial.trial_id}
     for key in settings.space:
         row[key] = trial.sampled.get(key)
@@ -105,6 +108,14 @@ def trial_row(trial: Trial, settings: SearchSettings) -> dict[str, Any]:
     row["damage"] = "; ".join([*damage, *([disagreement] if disagreement else [])]) or None
     row["chance_ce"] = last.get("chance_ce")
     row["trial_dir"] = trial.path.name
+    if settings.scheduler == PBT:
+        # A trial's searched columns hold its last values; its schedules say how it got there, and images_spent
+        # counts what it trained itself (`samples` is how far its lineage got, part of it trained by others).
+        entry = (lineage or {}).get("trials", {}).get(trial.trial_id)
+        row["perturbations"] = exploits_into(lineage, trial.trial_id)
+        for key in settings.perturbed:
+            row[PERTURBABLE[key]] = schedule_text(entry, key)
+        row["images_spent"] = trial.trained_samples
     return row
 
 
@@ -140,7 +151,8 @@ def read_experiment(
     exp_dir = location(exp_dir, "experiment")
     settings = SearchSettings.load(exp_dir)
     trials = read_trials(exp_dir, notes, own_keys=bool(settings.trainable))
-    frame = pd.DataFrame([trial_row(t, settings) for t in trials])
+    lineage = read_lineage(exp_dir) if settings.scheduler == PBT else None
+    frame = pd.DataFrame([trial_row(t, settings, lineage) for t in trials])
     if not frame.empty:
         col = objective_column(settings)
         frame = frame.sort_values(col, ascending=settings.mode == "min", na_position="last", kind="stable")
@@ -181,7 +193,8 @@ def write_exports(exp_dir: str | Location) -> dict[str, Any]:
     out: dict[str, Any] = {"frame": frame, "settings": settings, "trials": trial_list, "best": best, "best_config": None}
     if best is not None:
         trial = trials[best["trial_id"]]
-        cfg = settings.trial_config(trial.sampled)
+        lineage = read_lineage(exp_dir) if settings.scheduler == PBT else None
+        cfg = export_config(settings, trial, lineage)
         payload = {
             "config": cfg if isinstance(cfg, dict) else cfg.to_dict(),
             "trial_id": trial.trial_id,
@@ -193,16 +206,31 @@ def write_exports(exp_dir: str | Location) -> dict[str, Any]:
             "rerun": settings.rerun_command(),
             **settings.rerun_settings(),  # a user's function: which one, and the budget its re-run keeps
         }
+        entry = (lineage or {}).get("trials", {}).get(trial.trial_id)
+        if entry is not None:  # PBT: the trials the winner's weights passed through, and where
+            payload["pbt_lineage"] = segments(entry, trial.trial_id)
         write_json_atomic(exp_dir / "best_config.json", payload)
         out["best_config"] = exp_dir / "best_config.json"
     return out
 
 
+def export_config(settings: SearchSettings, trial: Trial, lineage: Optional[dict[str, Any]] = None) -> Any:
+    """The config that re-runs a trial as a plain job: its config, or under PBT its lineage's (the root's
+    values and the LR schedules of `tuner.lineage.rerun_overrides`; the trial's last config if not recorded)."""
+    cfg = settings.trial_config(trial.sampled)
+    entry = (lineage or {}).get("trials", {}).get(trial.trial_id)
+    if entry is None or isinstance(cfg, dict):
+        return cfg
+    return TrainConfig.from_dict(rerun_overrides(entry, settings.perturbed), base=cfg)
+
+
 def compute_account(frame: pd.DataFrame, settings: SearchSettings) -> dict[str, Any]:
-    """Images spent per end reason, and the share saved against every trial running to its budget."""
+    """Images spent per end reason, and the share saved against every trial running to its budget. Under PBT
+    what each trial trained itself (``images_spent``): a copied checkpoint's images were spent by its trial."""
     budget = settings.max_samples * len(frame)
-    spent = int(frame["samples"].sum()) if not frame.empty else 0
-    by_reason = frame.groupby("end_reason")["samples"].sum().astype(int).to_dict() if not frame.empty else {}
+    column = "images_spent" if "images_spent" in frame else "samples"
+    spent = int(frame[column].sum()) if not frame.empty else 0
+    by_reason = frame.groupby("end_reason")[column].sum().astype(int).to_dict() if not frame.empty else {}
     return {
         "spent": spent,
         "budget": budget,

@@ -31,10 +31,12 @@ from reid_core.train import load_cli_config
 from search_spaces import load_space
 from tuner.cluster import probe, use_token
 from tuner.driver import Loggers, Resources, run
-from tuner.settings import SETTINGS_FILE, SearchSettings, settings_from_flags
+from tuner.lineage import PERTURBABLE
+from tuner.settings import PBT, SCHEDULERS, SETTINGS_FILE, SearchSettings, settings_from_flags
 from tuner.storage import Location, check_writable, location
 
 PROG = "python -m tuner.search"
+DEFAULT_PERTURBATION_INTERVAL = 50  # steps at accumulation 1: two or three PBT rounds between the grace window and the budget
 DEFAULT_CHECKPOINT_EVERY = 50  # steps; a checkpoint of the tiny model with its AdamW moments is ~40 MB
 
 
@@ -74,6 +76,23 @@ def build_parser() -> ArgumentParser:
         help=f"Go line = log(C) - margin (default {DEFAULT_CHANCE_MARGIN}: 5.6 for 400 ids)",
     )
     b.add_argument("--reduction-factor", type=float, default=2.0, help="ASHA reduction factor (default 2)")
+    b.add_argument(
+        "--scheduler",
+        choices=SCHEDULERS,
+        default="asha",
+        help="asha (default): Optuna's TPE proposes, ASHA cuts the worse trials at rungs. pbt: Ray Tune's "
+        "PopulationBasedTraining; Ray 2.60's PBT refuses a search algorithm, so the trials start from configs drawn "
+        "at random from the space (--seed; no Optuna), then after the grace window, every --perturbation-interval, "
+        "the bottom quarter continues from a copy of a top trial's checkpoint with head_lr/backbone_lr perturbed "
+        "(x2 or x0.5, or redrawn); the winner exports as a head_lr_schedule",
+    )
+    b.add_argument(
+        "--perturbation-interval",
+        type=int,
+        default=DEFAULT_PERTURBATION_INTERVAL,
+        metavar="STEPS",
+        help=f"pbt: steps at accumulation 1 between two looks at a trial (default {DEFAULT_PERTURBATION_INTERVAL})",
+    )
     b.add_argument(
         "--metric",
         default="ce_ema",
@@ -166,6 +185,9 @@ def _check_args(args) -> None:
     positive("--max-concurrent", args.max_concurrent)
     positive("--max-failures", args.max_failures, allow_zero=True)
     positive("--checkpoint-every", args.checkpoint_every)
+    positive("--perturbation-interval", args.perturbation_interval)
+    if args.scheduler == PBT:
+        _check_pbt_args(args)
     if args.reduction_factor <= 1:
         raise UserError(f"--reduction-factor is {args.reduction_factor}, but must be > 1")
     if args.grace_steps > args.max_steps:
@@ -178,6 +200,30 @@ def _check_args(args) -> None:
     if args.address:
         probe(args.address)
         use_token(args.auth_token_file)  # before anything imports ray: Ray reads RAY_AUTH_MODE once, at import
+
+
+def _check_pbt_args(args) -> None:
+    """What --scheduler pbt cannot do; the space is checked once it is loaded (`_perturbed`)."""
+    if args.trainable:
+        raise UserError(
+            "--scheduler pbt works with reid_core's own training job only: PBT changes head_lr mid-run from a copied "
+            "checkpoint, which a user's function would have to honour; use --scheduler asha with --trainable"
+        )
+    if args.checkpoint_every is not None:
+        raise UserError("--checkpoint-every does not apply to --scheduler pbt: trials checkpoint at every perturbation point")
+    if args.num_trials < 2:
+        raise UserError(f"--scheduler pbt needs a population: --num-trials is {args.num_trials}, use 2 or more (4+ to copy anything)")
+
+
+def _perturbed(space: dict, space_name: str) -> list[str]:
+    """The fields PBT may change mid-run that the space searches; none is one line, exit 2."""
+    perturbed = [k for k in space if k in PERTURBABLE]
+    if not perturbed:
+        raise UserError(
+            f"--scheduler pbt changes {' or '.join(PERTURBABLE)} mid-run, and the space '{space_name}' searches neither "
+            f"({', '.join(space)}); add one of them to the space, or use --scheduler asha"
+        )
+    return perturbed
 
 
 def _base_config(args) -> TrainConfig:
@@ -276,6 +322,8 @@ def run_search(args) -> int:
     points = _read_points(args.points_to_evaluate, space)
     if "max_steps" in space:
         raise UserError("search space: max_steps is the budget; set it with --max-steps, not in the space")
+    if args.scheduler == PBT:
+        _perturbed(space, args.space)
     exp_dir = _experiment_dir(args)
     _check_weights_and_data(base, log)
     if not args.skip_preflight:
@@ -290,6 +338,7 @@ def run_search(args) -> int:
         max_samples=args.max_steps * base.images_per_step,
         checkpoint_every=checkpoint_every,
         inject_fault=fault,
+        perturbation_interval=args.perturbation_interval * base.batch_size if args.scheduler == PBT else 0,
     )
     return run(
         settings, exp_dir, resources, space=space, points=points, quiet=args.quiet, loggers=_loggers(args)

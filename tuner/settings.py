@@ -18,9 +18,12 @@ from reid_core.chance import go_line
 from reid_core.config import TrainConfig, canonical_key
 from reid_core.errors import UserError
 from reid_core.schema import ASHA, COMPLETED, DIVERGED, ERROR, EVAL_METRICS, UNFINISHED
+from tuner.lineage import PERTURBABLE
 from tuner.storage import Location, location, write_json_atomic
 
 SETTINGS_FILE = "reid_tune.json"  # in the experiment folder, beside Ray's files
+PBT = "pbt"
+SCHEDULERS = ("asha", PBT)  # --scheduler: the default, and tuner.pbt
 RENAMED_SETTINGS = {"num_samples": "num_trials"}  # keys of experiments written before 0.2
 DROPPED_SETTINGS = ("trend_samples",)  # always None then; the rule's trend window is half the grace window
 
@@ -45,6 +48,8 @@ class SearchSettings:
     trainable: Optional[str] = None  # 'package.module:function'
     trainable_root: Optional[str] = None  # the folder holding its top-level package, put on the workers' sys.path
     threads: int = 0  # torch threads of each user trial (= its CPUs); reid_core's trials take the base config's
+    scheduler: str = "asha"  # 'asha' (Optuna proposes, RecheckingASHA cuts) or 'pbt' (tuner.pbt: random start, then PBT)
+    perturbation_interval: int = 0  # pbt: images seen between two looks at a trial (0 under asha)
 
     @property
     def base_config(self) -> TrainConfig:
@@ -71,6 +76,11 @@ class SearchSettings:
             return {}
         budget = {"max_samples": self.max_samples, "grace_samples": self.grace_samples, "chance_margin": self.chance_margin}
         return {"trainable": self.trainable, "search": {**budget, "threads": self.threads}}
+
+    @property
+    def perturbed(self) -> list[str]:
+        """The searched fields PBT changes mid-run (none under ASHA)."""
+        return [k for k in self.space if k in PERTURBABLE] if self.scheduler == PBT else []
 
     @property
     def evaluates_at_rungs(self) -> bool:
@@ -124,6 +134,7 @@ def settings_from_flags(args: Any, **values: Any) -> SearchSettings:
         reduction_factor=args.reduction_factor,
         seed=args.seed,
         max_failures=args.max_failures,
+        scheduler=args.scheduler,
         **values,
     )
 

@@ -6,6 +6,7 @@ in a script or test module cannot be imported by them).
 
 from __future__ import annotations
 
+import functools
 import math
 import tempfile
 from pathlib import Path
@@ -19,6 +20,7 @@ from ray.tune import Checkpoint
 from reid_core.schema import EVAL_METRICS
 from reid_core.train import train
 from tuner._ray_compat import FastReporting
+from tuner.lineage import perturbation_due
 from tuner.settings import trial_config
 
 CHECKPOINT_FILE = "trainer.pt"  # the Trainer's state_dict inside each Ray checkpoint
@@ -31,6 +33,7 @@ def train_trial(
     eval_at_samples: Sequence[float] = (),
     checkpoint_every: int = 0,
     inject_fault: Optional[dict[str, Any]] = None,
+    pbt: Optional[dict[str, float]] = None,
 ) -> None:
     """Run one trial, forwarding every optimizer step's metrics to ``ray.tune.report``.
 
@@ -39,8 +42,19 @@ def train_trial(
     data position); a trial Ray restarts after a failure continues from its last one.
     ``inject_fault``: a testing hook (``{"step": N, "key": K, "value": V}``): the first attempt of a
     trial whose ``K`` is ``V`` raises at step N, so the reliability tests can fail a real trial.
+    ``pbt``: ``{"burn_in", "interval"}`` in images under ``--scheduler pbt``: the trial checkpoints (and, for
+    a retrieval metric, evaluates) at every result PBT looks at (`tuner.lineage.perturbation_due`). Restored
+    from another trial's checkpoint, it trains at its own (perturbed) LRs: `reid_core.trainer.Trainer.load_state_dict`.
     """
     cfg = trial_config(base, sampled)
+    checkpoint_at = None
+    if pbt:
+        images, budget = cfg.images_per_step, cfg.max_steps
+        checkpoint_at = functools.partial(
+            perturbation_due, images_per_step=images, burn_in=pbt["burn_in"], interval=pbt["interval"], max_steps=budget
+        )
+        if metric in EVAL_METRICS:
+            eval_at_samples = [step * images for step in range(1, budget) if checkpoint_at(step)]
     report = with_node_id(tune.report)
     report = carry_evaluation(report) if metric in EVAL_METRICS else report
     resume = _last_checkpoint()
@@ -57,8 +71,9 @@ def train_trial(
         report=report,
         eval_at_samples=eval_at_samples,
         resume=resume,
-        checkpoint=checkpoint if checkpoint_every else None,
+        checkpoint=checkpoint if checkpoint_every or pbt else None,
         checkpoint_every=checkpoint_every,
+        checkpoint_at=checkpoint_at,
     )
 
 
