@@ -277,30 +277,33 @@ def _fit(settings, exp_dir: Path, resources: Resources, space, points, resume: b
 
 
 def _search_and_scheduler(settings: SearchSettings, exp_dir: Path, space: dict[str, Domain], points: list) -> tuple[Any, Any]:
-    """Optuna (early stops told as pruned) and `RecheckingASHA`; or, for ``--scheduler pbt``, random starts
-    (Ray 2.60's PBT refuses a search algorithm) and `tuner.pbt.LineagePBT`."""
+    """Optuna (early stops told as pruned; or random draws, ``--searcher random``) and `RecheckingASHA`; or, for
+    ``--scheduler pbt``, random starts (Ray 2.60's PBT refuses a search algorithm) and `tuner.pbt.LineagePBT`."""
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    random_draws = BasicVariantGenerator(points_to_evaluate=points or None, random_state=settings.seed)
     if settings.scheduler == PBT:
         import random
-
-        from ray.tune.search.basic_variant import BasicVariantGenerator
 
         from tuner.pbt import LineagePBT
 
         random.seed(settings.seed)  # PBT draws its quantile partners and perturbations from Python's random
-        searcher = BasicVariantGenerator(points_to_evaluate=points or None, random_state=settings.seed)
         perturbed = {k: space[k] for k in settings.perturbed}
-        return searcher, LineagePBT(exp_dir, perturbed, burn_in=settings.grace_samples, interval=settings.perturbation_interval)
+        return random_draws, LineagePBT(exp_dir, perturbed, burn_in=settings.grace_samples, interval=settings.perturbation_interval)
     from tuner.schedulers import RecheckingASHA
     from tuner.searchers import PruningOptunaSearch
 
-    searcher = PruningOptunaSearch(  # early-stopped trials reach TPE as pruned, not as completed
-        metric=settings.metric,
-        mode=settings.mode,
-        points_to_evaluate=points or None,
-        seed=settings.seed,
-        budget_attr="samples",
-        max_budget=settings.max_samples,
-    )
+    if settings.searcher == "random":
+        searcher = random_draws
+    else:
+        searcher = PruningOptunaSearch(  # early-stopped trials reach TPE as pruned, not as completed
+            metric=settings.metric,
+            mode=settings.mode,
+            points_to_evaluate=points or None,
+            seed=settings.seed,
+            budget_attr="samples",
+            max_budget=settings.max_samples,
+        )
     scheduler = RecheckingASHA(
         time_attr="samples",  # images seen: trials with different accumulation compare at equal compute
         grace_period=settings.grace_samples,

@@ -32,7 +32,7 @@ from search_spaces import load_space
 from tuner.cluster import probe, use_token
 from tuner.driver import Loggers, Resources, run
 from tuner.lineage import PERTURBABLE
-from tuner.settings import PBT, SCHEDULERS, SETTINGS_FILE, SearchSettings, settings_from_flags
+from tuner.settings import PBT, SCHEDULERS, SEARCHERS, SETTINGS_FILE, SearchSettings, settings_from_flags
 from tuner.storage import Location, check_writable, location
 
 PROG = "python -m tuner.search"
@@ -47,6 +47,11 @@ def build_parser() -> ArgumentParser:
     g.add_argument("--space", default="default", help="shipped space name or a YAML file (default: default)")
     add_shortcut_arguments(g)  # --data, --data-format, --model, --pretrained
     g.add_argument("--points-to-evaluate", metavar="FILE", help="JSON/YAML list of configs Optuna tries first")
+    g.add_argument(
+        "--searcher",
+        choices=SEARCHERS,
+        help="who proposes the trials' configs: optuna (TPE, the default) or random; --scheduler pbt is always random",
+    )
     g.add_argument(
         "--trainable",
         metavar="PACKAGE.MODULE:FUNCTION",
@@ -80,11 +85,11 @@ def build_parser() -> ArgumentParser:
         "--scheduler",
         choices=SCHEDULERS,
         default="asha",
-        help="asha (default): Optuna's TPE proposes, ASHA cuts the worse trials at rungs. pbt: Ray Tune's "
-        "PopulationBasedTraining; Ray 2.60's PBT refuses a search algorithm, so the trials start from configs drawn "
-        "at random from the space (--seed; no Optuna), then after the grace window, every --perturbation-interval, "
-        "the bottom quarter continues from a copy of a top trial's checkpoint with head_lr/backbone_lr perturbed "
-        "(x2 or x0.5, or redrawn); the winner exports as a head_lr_schedule",
+        help="asha (default): ASHA cuts the worse trials at rungs. pbt: Ray Tune's PopulationBasedTraining; Ray 2.60's "
+        "PBT refuses a search algorithm, so trials start from configs drawn at random from the space (--seed; no "
+        "Optuna), then after the grace window, every --perturbation-interval, the bottom quarter continues from a "
+        "copy of a top trial's checkpoint with head_lr/backbone_lr x2, x0.5 or redrawn; the winner exports as a "
+        "head_lr_schedule",
     )
     b.add_argument(
         "--perturbation-interval",
@@ -100,7 +105,7 @@ def build_parser() -> ArgumentParser:
         "which is then evaluated at every ASHA rung",
     )
     b.add_argument("--mode", choices=("min", "max"), help="minimise or maximise --metric (default: max for val_*, else min)")
-    b.add_argument("--seed", type=int, default=0, help="seeds Optuna's sampler (trial seeds come from the config)")
+    b.add_argument("--seed", type=int, default=0, help="seeds Optuna's sampler, or the random draws and PBT (trial seeds come from the config)")
     r = p.add_argument_group("resources and cluster")
     r.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default 1)")
     r.add_argument("--gpus-per-trial", type=float, default=None, help="GPUs per trial, fractions allowed (default 1 when CUDA is present, else 0)")
@@ -211,6 +216,8 @@ def _check_pbt_args(args) -> None:
         )
     if args.checkpoint_every is not None:
         raise UserError("--checkpoint-every does not apply to --scheduler pbt: trials checkpoint at every perturbation point")
+    if args.searcher == "optuna":
+        raise UserError("--scheduler pbt draws its starting configs at random (Ray 2.60's PBT refuses a search algorithm); drop --searcher optuna")
     if args.num_trials < 2:
         raise UserError(f"--scheduler pbt needs a population: --num-trials is {args.num_trials}, use 2 or more (4+ to copy anything)")
 

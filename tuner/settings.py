@@ -24,6 +24,7 @@ from tuner.storage import Location, location, write_json_atomic
 SETTINGS_FILE = "reid_tune.json"  # in the experiment folder, beside Ray's files
 PBT = "pbt"
 SCHEDULERS = ("asha", PBT)  # --scheduler: the default, and tuner.pbt
+SEARCHERS = ("optuna", "random")  # --searcher: TPE (the default under asha), or random draws (under pbt)
 RENAMED_SETTINGS = {"num_samples": "num_trials"}  # keys of experiments written before 0.2
 DROPPED_SETTINGS = ("trend_samples",)  # always None then; the rule's trend window is half the grace window
 
@@ -48,7 +49,8 @@ class SearchSettings:
     trainable: Optional[str] = None  # 'package.module:function'
     trainable_root: Optional[str] = None  # the folder holding its top-level package, put on the workers' sys.path
     threads: int = 0  # torch threads of each user trial (= its CPUs); reid_core's trials take the base config's
-    scheduler: str = "asha"  # 'asha' (Optuna proposes, RecheckingASHA cuts) or 'pbt' (tuner.pbt: random start, then PBT)
+    scheduler: str = "asha"  # 'asha' (RecheckingASHA cuts) or 'pbt' (tuner.pbt: PBT after the grace window)
+    searcher: str = "optuna"  # who proposes the configs: 'optuna' (TPE) or 'random' (Ray's random draws; always under pbt)
     perturbation_interval: int = 0  # pbt: images seen between two looks at a trial (0 under asha)
 
     @property
@@ -135,6 +137,7 @@ def settings_from_flags(args: Any, **values: Any) -> SearchSettings:
         seed=args.seed,
         max_failures=args.max_failures,
         scheduler=args.scheduler,
+        searcher=args.searcher or ("random" if args.scheduler == PBT else "optuna"),
         **values,
     )
 

@@ -127,6 +127,7 @@ BAD = {
     "nothing to perturb": (lambda t: [*_space(t, "grad_accum_steps: {choice: [1, 2]}\n"), "--scheduler", "pbt"], "changes head_lr or backbone_lr mid-run"),
     "a user's function": (lambda t: ["--scheduler", "pbt", "--trainable", "examples.minimal.train:train"], "reid_core's own training job only"),
     "checkpoint-every": (lambda t: ["--scheduler", "pbt", "--checkpoint-every", "10"], "--checkpoint-every does not apply"),
+    "optuna asked for": (lambda t: ["--scheduler", "pbt", "--searcher", "optuna"], "refuses a search algorithm"),
     "a population of one": (lambda t: ["--scheduler", "pbt", "--num-trials", "1"], "needs a population"),
     "zero interval": (lambda t: ["--scheduler", "pbt", "--perturbation-interval", "0"], "--perturbation-interval is 0"),
     "unknown scheduler": (lambda t: ["--scheduler", "hyperband"], "invalid choice: 'hyperband'"),
