@@ -241,7 +241,7 @@ def _fit(settings, exp_dir: Path, resources: Resources, space, points, resume: b
     else:
         exp_dir.mkdir(parents=True, exist_ok=True)
         settings.save(exp_dir)
-        searcher, scheduler = _search_and_scheduler(settings, exp_dir, space, points)
+        searcher, scheduler = _search_and_scheduler(settings, exp_dir, space, points, resources.max_concurrent)
         tuner = tune.Tuner(
             trainable,
             param_space=to_tune(space),
@@ -251,7 +251,8 @@ def _fit(settings, exp_dir: Path, resources: Resources, space, points, resume: b
                 search_alg=searcher,
                 scheduler=scheduler,
                 num_samples=settings.num_trials,
-                max_concurrent_trials=resources.max_concurrent,
+                # Ray's limit applies to a Searcher (Optuna); random draws take it themselves (below)
+                max_concurrent_trials=resources.max_concurrent if settings.searcher == "optuna" else None,
                 reuse_actors=True,
             ),
             run_config=run_config,
@@ -276,12 +277,14 @@ def _fit(settings, exp_dir: Path, resources: Resources, space, points, resume: b
     return summarise(exp_dir, time.perf_counter() - t0)
 
 
-def _search_and_scheduler(settings: SearchSettings, exp_dir: Path, space: dict[str, Domain], points: list) -> tuple[Any, Any]:
+def _search_and_scheduler(
+    settings: SearchSettings, exp_dir: Path, space: dict[str, Domain], points: list, max_concurrent: Optional[int]
+) -> tuple[Any, Any]:
     """Optuna (early stops told as pruned; or random draws, ``--searcher random``) and `RecheckingASHA`; or, for
     ``--scheduler pbt``, random starts (Ray 2.60's PBT refuses a search algorithm) and `tuner.pbt.LineagePBT`."""
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    random_draws = BasicVariantGenerator(points_to_evaluate=points or None, random_state=settings.seed)
+    random_draws = BasicVariantGenerator(points_to_evaluate=points or None, max_concurrent=max_concurrent or 0, random_state=settings.seed)
     if settings.scheduler == PBT:
         import random
 
