@@ -96,6 +96,38 @@ def quiet_search(argv: Sequence[str]) -> tuple[int, str]:
     return code, out.getvalue()
 
 
+def run_searches(runs: Sequence[tuple[str, str, list[str]]], storage_root: Optional[Path]) -> dict[str, dict]:
+    """Run each ``(folder name, title, search argv)`` on one local Ray, one after the other, into
+    ``storage_root`` (default: the session's temp folder); each run's settings, table and wall time."""
+    from reid_core.errors import UserError
+    from tuner.results import read_experiment
+
+    results: dict[str, dict] = {}
+    with local_ray() as ray_session:
+        storage = storage_root or ray_session.root / "results"
+        for name, title, argv in runs:
+            started = time.perf_counter()
+            code, printout = quiet_search([*argv, "--storage-path", str(storage), "--name", name])
+            wall = time.perf_counter() - started
+            if code == 2 or not (storage / name / "reid_tune.json").is_file():
+                raise UserError(f"the search {title} exited {code}: {printout.strip()[-500:]}")
+            search, _, frame = read_experiment(storage / name)
+            results[name] = {"search": search, "frame": frame, "wall": wall}
+            print(f"  {title}: {wall:.0f} s{' (some trials failed: see the table)' if code else ''}", flush=True)
+    return results
+
+
+def read_searches(folder: Path, names: Sequence[str]) -> dict[str, dict]:
+    """The experiments a ``--keep`` run left in ``folder``, as `run_searches` returns them (wall time unknown)."""
+    from tuner.results import read_experiment
+
+    results = {}
+    for name in names:
+        search, _, frame = read_experiment(folder / name)
+        results[name] = {"search": search, "frame": frame, "wall": float("nan")}
+    return results
+
+
 def machine() -> str:
     """CPU model, cores and the accelerator, for the first line of a benchmark's printout."""
     cpu = platform.processor() or platform.machine()

@@ -37,23 +37,22 @@ from __future__ import annotations
 
 import math
 import sys
-import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from common import local_ray, machine, quiet_search
+from common import machine, read_searches, run_searches
 from reid_core.flags import ArgumentParser, add_config_arguments
 from reid_core.errors import UserError, cli_exit
 from reid_core.schema import STUCK
 from search_spaces import load_space
-from tuner.results import best_trial, compute_account, read_experiment
+from tuner.results import best_trial, compute_account
 
 BEST_TOLERANCE = 0.05  # (b)'s best ce_ema may be this much above (a)'s
 SAMPLES_TARGET = 0.25  # (b)'s trial-samples at most this share of (a)'s
 RUNS = (("no-early-stop", "(a) no early stopping"), ("early-stop", "(b) ASHA + chance-level rule"))  # folder, title
 
 
-def search_argv(args, name: str, storage: Path) -> list[str]:
+def search_argv(args, name: str) -> list[str]:
     grace = args.max_steps if name == "no-early-stop" else args.grace_steps
     return [
         *(["--config", args.config] if args.config else []),
@@ -66,8 +65,6 @@ def search_argv(args, name: str, storage: Path) -> list[str]:
         "--seed", str(args.seed),
         *(["--max-concurrent", str(args.max_concurrent)] if args.max_concurrent else []),
         "--skip-preflight",
-        "--storage-path", str(storage),
-        "--name", name,
         "--quiet",
     ]  # fmt: skip
 
@@ -85,33 +82,6 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return "-" if math.isnan(value) else f"{value:.0f}" if value >= 1000 else f"{value:.3g}"
     return "-" if value is None else str(value)
-
-
-def run_both(args, storage_root: Optional[Path]) -> dict[str, dict[str, Any]]:
-    """Run (a) then (b) on one local Ray; each run's settings, table and wall time."""
-    results: dict[str, dict[str, Any]] = {}
-    with local_ray() as ray_session:
-        storage = storage_root or ray_session.root / "results"
-        for name, title in RUNS:
-            started = time.perf_counter()
-            code, printout = quiet_search(search_argv(args, name, storage))
-            wall = time.perf_counter() - started
-            if code == 2 or not (storage / name / "reid_tune.json").is_file():
-                raise UserError(f"the search {title} exited {code}: {printout.strip()[-500:]}")
-            search, _, frame = read_experiment(storage / name)
-            results[name] = {"search": search, "frame": frame, "wall": wall}
-            failed = " (some trials failed: see the table)" if code else ""
-            print(f"  {title}: {wall:.0f} s{failed}", flush=True)
-    return results
-
-
-def read_both(folder: Path) -> dict[str, dict[str, Any]]:
-    """The two experiments a ``--keep`` run left in ``folder``."""
-    results = {}
-    for name, _ in RUNS:
-        search, _, frame = read_experiment(folder / name)
-        results[name] = {"search": search, "frame": frame, "wall": math.nan}
-    return results
 
 
 def compare(results: dict[str, dict[str, Any]], space: Sequence[str]) -> float:
@@ -190,7 +160,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"--keep '{args.keep}' already holds no-early-stop/ or early-stop/; pass a new folder")
     try:
         if args.source:
-            results = read_both(Path(args.source))
+            results = read_searches(Path(args.source), [name for name, _ in RUNS])
             search = results["early-stop"]["search"]
             space = list(search.space)
             setup = (
@@ -206,7 +176,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             )
         print(f"early-stop efficiency: {setup}\non {machine()}", flush=True)
         if not args.source:
-            results = run_both(args, Path(args.keep).resolve() if args.keep else None)
+            runs = [(name, title, search_argv(args, name)) for name, title in RUNS]
+            results = run_searches(runs, Path(args.keep).resolve() if args.keep else None)
     except UserError as err:
         return cli_exit(err, parser.prog)
     share = compare(results, space)

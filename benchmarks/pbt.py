@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import math
 import sys
-import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from common import local_ray, machine, quiet_search
+from common import machine, read_searches, run_searches
 from reid_core.errors import UserError, cli_exit
 from reid_core.flags import ArgumentParser, add_config_arguments
-from tuner.results import best_trial, compute_account, read_experiment
+from tuner.results import best_trial, compute_account
 
 RUNS = (
     ("asha-tpe", "(a) ASHA + TPE", []),
@@ -40,7 +39,7 @@ RUNS = (
 )  # folder, title, flags
 
 
-def search_argv(args, name: str, flags: list[str], storage: Path) -> list[str]:
+def search_argv(args, flags: list[str]) -> list[str]:
     return [
         *(["--config", args.config] if args.config else []),
         *(["--set", *args.overrides] if args.overrides else []),
@@ -53,34 +52,8 @@ def search_argv(args, name: str, flags: list[str], storage: Path) -> list[str]:
         *(["--max-concurrent", str(args.max_concurrent)] if args.max_concurrent else []),
         *flags,
         "--skip-preflight",
-        "--storage-path", str(storage),
-        "--name", name,
         "--quiet",
     ]  # fmt: skip
-
-
-def run_all(args, storage_root: Optional[Path]) -> dict[str, dict[str, Any]]:
-    results: dict[str, dict[str, Any]] = {}
-    with local_ray() as ray_session:
-        storage = storage_root or ray_session.root / "results"
-        for name, title, flags in RUNS:
-            started = time.perf_counter()
-            code, printout = quiet_search(search_argv(args, name, flags, storage))
-            wall = time.perf_counter() - started
-            if code == 2 or not (storage / name / "reid_tune.json").is_file():
-                raise UserError(f"the search {title} exited {code}: {printout.strip()[-500:]}")
-            search, _, frame = read_experiment(storage / name)
-            results[name] = {"search": search, "frame": frame, "wall": wall}
-            print(f"  {title}: {wall:.0f} s{' (some trials failed: see the table)' if code else ''}", flush=True)
-    return results
-
-
-def read_all(folder: Path) -> dict[str, dict[str, Any]]:
-    out = {}
-    for name, _, _ in RUNS:
-        search, _, frame = read_experiment(folder / name)
-        out[name] = {"search": search, "frame": frame, "wall": math.nan}
-    return out
 
 
 def summary(run: dict[str, Any]) -> dict[str, Any]:
@@ -117,7 +90,7 @@ def compare(results: dict[str, dict[str, Any]]) -> tuple[float, float]:
     for name in ("asha-tpe", "asha-random"):
         title = dict((n, t) for n, t, _ in RUNS)[name]
         gap, share = pbt["best"] - rows[name]["best"], pbt["spent"] / rows[name]["spent"]
-        verdict = "no winner to compare" if math.isnan(gap) else "PBT better" if gap < 0 else "PBT worse" if gap > 0 else "tie"
+        verdict = "no winner to compare" if math.isnan(gap) else "tie" if abs(gap) < 5e-4 else "PBT better" if gap < 0 else "PBT worse"
         print(f"(c) vs {title}: best ce_ema {gap:+.3f} ({verdict}), images spent x{share:.2f}")
     return pbt["best"] - rows["asha-tpe"]["best"], pbt["spent"] / rows["asha-tpe"]["spent"]
 
@@ -144,7 +117,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"--keep '{args.keep}' already holds an experiment of this benchmark; pass a new folder")
     try:
         if args.source:
-            results = read_all(Path(args.source))
+            results = read_searches(Path(args.source), [name for name, _, _ in RUNS])
             setup = f"{args.source}"
         else:
             setup = (
@@ -154,7 +127,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             )
         print(f"PBT vs ASHA on one budget: {setup}\non {machine()}", flush=True)
         if not args.source:
-            results = run_all(args, Path(args.keep).resolve() if args.keep else None)
+            runs = [(name, title, search_argv(args, flags)) for name, title, flags in RUNS]
+            results = run_searches(runs, Path(args.keep).resolve() if args.keep else None)
     except UserError as err:
         return cli_exit(err, parser.prog)
     gap, share = compare(results)

@@ -292,7 +292,8 @@ def _search_and_scheduler(
 
         random.seed(settings.seed)  # PBT draws its quantile partners and perturbations from Python's random
         perturbed = {k: space[k] for k in settings.perturbed}
-        return random_draws, LineagePBT(exp_dir, perturbed, burn_in=settings.grace_samples, interval=settings.perturbation_interval)
+        pbt = LineagePBT(exp_dir, perturbed, burn_in=settings.grace_samples, interval=settings.perturbation_interval, seed=settings.seed)
+        return random_draws, pbt
     from tuner.schedulers import RecheckingASHA
     from tuner.searchers import PruningOptunaSearch
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 
+import numpy as np
 from ray.tune.result import SHOULD_CHECKPOINT
 from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 
@@ -71,9 +72,25 @@ class _ClipToSpace:
         return config
 
 
-def mutations(space: Mapping[str, Domain]) -> dict[str, Any]:
-    """Ray's ``hyperparam_mutations`` for the perturbed fields: a choice as its list, a range as its Tune domain."""
-    return {key: list(d.args) if d.kind == "choice" else to_tune({key: d})[key] for key, d in space.items()}
+class _Redraw:
+    """A range's resample for Ray's PBT (a callable there): a fresh value from the domain, drawn from a generator
+    seeded by ``--seed`` (Ray draws a Tune domain's from NumPy's global, unseeded one)."""
+
+    def __init__(self, domain: Any, seed: int):
+        self.domain = domain
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self) -> float:
+        return float(self.domain.sample(random_state=self.rng))
+
+
+def mutations(space: Mapping[str, Domain], seed: int = 0) -> dict[str, Any]:
+    """Ray's ``hyperparam_mutations`` for the perturbed fields: a choice as its list (Ray shifts to a neighbour), a
+    range as a seeded redraw (Ray multiplies by a perturbation factor, or calls it to resample)."""
+    out: dict[str, Any] = {}
+    for i, (key, d) in enumerate(space.items()):
+        out[key] = list(d.args) if d.kind == "choice" else _Redraw(to_tune({key: d})[key], seed + i)
+    return out
 
 
 class LineagePBT(PopulationBasedTraining):
@@ -84,9 +101,12 @@ class LineagePBT(PopulationBasedTraining):
         perturbed: the searched fields PBT changes mid-run, with their domains (`tuner.lineage.PERTURBABLE`).
         burn_in: images seen before PBT first acts (the grace window).
         interval: images seen between two looks at one trial.
+        seed: seeds the redraws (the rest of PBT's choices come from Python's ``random``, seeded by the driver).
     """
 
-    def __init__(self, exp_dir: str | Location, perturbed: Mapping[str, Domain], burn_in: float, interval: float, **kwargs: Any):
+    def __init__(
+        self, exp_dir: str | Location, perturbed: Mapping[str, Domain], burn_in: float, interval: float, seed: int = 0, **kwargs: Any
+    ):
         if not perturbed:
             raise ValueError("The value of `perturbed` is empty, but PBT needs a field to perturb.")
         bounds = {k: (min(d.args[:2]), max(d.args[:2])) for k, d in perturbed.items() if d.kind != "choice"}
@@ -94,7 +114,7 @@ class LineagePBT(PopulationBasedTraining):
             time_attr=ROUND,  # one round = `interval` images; round 1 starts at the burn-in
             perturbation_interval=1,
             burn_in_period=1,
-            hyperparam_mutations=mutations(perturbed),
+            hyperparam_mutations=mutations(perturbed, seed),
             custom_explore_fn=_ClipToSpace(bounds),
             quantile_fraction=QUANTILE_FRACTION,
             resample_probability=RESAMPLE_PROBABILITY,

@@ -59,3 +59,13 @@ def test_a_perturbed_value_is_clipped_to_its_domain():
     clip = _ClipToSpace({"head_lr": (1e-6, 1e-1)})
     assert clip({"head_lr": 0.2, "grad_accum_steps": 8}) == {"head_lr": 0.1, "grad_accum_steps": 8}
     assert clip({"head_lr": 5e-7})["head_lr"] == 1e-6
+
+
+def test_a_redraw_is_seeded_and_inside_the_domain():
+    from search_spaces import load_space
+    from tuner.pbt import mutations
+
+    first, again = (mutations(load_space("head_lr"), seed=3)["head_lr"] for _ in range(2))
+    draws = [first() for _ in range(20)]
+    assert draws == [again() for _ in range(20)]  # --seed decides PBT's redraws
+    assert all(1e-6 <= d <= 1e-1 for d in draws) and len(set(draws)) == 20
