@@ -1,4 +1,5 @@
-"""A ``--scheduler pbt`` search's record of who copied whom, and the schedule its winner re-runs as. No Ray, no torch.
+"""``--scheduler pbt``: what it may perturb, its record of who copied whom, and the schedule its winner re-runs
+as. No Ray, no torch.
 
 Under PBT a trial that falls into the bottom quarter continues from a copy of a top trial's checkpoint
 with that trial's config, ``head_lr`` (and ``backbone_lr`` where searched) perturbed. Its weights then
@@ -28,6 +29,7 @@ import json
 import math
 from typing import Any, Iterable, Mapping, Optional
 
+from reid_core.errors import UserError
 from tuner.ray_files import read_reports
 from tuner.storage import Location, location
 
@@ -37,6 +39,32 @@ LINEAGE_FILE = "pbt_lineage.json"
 # step count, the data position and the budget depend on them), nor ce_only_steps (the phase is decided
 # by then), lr_warmup_steps or max_steps (the schedule's shape), seed or the model.
 PERTURBABLE = {"head_lr": "head_lr_schedule", "backbone_lr": "backbone_lr_schedule"}
+
+
+def check_pbt_flags(args: Any) -> None:
+    """What ``--scheduler pbt`` cannot do (one line each, exit 2); the space is checked once loaded (`perturbed_fields`)."""
+    if args.trainable:
+        raise UserError(
+            "--scheduler pbt works with reid_core's own training job only: PBT changes head_lr mid-run from a copied "
+            "checkpoint, which a user's function would have to honour; use --scheduler asha with --trainable"
+        )
+    if args.checkpoint_every is not None:
+        raise UserError("--checkpoint-every does not apply to --scheduler pbt: trials checkpoint at every perturbation point")
+    if args.searcher == "optuna":
+        raise UserError("--scheduler pbt draws its starting configs at random (Ray 2.60's PBT refuses a search algorithm); drop --searcher optuna")
+    if args.num_trials < 2:
+        raise UserError(f"--scheduler pbt needs a population: --num-trials is {args.num_trials}, use 2 or more (4+ to copy anything)")
+
+
+def perturbed_fields(space: Mapping[str, Any], space_name: str) -> list[str]:
+    """The fields PBT may change mid-run that the space searches; none is a `UserError`."""
+    perturbed = [k for k in space if k in PERTURBABLE]
+    if not perturbed:
+        raise UserError(
+            f"--scheduler pbt changes {' or '.join(PERTURBABLE)} mid-run, and the space '{space_name}' searches neither "
+            f"({', '.join(space)}); add one of them to the space, or use --scheduler asha"
+        )
+    return perturbed
 
 
 def empty_record(perturbed: Iterable[str]) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from reid_core.train import load_cli_config
 from search_spaces import load_space
 from tuner.cluster import probe, use_token
 from tuner.driver import Loggers, Resources, run
-from tuner.lineage import PERTURBABLE
+from tuner.lineage import check_pbt_flags, perturbed_fields
 from tuner.settings import PBT, SCHEDULERS, SEARCHERS, SETTINGS_FILE, SearchSettings, settings_from_flags
 from tuner.storage import Location, check_writable, location
 
@@ -192,7 +192,7 @@ def _check_args(args) -> None:
     positive("--checkpoint-every", args.checkpoint_every)
     positive("--perturbation-interval", args.perturbation_interval)
     if args.scheduler == PBT:
-        _check_pbt_args(args)
+        check_pbt_flags(args)
     if args.reduction_factor <= 1:
         raise UserError(f"--reduction-factor is {args.reduction_factor}, but must be > 1")
     if args.grace_steps > args.max_steps:
@@ -205,32 +205,6 @@ def _check_args(args) -> None:
     if args.address:
         probe(args.address)
         use_token(args.auth_token_file)  # before anything imports ray: Ray reads RAY_AUTH_MODE once, at import
-
-
-def _check_pbt_args(args) -> None:
-    """What --scheduler pbt cannot do; the space is checked once it is loaded (`_perturbed`)."""
-    if args.trainable:
-        raise UserError(
-            "--scheduler pbt works with reid_core's own training job only: PBT changes head_lr mid-run from a copied "
-            "checkpoint, which a user's function would have to honour; use --scheduler asha with --trainable"
-        )
-    if args.checkpoint_every is not None:
-        raise UserError("--checkpoint-every does not apply to --scheduler pbt: trials checkpoint at every perturbation point")
-    if args.searcher == "optuna":
-        raise UserError("--scheduler pbt draws its starting configs at random (Ray 2.60's PBT refuses a search algorithm); drop --searcher optuna")
-    if args.num_trials < 2:
-        raise UserError(f"--scheduler pbt needs a population: --num-trials is {args.num_trials}, use 2 or more (4+ to copy anything)")
-
-
-def _perturbed(space: dict, space_name: str) -> list[str]:
-    """The fields PBT may change mid-run that the space searches; none is one line, exit 2."""
-    perturbed = [k for k in space if k in PERTURBABLE]
-    if not perturbed:
-        raise UserError(
-            f"--scheduler pbt changes {' or '.join(PERTURBABLE)} mid-run, and the space '{space_name}' searches neither "
-            f"({', '.join(space)}); add one of them to the space, or use --scheduler asha"
-        )
-    return perturbed
 
 
 def _base_config(args) -> TrainConfig:
@@ -330,7 +304,7 @@ def run_search(args) -> int:
     if "max_steps" in space:
         raise UserError("search space: max_steps is the budget; set it with --max-steps, not in the space")
     if args.scheduler == PBT:
-        _perturbed(space, args.space)
+        perturbed_fields(space, args.space)  # none: one line, exit 2
     exp_dir = _experiment_dir(args)
     _check_weights_and_data(base, log)
     if not args.skip_preflight:
