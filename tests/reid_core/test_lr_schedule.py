@@ -119,3 +119,15 @@ def test_a_lineage_of_checkpoints_under_changing_lrs_is_the_plain_job_with_its_s
         for key in ("ce", "ce_ema", "head_lr_applied", "head_weight_norm"):
             assert row[key] == lineage[row["step"]][key], (row["step"], key)
     assert all(math.isfinite(r["ce"]) for r in rerun)
+
+
+def test_a_run_with_a_schedule_resumed_from_a_checkpoint_keeps_the_scheduled_lr():
+    # A retry of a trial (or of the re-run) past a schedule entry: the head trains at the scheduled LR, not head_lr.
+    cfg = TrainConfig.from_dict({"head_lr_schedule": [[5, 3e-2]]}, base=CFG)
+    straight: list[dict] = []
+    train(cfg, report=straight.append)
+    resumed: list[dict] = []
+    train(cfg, report=resumed.append, resume=_checkpoint_at(cfg, 8))
+    assert [r["step"] for r in resumed] == list(range(9, 21))
+    for a, b in zip(straight[8:], resumed):
+        assert (a["ce"], a["head_lr_applied"]) == (b["ce"], b["head_lr_applied"]), a["step"]
