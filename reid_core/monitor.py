@@ -17,6 +17,12 @@ What it returns (``after_step``; names as in ``reid_core.schema.STEP_METRICS``):
 
 - ``head_weight_norm``, ``head_weight_change`` (distance from the weights at construction, in
   units of their norm), ``head_grad_norm`` (read by ``after_backward``),
+- ``head_update`` (``|W_after - W_before| / |W_after|`` of this step's optimizer step) and
+  ``head_step_per_lr`` (the root-mean-square change per classifier weight over the LR applied:
+  AdamW moves each weight by ~0.1-0.4 of its LR; far less when the gradient is swamped by its eps),
+  from a copy of the weights taken by ``after_backward`` (0 when it was not called this step),
+- ``feature_spread``: ``|F - mean_batch F| / |F|`` of the features entering the head (0: every image
+  of the batch gives the same features, a collapsed backbone; ~0.2-1 on healthy runs), mean over passes,
 - ``logit_std`` and ``feature_norm``: means over the forward passes since the last step (every
   micro-batch of an accumulated step), captured by forward hooks on ``classifier`` (its output)
   and ``neck`` (its input: the raw features; without ``neck``, the classifier's input). Only
@@ -28,7 +34,7 @@ What it returns (``after_step``; names as in ``reid_core.schema.STEP_METRICS``):
   and the steps it skipped (its scale fell across ``scaler.update()``); 1 and 0 without.
 
 **How often.** The LR, AMP and optimizer keys are read at every step. The tensor statistics (the
-head's weight norm and change, gradient norm, logit spread, feature norm: `MEASURED_KEYS`) are
+head's weight norm, change and update, gradient norm, logit spread, feature norm and spread: `MEASURED_KEYS`) are
 measured at the first step and then every ``every`` steps (default `DEFAULT_EVERY` = 5: steps 1,
 5, 10, ...); the steps between repeat the last measurement, and ``head_measured_step`` says which
 step it came from. The diagnosis compares a run's first and latest measurements over hundreds of
@@ -57,7 +63,10 @@ PREFLIGHT_KEYS = ("head_in_optimizer", "head_grad_norm", "logit_gain", "label_mi
 GAIN_SCALE = 4.0  # the pre-flight's test: scale the classifier's weights by this, see how far the logits follow
 DEFAULT_EVERY = 5  # measure the tensor statistics at step 1 and every this many steps (see "How often")
 # measured every `every` steps and repeated between (the rest of `after_step`'s keys are read every step)
-MEASURED_KEYS = ("head_weight_norm", "head_weight_change", "head_grad_norm", "feature_norm", "logit_std")
+MEASURED_KEYS = (
+    "head_weight_norm", "head_weight_change", "head_grad_norm", "feature_norm", "logit_std", "head_update", "head_step_per_lr",
+    "feature_spread",
+)  # fmt: skip
 
 
 class HeadMonitor:
@@ -96,6 +105,9 @@ class HeadMonitor:
         self.head_grad_norm = 0.0
         self._grad_norm: Optional[torch.Tensor] = None
         self._stats: list[tuple[Optional[torch.Tensor], torch.Tensor]] = []  # per forward pass: (feature_norm, logit_std)
+        self._spreads: list[torch.Tensor] = []  # per forward pass with features: feature_spread (0-d)
+        self._weight_before = torch.empty_like(self._weight)  # the weights before this step's update (head_update)
+        self._before_taken = False
         self._pending_features: Optional[torch.Tensor] = None
         self._first_input: Optional[torch.Tensor] = None  # the classifier's input at the first pass (pre-flight)
         self._labels: Optional[tuple[int, int]] = None
@@ -124,6 +136,9 @@ class HeadMonitor:
         with torch.no_grad():  # 0-d tensors, read once per step: no device sync per micro-batch
             feature_norm = features.float().norm(dim=1).mean() if features is not None else None
             self._stats.append((feature_norm, logits.float().std()))
+            if features is not None and features.dim() == 2 and len(features) >= 2:
+                f = features.float()
+                self._spreads.append((f - f.mean(0)).norm() / f.norm().clamp_min(1e-30))
 
     def observe_labels(self, labels: torch.Tensor) -> None:
         """Labels of a micro-batch of the first step, for the pre-flight's range check (later calls: no-op)."""
@@ -158,6 +173,8 @@ class HeadMonitor:
             return {}
         grad = self.weight.grad
         self._grad_norm = grad.norm() if grad is not None else None  # a 0-d tensor: no sync here
+        self._weight_before.copy_(self._weight)  # for head_update: the step's change, read by after_step
+        self._before_taken = True
         if scaler is not None and scaler.is_enabled():
             if self._grad_norm is not None and not _unscaled(scaler, self.optimizer):
                 self._grad_norm = self._grad_norm / self._scale_before  # the true gradient's norm
@@ -199,15 +216,21 @@ class HeadMonitor:
         w = self._weight  # detached alias: no autograd bookkeeping, sees the optimizer's in-place updates
         grad_norm = self._grad_norm if self._grad_norm is not None else torch.zeros((), device=w.device)
         values = [grad_norm, w.norm(), torch.dist(w, self.weight_start), *self._means(w.device)]
+        values += [torch.dist(w, self._weight_before), self._spread(w.device)]  # head_update, feature_spread
         values = [v if v.dtype == torch.float32 else v.float() for v in values]
-        grad_norm, weight_norm, distance, feature_norm, logit_std = torch.stack(values).tolist()
+        grad_norm, weight_norm, distance, feature_norm, logit_std, update, spread = torch.stack(values).tolist()
         self.head_grad_norm, self._grad_norm = grad_norm, None
+        update, self._before_taken = (update if self._before_taken else 0.0), False
+        lr = self.head_lr_applied()
         return {
             "head_weight_norm": weight_norm,
             "head_weight_change": distance / self.weight_start_norm,
             "head_grad_norm": grad_norm,
             "feature_norm": feature_norm,
             "logit_std": logit_std,
+            "head_update": update / max(weight_norm, 1e-30),
+            "head_step_per_lr": update / self.weight.numel() ** 0.5 / lr if lr else 0.0,
+            "feature_spread": spread,
             "head_measured_step": self.steps + 1,
         }
 
@@ -231,6 +254,13 @@ class HeadMonitor:
             total += row
         mean = (total / len(stats)).to(device)
         return [mean[0], mean[1]]
+
+    def _spread(self, device: torch.device) -> torch.Tensor:
+        """Mean feature_spread over the passes since the last step (NaN where none had features)."""
+        spreads, self._spreads = self._spreads, []
+        if not spreads:
+            return torch.full((), float("nan"), device=device)
+        return torch.stack([s.to(device) for s in spreads]).mean()
 
     def head_lr_applied(self) -> Optional[float]:
         """The LR of the first optimizer group holding the classifier weight; None when none holds it."""
@@ -286,6 +316,7 @@ class HeadMonitor:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.weight_start = state["head_weight_start"].to(self.weight.device)
         self._weight = self.weight.detach()
+        self._weight_before = torch.empty_like(self._weight)
         self.weight_start_norm = max(self.weight_start.norm().item(), 1e-12)
         self.skipped_steps = state["skipped_steps"]
         self._first = False  # a resumed run is past its first step

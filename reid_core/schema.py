@@ -24,7 +24,10 @@ STEP_METRICS = (
     "head_grad_norm",  # norm of the classifier weight's gradient (unscaled, before clipping)
     "feature_norm",  # mean L2 norm of the raw image features entering the BNNeck
     "logit_std",  # standard deviation of the identity logits (bounded logits stay tiny)
-    "head_measured_step",  # the step the five head statistics above were measured at (every monitor_every steps)
+    "head_update",  # |classifier weight change this step| / |weight|: how far one optimizer step moved the head
+    "head_step_per_lr",  # RMS change per classifier weight this step / head_lr_applied (AdamW: ~0.1-0.4; 0 at LR 0)
+    "feature_spread",  # |features - their batch mean| / |features| entering the head (0: every image alike)
+    "head_measured_step",  # the step the head statistics above were measured at (every monitor_every steps)
     "loss_scale",  # fp16 GradScaler scale (1 when not in fp16)
     "skipped_steps",  # optimizer steps skipped so far because of inf/nan gradients (fp16)
     "chance_ce",  # log(num_classes): the CE of a head that knows nothing

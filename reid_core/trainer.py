@@ -103,8 +103,8 @@ LR_PARTS = ("head", "backbone")  # the parameter groups' name prefixes (reid_cor
 
 # The step metrics `HeadMonitor.after_step` measures, in the order train_step reports them.
 HEAD_METRICS = (
-    "head_weight_norm", "head_weight_change", "head_grad_norm", "feature_norm", "logit_std", "head_measured_step",
-    "loss_scale", "skipped_steps",
+    "head_weight_norm", "head_weight_change", "head_grad_norm", "feature_norm", "logit_std", "head_update",
+    "head_step_per_lr", "feature_spread", "head_measured_step", "loss_scale", "skipped_steps",
 )  # fmt: skip
 
 
