@@ -30,7 +30,7 @@ from reid_core.dashboards import (
     wandb_folder,
     wandb_note,
 )
-from reid_core.diagnostics import Diagnosis, configured_lrs, diagnose
+from reid_core.diagnostics import DIAGNOSED_KEYS, Diagnosis, configured_lrs, diagnose
 from reid_core.errors import UserError, cli_exit
 from reid_core.flags import ArgumentParser, add_config_arguments, add_shortcut_arguments, parse_args, shortcut_values
 from reid_core.head_lr import GUARD, RAISE
@@ -232,7 +232,7 @@ class RunWriter:
 
     def diagnosis(self) -> Optional[Diagnosis]:
         """The likely cause of the run being stuck, from the rows so far and the configured LRs."""
-        return diagnose(self.rows, **configured_lrs(self.config))
+        return diagnose(self.rows, **configured_lrs(self.config, DIAGNOSED_KEYS), margin=self.rule.margin)
 
     def say_stuck(self) -> None:
         """The seed team's Go/No-Go look: above the Go line and not clearly falling, and the likely cause."""

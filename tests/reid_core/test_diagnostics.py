@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import pytest
 
 from reid_core.config import TrainConfig
-from reid_core.diagnostics import CAUSES, HEALTHY_HEAD, diagnose, stuck_cause
+from reid_core.diagnostics import CAUSES, DIAGNOSED_KEYS, HEALTHY_HEAD, configured_lrs, diagnose, stuck_cause
 from reid_core.trainer import Trainer
 
 STEPS = 100
@@ -49,6 +49,16 @@ def overflow_fp16(t: Trainer) -> None:
     t.model.classifier.weight.register_hook(lambda g: g * float("inf"))
 
 
+def blank_images(t: Trainer) -> None:  # a loader bug: every image the same grey (features identical)
+    inner = t.stream
+    t.stream = ((torch.full_like(images, 0.5), labels, tokens) for images, labels, tokens in inner)
+
+
+def head_weight_decay(t: Trainer) -> None:  # the head's parameter group built with its own, huge weight decay
+    group = next(g for g in t.optimizer.param_groups if any(p is t.model.classifier.weight for p in g["params"]))
+    group["weight_decay"] = 500.0
+
+
 CASES = {
     "lr_too_low": ({"head_lr": 1e-5}, None),
     "head_not_in_optimizer": ({}, drop_head_from_optimizer),
@@ -61,7 +71,12 @@ CASES = {
     # the head guard (reid_core.head_lr) fires on the runaway at head LR 30 and lowers it a millionfold, to 3e-5:
     # the head moves too little, but raising the LR is not the fix
     "guard_lowered_lr": ({"head_lr": 30.0, "head_guard": True, "head_guard_factor": 1e-6}, None),
+    "features_collapsed": ({}, blank_images),
+    "gradient_too_small": ({"grad_clip": 1e-9}, None),  # AdamW's eps swamps a gradient clipped to 1e-9
+    "weight_decay_too_high": ({"head_lr": 1e-3}, head_weight_decay),
+    "label_smoothing_too_high": ({"label_smoothing": 0.9}, None),  # the smoothed CE's floor: 5.71 > Go line 5.60
 }
+NEW_CAUSES = ("features_collapsed", "gradient_too_small", "weight_decay_too_high", "label_smoothing_too_high")
 
 
 def run(overrides, plant, steps=STEPS):
@@ -79,7 +94,7 @@ def test_every_cause_has_a_planted_fault():
 def test_planted_fault_is_named(cause):
     rows = run(*CASES[cause])
     assert rows[-1]["ce_ema"] > rows[-1]["chance_ce"] - 0.39, "the planted fault must leave CE at chance"
-    found = diagnose(rows)
+    found = diagnose(rows, **configured_lrs(TrainConfig(**CASES[cause][0]), DIAGNOSED_KEYS))
     assert found is not None and found.cause == cause, found.line() if found else None
     assert cause in found.line() and "fix:" in found.line()
 
@@ -165,3 +180,29 @@ def test_a_stuck_head_is_shown_beside_the_healthy_reference_values():
     assert f"head_weight_change {found.reference.split('head_weight_change ')[1].split(' ')[0]}" in found.block()
     assert f"(healthy {low:.3g}-{high:.3g})" in found.block() and "head_grad_norm" in found.block()
     assert "logit_std" in found.reference and "step 50" in found.reference
+
+
+@pytest.mark.parametrize("head_lr", [3e-4, 1e-2])
+def test_a_healthy_run_above_the_go_line_is_not_given_the_update_or_feature_causes(head_lr):
+    rows = run({"head_lr": head_lr, "seed": 3}, None, steps=12 if head_lr > 1e-3 else 60)  # still above the Go line
+    assert rows[-1]["ce_ema"] > rows[-1]["chance_ce"] - 0.39
+    assert rows[-1]["feature_spread"] > 0.5 and 0.04 < rows[-1]["head_step_per_lr"] < 1
+    assert diagnose(rows, head_lr=head_lr, label_smoothing=0.1).cause not in NEW_CAUSES
+
+
+def test_the_new_causes_need_their_metrics_and_say_so_when_absent():
+    rows = run({"grad_clip": 1e-9, "seed": 3}, None, steps=40)
+    assert diagnose(rows).cause == "gradient_too_small"
+    old = [{k: v for k, v in r.items() if k not in ("head_update", "head_step_per_lr", "feature_spread")} for r in rows]
+    assert diagnose(old).cause == "lr_too_low"  # a loop reporting only the older metrics: the older verdict
+
+
+def test_a_head_lr_a_schedule_zeroed_is_lr_too_low_however_far_the_head_moved_first():
+    trainer = Trainer(TrainConfig(max_steps=60, ce_only_steps=600, threads=1, seed=3))
+    rows = [trainer.train_step() for _ in range(8)]  # the head moves freely for 8 steps
+    for group in trainer.optimizer.param_groups:
+        group["base_lr"] = 0.0  # then a LambdaLR with an integer-division bug returns 0
+    rows += [trainer.train_step() for _ in range(30)]
+    assert rows[-1]["head_weight_change"] >= 5 and rows[-1]["ce_ema"] > rows[-1]["chance_ce"] - 0.39
+    found = diagnose(rows, head_lr=1e-2)
+    assert found.cause == "lr_too_low" and "applied LR has been 0 since step 9" in found.evidence, found.line()
