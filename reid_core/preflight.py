@@ -19,7 +19,8 @@ import torch
 
 from reid_core.config import TrainConfig
 from reid_core.data import ReIDData, load_data
-from reid_core.diagnostics import CAUSES
+from reid_core.chance import go_line
+from reid_core.diagnostics import CAUSES, smoothed_ce_floor
 from reid_core.errors import UserError
 from reid_core.model import context_length
 from reid_core.trainer import Trainer
@@ -30,6 +31,7 @@ OVERFIT_TARGET = 0.5  # the overfit run must end at ce_ema <= OVERFIT_TARGET * l
 # Tried when the space's top head LR cannot overfit: the default's head LR. On the default it overfits
 # to ce_ema ~0.3 in 60 steps; 1e-6 stays at chance (5.99). If it learns, the LR was the problem, not the data.
 KNOWN_GOOD_HEAD_LR = 1e-2
+GROWN_LOGIT_STD = 10.0  # the bounded-logit check scales the weights to this logit std first (nats)
 
 
 class PreflightError(UserError):
@@ -40,21 +42,32 @@ class PreflightError(UserError):
         super().__init__(f"pre-flight: {cause}: {detail}; fix: {fix or CAUSES[cause][1]}")
 
 
+Build = Callable[[TrainConfig, ReIDData], Trainer]
+
+
 def preflight(
-    cfg: TrainConfig, overfit_head_lr: Optional[float] = None, log: Optional[Callable[[str], None]] = None
+    cfg: TrainConfig,
+    overfit_head_lr: Optional[float] = None,
+    log: Optional[Callable[[str], None]] = None,
+    build: Build = Trainer,
 ) -> float:
     """Run every check; raise `PreflightError` (or `UserError` for bad data) on the first failure.
 
     ``overfit_head_lr``: the most favourable head LR the search will try (default ``cfg.head_lr``).
+    ``build``: makes each Trainer checked (``benchmarks/diagnosis.py`` plants its faults in them).
     Returns the seconds it took.
     """
     started = time.perf_counter()
     cfg = dataclasses.replace(cfg, device="cpu" if not torch.cuda.is_available() else cfg.device)
     data = load_data(cfg, context_length(cfg))  # labels inside [0, C-1], C consistent with the data
     _check_data(data, cfg)
-    trainer = Trainer(cfg, data=data)
-    _check_wiring(trainer)
-    ce = _check_overfit(cfg, data, overfit_head_lr or cfg.head_lr)
+    floor, line = smoothed_ce_floor(cfg.label_smoothing, data.num_classes), go_line(math.log(data.num_classes))
+    if floor > line:
+        raise PreflightError(
+            "label_smoothing_too_high", f"label_smoothing {cfg.label_smoothing:g} puts the CE floor at {floor:.2f}, above the Go line {line:.2f}"
+        )
+    _check_wiring(build(cfg, data))
+    ce = _check_overfit(cfg, data, overfit_head_lr or cfg.head_lr, build)
     took = time.perf_counter() - started
     (log or (lambda s: None))(
         f"pre-flight passed in {took:.1f}s: {data.num_classes} identities, labels in range, every trainable "
@@ -89,6 +102,16 @@ def _check_wiring(trainer: Trainer) -> None:
     if not head.requires_grad or id(head) not in in_optimizer:
         raise PreflightError("no_gradient", "the classifier weight is frozen (requires_grad=False)")
 
+    # The labels the training loop feeds (the data set's were checked on loading; a loop may remap them).
+    images, labels, _ = next(trainer.stream)
+    classes = head.shape[0]
+    if int(labels.min()) < 0 or int(labels.max()) >= classes:
+        raise PreflightError(
+            "labels_out_of_range",
+            f"the first batch's labels span [{int(labels.min())}, {int(labels.max())}] but the classifier has {classes} rows",
+            fix=f"map identity ids to 0..{classes - 1} (sorted raw ids) and size the classifier to the identities",
+        )
+
     # One forward/backward must give the classifier a non-zero gradient.
     optimizer.zero_grad(set_to_none=True)
     try:
@@ -98,19 +121,29 @@ def _check_wiring(trainer: Trainer) -> None:
         raise PreflightError("no_gradient", f"backward through the identity loss failed: {first}") from None
     grad = head.grad
     optimizer.zero_grad(set_to_none=True)
+    if grad is not None and not torch.isfinite(grad).all() and trainer.scaler.is_enabled():
+        raise PreflightError(
+            "amp_skipped_steps", "one scaled forward/backward left the classifier's gradient inf/NaN: GradScaler skips such steps"
+        )
     if grad is None or not torch.isfinite(grad).all() or grad.norm().item() == 0.0:
-        raise PreflightError("no_gradient", "one forward/backward left the classifier's gradient zero or missing")
+        raise PreflightError("no_gradient", "one forward/backward left the classifier's gradient zero, non-finite or missing")
 
-    # Logits must be able to grow: scaling the classifier's weights must scale their spread.
-    images, _, _ = next(trainer.stream)
+    # Logits must be able to grow. The weights are first scaled until a linear head's logits would spread
+    # ~10 nats (a squashing op such as clamp or softmax is inert at the init's tiny logits), then 4x more:
+    # a linear head's spread follows; a bounded one (cosine, clamp, tanh, softmax) stays put.
+    saved = head.detach().clone()
     with torch.no_grad():
         model.eval()
-        features = model.encode_image(images)
-        spread = model.identity_logits(features).float().std().item()
-        head.mul_(4.0)
-        spread_scaled = model.identity_logits(features).float().std().item()
-        head.div_(4.0)
-        model.train()
+        try:
+            features = model.encode_image(images)
+            base = model.identity_logits(features).float().std().item()
+            head.mul_(GROWN_LOGIT_STD / max(base, 1e-12))
+            spread = model.identity_logits(features).float().std().item()
+            head.mul_(4.0)
+            spread_scaled = model.identity_logits(features).float().std().item()
+        finally:
+            head.copy_(saved)
+            model.train()
     if not spread_scaled >= 2.0 * spread:
         raise PreflightError(
             "bounded_logits",
@@ -118,13 +151,13 @@ def _check_wiring(trainer: Trainer) -> None:
         )
 
 
-def _check_overfit(cfg: TrainConfig, data: ReIDData, head_lr: float) -> float:
+def _check_overfit(cfg: TrainConfig, data: ReIDData, head_lr: float, build: Build = Trainer) -> float:
     """A few hundred images, the best head LR, a short run: CE must fall well below chance.
 
     If it does not, the same run at `KNOWN_GOOD_HEAD_LR` tells a head LR too low (that one learns:
     the message names ``head_lr``) from labels, head or data that nothing can learn from.
     """
-    ce, chance, images = _overfit_ce(cfg, data, head_lr)
+    ce, chance, images = _overfit_ce(cfg, data, head_lr, build)
     if _learned(ce, chance):
         return ce
     target = OVERFIT_TARGET * chance
@@ -133,7 +166,7 @@ def _check_overfit(cfg: TrainConfig, data: ReIDData, head_lr: float) -> float:
         f"(chance {chance:.2f}, needed <= {target:.2f})"
     )
     if head_lr < KNOWN_GOOD_HEAD_LR:
-        good_ce, _, _ = _overfit_ce(cfg, data, KNOWN_GOOD_HEAD_LR)
+        good_ce, _, _ = _overfit_ce(cfg, data, KNOWN_GOOD_HEAD_LR, build)
         if _learned(good_ce, chance):
             raise PreflightError(
                 "lr_too_low",
@@ -152,7 +185,7 @@ def _learned(ce: float, chance: float) -> bool:
     return math.isfinite(ce) and ce <= OVERFIT_TARGET * chance
 
 
-def _overfit_ce(cfg: TrainConfig, data: ReIDData, head_lr: float) -> tuple[float, float, int]:
+def _overfit_ce(cfg: TrainConfig, data: ReIDData, head_lr: float, build: Build = Trainer) -> tuple[float, float, int]:
     """``(ce_ema, chance, images)`` after ``OVERFIT_STEPS`` steps replaying the same ``OVERFIT_BATCHES``
     micro-batches: a head that can learn at all memorises them; one that cannot stays at chance."""
     overfit_cfg = dataclasses.replace(
@@ -162,7 +195,7 @@ def _overfit_ce(cfg: TrainConfig, data: ReIDData, head_lr: float) -> tuple[float
         max_steps=OVERFIT_STEPS,
         ce_only_steps=OVERFIT_STEPS,  # CE only: the question is whether the identity head can learn
     )
-    trainer = Trainer(overfit_cfg, data=data)
+    trainer = build(overfit_cfg, data)
     fixed = list(itertools.islice(trainer.stream, OVERFIT_BATCHES))
     trainer.stream = itertools.cycle(fixed)
     metrics = {}

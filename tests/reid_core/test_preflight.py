@@ -71,3 +71,49 @@ def test_plain_job_runs_the_same_checks_with_a_flag(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "pre-flight: lr_too_low" in err and "head_lr 1e-06" in err and err.count("\n") == 1
     assert not out.exists()
+
+
+def planted(plant):
+    """A `build` for preflight: the Trainer as usual, then the fault planted in it as user code would have it."""
+
+    def build(cfg, data):
+        trainer = reid_core.trainer.Trainer(cfg, data=data)
+        plant(trainer)
+        return trainer
+
+    return build
+
+
+def squash(fn):
+    def plant(t):
+        inner = t.model.identity_logits
+        t.model.identity_logits = lambda f: fn(inner(f))
+
+    return plant
+
+
+@pytest.mark.parametrize("fn", [lambda x: x.clamp(-1, 1), lambda x: x.softmax(-1)], ids=["clamp", "softmax twice"])
+def test_logits_squashed_after_the_classifier_are_bounded_though_the_init_logits_are_tiny(fn):
+    # at the init (weights std 0.001) the logits sit far inside [-1, 1]: only grown weights show the bound
+    with pytest.raises(PreflightError, match="bounded_logits"):
+        preflight(TrainConfig(pretrained=None), build=planted(squash(fn)))
+
+
+def test_a_tiny_logit_scale_is_not_called_a_bounded_head():
+    # linear, so the logits grow with the weights: the wiring checks pass it; the overfit run then fails
+    with pytest.raises(PreflightError, match="cannot_overfit"):
+        preflight(TrainConfig(), build=planted(squash(lambda x: 0.01 * x)))
+
+
+def test_raw_identity_ids_fed_as_labels_are_out_of_range():
+    def raw_ids(t):
+        inner = t.stream
+        t.stream = ((images, 1000 + 7 * labels, tokens) for images, labels, tokens in inner)
+
+    with pytest.raises(PreflightError, match=r"labels_out_of_range: the first batch's labels span \[10\d\d, .*400 rows.*fix: map"):
+        preflight(TrainConfig(), build=planted(raw_ids))
+
+
+def test_label_smoothing_whose_ce_floor_is_above_the_go_line_is_refused_before_training():
+    with pytest.raises(PreflightError, match=r"label_smoothing_too_high: label_smoothing 0.95 puts the CE floor at 5.88, above the Go line 5.60"):
+        preflight(TrainConfig(label_smoothing=0.95))
