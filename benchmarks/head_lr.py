@@ -8,7 +8,8 @@ Four sets, each run on a real `Trainer` of the embedded default (pretrained reid
 * runaways (head LR `RUNAWAY_LRS`), with ``head_guard`` and without: does it fire, does the run end below the Go line;
 * too-low runs (head LR `TOO_LOW_LRS`), with the raise `RAISE` and without: raises, ends below the Go line;
 * healthy runs with the guard and the raise both on: the default at head LR 1e-2, and every healthy run of
-  ``benchmarks/diagnosis.py`` (its `KINDS['healthy']` on its `CONFIGS`, CE only, its 120 steps): the guard must
+  ``benchmarks/diagnosis.py`` (``planted.healthy_cases``: fast, slow, at the learnable edge, late starters and
+  judged early, on its configs, each at its own budget, ``--steps`` at most): the guard must
   never fire; a raise there is counted (a slow learner near the learnable edge may get one).
 
 Calibration set (do not report on it): seed 0 (head LR 30 and 1e-2, and the sweep 0.03-3 that set
@@ -23,7 +24,7 @@ import sys
 import time
 from typing import Any, Iterator, Optional, Sequence
 
-import diagnosis  # the diagnosis benchmark's healthy set, whatever it holds
+import planted  # the diagnosis benchmark's cases: its healthy set, whatever it holds
 
 from reid_core.chance import go_line
 from reid_core.config import TrainConfig
@@ -37,7 +38,6 @@ TOO_LOW_LRS = (1e-6, 1e-5, 1e-4)
 GUARD = {"head_guard": True}
 RAISE = {"head_lr_raise": 10.0, "head_lr_watch_steps": 50, "head_lr_raise_cap": 1e-2}  # the README's recipe
 SETS = ("runaway", "too_low", "healthy")
-DIAGNOSIS_STEPS = 120  # benchmarks/diagnosis.py's default run length
 
 
 def run(overrides: dict, steps: int, plant=None) -> dict:
@@ -57,14 +57,13 @@ def run(overrides: dict, steps: int, plant=None) -> dict:
 
 
 def diagnosis_healthy_set(seeds: Sequence[int], steps: int) -> Iterator[tuple[str, dict, Any, int]]:
-    """``(name, config overrides, plant, steps)`` of each healthy run of ``benchmarks/diagnosis.py``: its
-    ``KINDS['healthy']`` on its ``CONFIGS``, CE only for the whole run, as its ``judge`` trains them. The one place
-    to follow that benchmark when its healthy set changes."""
-    steps = min(DIAGNOSIS_STEPS, steps)
-    for way, overrides, plant in diagnosis.KINDS[diagnosis.HEALTHY].ways:
-        for config, values in diagnosis.CONFIGS.items():
-            for seed in seeds:
-                yield f"{way} {config} seed {seed}", {**values, **overrides, "seed": seed, "ce_only_steps": 10 * steps}, plant, steps
+    """``(name, config overrides, plant, steps)`` of each healthy run of ``benchmarks/diagnosis.py``
+    (``planted.healthy_cases``), at its own budget or ``steps``, the fewer. The one place to follow that
+    benchmark when its healthy set changes."""
+    default = TrainConfig().to_dict()
+    for case in planted.healthy_cases(seeds=seeds):
+        config = {k: v for k, v in case.config().to_dict().items() if v != default[k] and k not in ("max_steps", "threads")}
+        yield f"{case.way} {case.config_name} seed {case.seed}", config, case.plant, min(case.steps, steps)
 
 
 def say(name: str, r: dict) -> None:
