@@ -124,7 +124,8 @@ COLLAPSED_SPREAD = 0.02  # feature_spread below this: the images look alike to t
 TINY_STEP = 0.01  # head_step_per_lr below this: the gradient is swamped by AdamW's eps (clip 1e-8: 0.0014, loss/1e9: 3e-4; healthy >= 0.04)
 LOGIT_DECAY = 0.25  # logit std fell below this share of its peak: the head could spread its logits (shuffled labels: 0.04-0.11; cosine: 0.5)
 # the head's path over its distance from the start at or above this: pulled back each step (weight decay 500: 6.4-25,
-# L2 penalty 5: 70-300; every other stuck kind: 1.1-2.6)
+# L2 penalty 5: 70-300; every other stuck kind that moved < 5x: 1.0-2.9, and 3.8 for a schedule-zeroed LR measured
+# every 5 steps, named before this test)
 HELD_BACK = 4.0
 # ce_ema now this far above chance: confidently wrong, so not bounded (shuffled labels at a 75-step verdict: +0.16 to
 # +0.22; bounded heads: at most +0.06)
