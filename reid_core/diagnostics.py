@@ -123,9 +123,8 @@ FLAT_CE = 0.05  # within 0.05 nats of chance: CE has not left it
 COLLAPSED_SPREAD = 0.02  # feature_spread below this: the images look alike to the head (collapsed 0.003, blank 1e-7; every other run >= 0.18)
 TINY_STEP = 0.01  # head_step_per_lr below this: the gradient is swamped by AdamW's eps (clip 1e-8: 0.0014, loss/1e9: 2e-5-3e-4; other kinds that reach the test >= 0.034)
 LOGIT_DECAY = 0.25  # logit std fell below this share of its peak: the head could spread its logits (shuffled labels: 0.04-0.11; cosine: 0.5)
-# the head's path over its distance from the start at or above this: pulled back each step (weight decay 500: 6.4-25,
-# L2 penalty 5: 70-300; every other stuck kind that moved < 5x: 1.0-2.5, and up to 3.8 for a schedule-zeroed LR measured
-# every 5 steps, named before this test)
+# the head's path over its distance from the start at or above this: pulled back each step (weight decay 500: 6.2-25,
+# L2 penalty 5: 70-300; every other stuck kind that moved < 5x: 1.0-2.5)
 HELD_BACK = 4.0
 # ce_ema now this far above chance: confidently wrong, so not bounded (shuffled labels at a 75-step verdict: +0.16 to
 # +0.22; bounded heads: at most +0.06)
@@ -326,13 +325,19 @@ def _median(rows: Sequence[dict[str, Any]], key: str) -> Optional[float]:
 
 def _path_ratio(rows: Sequence[dict[str, Any]]) -> Optional[float]:
     """The head's path (the sum of its steps, ``head_update`` x norm) over its distance from its start; None when
-    the rows do not report ``head_update``. The start's norm is taken from the first row (one step in, at the
-    warm-up's smallest LR). Free or LR-bound heads: ~1-3; a head weight decay pulls back each step: tens."""
-    steps = [r["head_update"] * r["head_weight_norm"] for r in rows if math.isfinite(r.get("head_update", math.nan))]
-    distance = rows[-1]["head_weight_change"] * rows[0]["head_weight_norm"]
-    if not steps or distance <= 0:
+    the rows do not report ``head_update``. A monitor measuring every k steps repeats a measurement between
+    (``head_measured_step``): each measurement counts once, for the steps since the one before. The start's norm
+    is taken from the first row (one step in, at the warm-up's smallest LR). Free or LR-bound heads: ~1-3; a
+    head weight decay pulls back each step: tens."""
+    measured = {r.get("head_measured_step", r["step"]): r for r in rows if math.isfinite(r.get("head_update", math.nan))}
+    if not measured:
         return None
-    return sum(steps) / distance
+    path, before = 0.0, 0
+    for step in sorted(measured):
+        path += measured[step]["head_update"] * measured[step]["head_weight_norm"] * (step - before)
+        before = step
+    distance = measured[before]["head_weight_change"] * rows[0]["head_weight_norm"]
+    return path / distance if distance > 0 else None
 
 
 def smoothed_ce_floor(label_smoothing: float, classes: int) -> float:

@@ -206,3 +206,9 @@ def test_a_head_lr_a_schedule_zeroed_is_lr_too_low_however_far_the_head_moved_fi
     assert rows[-1]["head_weight_change"] >= 5 and rows[-1]["ce_ema"] > rows[-1]["chance_ce"] - 0.39
     found = diagnose(rows, head_lr=1e-2)
     assert found.cause == "lr_too_low" and "applied LR has been 0 since step 9" in found.evidence, found.line()
+
+
+def test_a_run_judged_before_its_second_head_measurement_is_not_taken_for_weight_decay():
+    rows = run({"head_lr": 1e-5, "seed": 3}, None, steps=4)  # the monitor measured step 1 only (every 5 steps)
+    assert {r["head_measured_step"] for r in rows} == {1}
+    assert diagnose(rows, head_lr=1e-5).cause == "lr_too_low"
