@@ -5,39 +5,42 @@ norm every 100 steps and reading them. `diagnose` does that reading on the
 per-step metrics (``reid_core.schema.STEP_METRICS``), in this order, the
 first match winning:
 
-=======================  =================================================================
-cause                    what the metrics show
-=======================  =================================================================
-label_smoothing_too_high the configured label smoothing puts the smoothed CE's floor above the Go
-                         line (0.95 for 400 classes: 5.73 > 5.60): no head can cross it
-amp_skipped_steps        the fp16 GradScaler skipped most steps (inf/nan gradients): the
-                         loss scale collapses and the weights do not move
-features_collapsed       the features entering the head barely differ between the images of a
-                         batch (``feature_spread`` < 0.02): a collapsed backbone, blank images
-no_gradient              the classifier's gradient is zero at every step (detached
-                         features, ``no_grad`` code, a frozen head)
-head_not_in_optimizer    gradient reaches the classifier but its weights never change
-gradient_too_small       the optimizer moves each head weight by a tiny fraction of the LR it
-                         applies (``head_step_per_lr`` < 0.01; AdamW: 0.03-1): the gradient it gets
-                         is too small for AdamW's eps (a loss divided by a large constant,
-                         gradients clipped to a tiny norm)
-weight_decay_too_high    the head takes full steps but gets nowhere: its path is many times its
-                         distance from the start (weight decay or an L2 penalty pulls it back)
-bounded_logits           the weights grow freely but the logits do not follow them: the logit
-                         spread per unit of weight norm collapses (a cosine or normalised
-                         classifier with no scale), or the head's gradient dies while the
-                         logit std stays under 1 nat (logits squashed: tanh, clamp)
-labels_no_signal         the weights move far (>= 5x their initial norm) yet CE, smoothed and
-                         raw, has not left chance, and rose 0.15 nats above it (a head fitting
-                         noise is confidently wrong: shuffled or misaligned labels, or images
-                         that no longer show who they are)
-guard_lowered_lr         as lr_too_low, but the head guard lowered the LR (the CE had run away
-                         at the LR before): raising it is not the fix (``head_guard_firings``)
-lr_too_low               gradient flows, the logits follow the weights, but the head moved
-                         less than 5x its initial norm: its LR holds it back
-unknown                  none of these fits: the evidence against each, and the seed's
-                         checklist (`Diagnosis.block`)
-=======================  =================================================================
+========================  ================================================================
+cause                     what the metrics show
+========================  ================================================================
+label_smoothing_too_high  the configured label smoothing puts the smoothed CE's floor above
+                          the Go line (0.95 for 400 classes: 5.88 > 5.60): no head crosses it
+amp_skipped_steps         the fp16 GradScaler skipped most steps (inf/nan gradients): the
+                          loss scale collapses and the weights do not move
+features_collapsed        the features entering the head barely differ between the images of
+                          a batch (``feature_spread`` < 0.02): a collapsed backbone, blank images
+no_gradient               the classifier's gradient is zero at every step (detached
+                          features, ``no_grad`` code, a frozen head)
+head_not_in_optimizer     gradient reaches the classifier but its weights never change
+guard_lowered_lr          the head moved < 5x and the head guard lowered the LR (the CE had
+                          run away at the LR before): raising it is not the fix
+lr_too_low (zeroed)       the LR applied to the head has been 0 for the last tenth of the run
+                          (a schedule zeroed it), however far the head moved before
+gradient_too_small        the head moved < 5x and the optimizer moves each head weight by a
+                          tiny fraction of the LR it applies (``head_step_per_lr`` < 0.01;
+                          AdamW: 0.03-1): the gradient is too small for AdamW's eps (a loss
+                          divided by a large constant, gradients clipped to a tiny norm)
+weight_decay_too_high     the head moved < 5x yet its path (the sum of its steps) is >= 4x its
+                          distance from the start: weight decay or an L2 penalty pulls it back
+bounded_logits            the weights grow freely but the logits do not follow them: the logit
+                          spread per unit of weight norm falls to half its peak (a cosine or
+                          normalised classifier with no scale), or the head's gradient dies
+                          while the logit std stays under 1 nat (squashed: tanh, clamp); and
+                          the logits never spread 4x wider, and CE is not confidently wrong
+labels_no_signal          the weights move far (>= 5x their initial norm) yet CE, smoothed and
+                          raw, has not left chance, and rose 0.15 nats above it (a head fitting
+                          noise is confidently wrong: shuffled or misaligned labels, or images
+                          that no longer show who they are)
+lr_too_low                gradient flows, the logits follow the weights, but the head moved
+                          less than 5x its initial norm: its LR holds it back
+unknown                   none of these fits: the evidence against each, and the seed's
+                          checklist (`Diagnosis.block`)
+========================  ================================================================
 
 The thresholds and the healthy head's reference values (`HEALTHY_HEAD`) say where they were measured.
 """
