@@ -232,8 +232,10 @@ def _fit(settings, exp_dir: Path, resources: Resources, space, points, resume: b
         callbacks=[recorder, progress, *loggers.callbacks(exp_dir)],
         verbose=0,
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-        # only the newest: a retry needs no other; under PBT other trials copy them (tuner.pbt.CHECKPOINTS_KEPT)
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT if settings.scheduler == PBT else 1),
+        # the newest two: a retry restores the newest the driver registered, which a trial's next checkpoint
+        # could delete before the retry starts (seen once: "does not exist on storage anymore" after a lost
+        # node); under PBT other trials copy them (tuner.pbt.CHECKPOINTS_KEPT)
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT if settings.scheduler == PBT else 2),
     )
     t0 = time.perf_counter()
     if resume:
