@@ -207,6 +207,17 @@ class Dashboards:
             log.close(failed=failed)
 
 
+def add_mlflow_argument(parser: Any, what: str) -> None:
+    """``--mlflow [TRACKING_URI]``, the same for the search and the plain job; ``what``: the help's first words."""
+    parser.add_argument(
+        "--mlflow",
+        nargs="?",
+        const=DEFAULT_MLFLOW_URI,
+        metavar="TRACKING_URI",
+        help=f"{what} (default store {DEFAULT_MLFLOW_URI}; needs pip install 'reid-tune[mlflow]')",
+    )
+
+
 def add_wandb_argument(parser: Any, what: str) -> None:
     """``--wandb [PROJECT]``, the same for the search and the plain job; ``what``: what each run holds."""
     parser.add_argument(

@@ -21,10 +21,10 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 from reid_core.chance import DEFAULT_CHANCE_MARGIN, DEFAULT_GRACE_STEPS, ChanceLevelRule, go_line
 from reid_core.config import TrainConfig
 from reid_core.dashboards import (
-    DEFAULT_MLFLOW_URI,
     Dashboards,
     MlflowLog,
     WandbLog,
+    add_mlflow_argument,
     add_wandb_argument,
     check_wandb,
     wandb_folder,
@@ -281,14 +281,7 @@ def build_parser() -> ArgumentParser:
         action="store_true",
         help="end the run where the search would stop it as stuck_at_chance (the seed's 'No-Go: stop first'); exit 1",
     )
-    parser.add_argument(
-        "--mlflow",
-        nargs="?",
-        const=DEFAULT_MLFLOW_URI,
-        metavar="TRACKING_URI",
-        help=f"also log every step's metrics to an MLflow run (default store {DEFAULT_MLFLOW_URI}; needs pip install "
-        "'reid-tune[mlflow]')",
-    )
+    add_mlflow_argument(parser, "also log every step's metrics to an MLflow run")
     add_wandb_argument(parser, "every step's metrics as one run (its files under --out)")
     parser.add_argument(
         "--grace-steps",

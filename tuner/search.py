@@ -22,7 +22,7 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from reid_core.chance import DEFAULT_CHANCE_MARGIN, DEFAULT_GRACE_STEPS
-from reid_core.dashboards import DEFAULT_MLFLOW_URI, add_wandb_argument, check_wandb, require_mlflow
+from reid_core.dashboards import add_mlflow_argument, add_wandb_argument, check_wandb, require_mlflow
 from reid_core.config import TrainConfig, canonical_key, coerce_value
 from reid_core.errors import INTERRUPTED, UserError, cli_exit
 from reid_core.flags import ArgumentParser, add_config_arguments, add_shortcut_arguments, parse_args, shortcut_values
@@ -124,14 +124,7 @@ def build_parser() -> ArgumentParser:
     o.add_argument("--name", help="experiment name (default search-TIMESTAMP)")
     o.add_argument("--resume", action="store_true", help="continue the interrupted experiment --name")
     o.add_argument("--quiet", action="store_true", help="only the final summary")
-    o.add_argument(
-        "--mlflow",
-        nargs="?",
-        const=DEFAULT_MLFLOW_URI,
-        metavar="TRACKING_URI",
-        help=f"log every trial's per-step metrics to MLflow, one run per trial (default store {DEFAULT_MLFLOW_URI}; "
-        "needs pip install 'reid-tune[mlflow]')",
-    )
+    add_mlflow_argument(o, "log every trial's per-step metrics to MLflow, one run per trial")
     add_wandb_argument(o, "every trial's per-step metrics, one run per trial grouped by --name (its files in the experiment folder)")
     o.add_argument(
         "--tensorboard",
