@@ -160,8 +160,10 @@ def test_trials_on_a_lost_node_finish_elsewhere_from_their_checkpoints(cluster, 
     table = pd.read_csv(exp / "results.csv")
     assert len(table) == 3 and table.trial_id.is_unique  # none lost, none twice
     assert set(table.end_reason) == {"completed"}
-    moved = table[table.node_ids.str.contains(";")]
-    assert len(moved) == 1 and moved.node_ids.iloc[0].startswith(lost)  # the lost node's trial, finished elsewhere
+    # the lost node's trial, finished elsewhere (on a loaded machine Ray may also declare another node dead by
+    # its missed health checks: that node's trial moves too, and is not the one this test follows)
+    moved = table[table.node_ids.str.startswith(lost) & table.node_ids.str.contains(";")]
+    assert len(moved) == 1 and (table.node_ids.str.split(";").str[0] == lost).sum() == 1
     rows = [json.loads(ln) for ln in (exp / moved.trial_dir.iloc[0] / "result.json").read_text().splitlines()]
     steps = sorted({r["step"] for r in rows})
     assert steps == list(range(1, 401))  # continuous across the move: it resumed from a checkpoint, not from 0
