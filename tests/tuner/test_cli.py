@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # each runs the installed reid-tune command in a fresh interpreter
+
 SCRIPT = Path(sys.executable).parent / "reid-tune"
 
 

@@ -66,6 +66,7 @@ def test_an_existing_experiment_is_not_overwritten(tmp_path, capsys):
     assert (exp / "results.csv").read_text() == "precious\n"
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_real_command_line_prints_no_traceback(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "tuner.search", "--space", "nope", "--storage-path", str(tmp_path / "r")],
@@ -78,6 +79,7 @@ def test_real_command_line_prints_no_traceback(tmp_path):
     ]
 
 
+@pytest.mark.slow  # the pre-flight's two overfit runs
 def test_a_space_whose_top_head_lr_is_1e_6_is_refused_in_seconds_naming_head_lr(tmp_path, capsys, monkeypatch):
     import time
 

@@ -85,7 +85,9 @@ BAD_STORAGE = {
 }
 
 
-@pytest.mark.parametrize("case", list(BAD_STORAGE))
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, marks=pytest.mark.slow) if c == "unreachable endpoint" else c for c in BAD_STORAGE]  # its 5 s
+)
 def test_unusable_storage_is_one_line_and_exit_2_before_ray_starts(case, s3, capsys):
     make_uri, message = BAD_STORAGE[case]
     started = time.monotonic()

@@ -79,6 +79,7 @@ def test_a_search_writes_one_offline_wandb_run_per_trial_with_every_steps_ce_ema
     assert list(Path(ray_session, ".cache", "wandb", "logs").glob("core-debug-*.log"))  # W&B's own logs: in the temp HOME
 
 
+@pytest.mark.slow  # W&B's own service process
 def test_the_plain_job_logs_the_same_way(tmp_path, no_wandb_account, monkeypatch, capfd):
     home = str(tmp_path / "home")
     monkeypatch.setenv("HOME", home)
