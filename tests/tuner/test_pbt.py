@@ -33,7 +33,7 @@ def pbt_search(ray_session, tmp_path_factory):
     return code, exp, pd.read_csv(exp / "results.csv"), read_lineage(exp)
 
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = pytest.mark.ray
 
 
 def test_the_stuck_trial_is_still_stopped_at_the_grace_window_and_named(pbt_search):
