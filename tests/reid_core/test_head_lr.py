@@ -43,6 +43,7 @@ def test_the_guard_catches_the_head_lr_30_runaway_and_the_run_ends_below_the_go_
     assert max(r["head_lr_applied"] for r in rows[last.step :]) <= last.lr_after * (1 + 1e-6)
 
 
+@pytest.mark.slow  # two runs
 def test_the_guard_leaves_a_healthy_run_alone_step_for_step():
     _, plain = curve(60, head_lr=1e-2)  # benchmarks/head_lr.py: no firing in 14 healthy runs of 120-300 steps
     trainer, guarded = curve(60, head_lr=1e-2, head_guard=True)
