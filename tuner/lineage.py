@@ -41,9 +41,10 @@ LINEAGE_FILE = "pbt_lineage.json"
 PERTURBABLE = {"head_lr": "head_lr_schedule", "backbone_lr": "backbone_lr_schedule"}
 
 
-def check_pbt_flags(args: Any) -> None:
-    """What ``--scheduler pbt`` cannot do (one line each, exit 2); the space is checked once loaded (`perturbed_fields`)."""
-    if args.trainable:
+def check_pbt_flags(args: Any, perturbable: Iterable[str]) -> None:
+    """What ``--scheduler pbt`` cannot do (one line each, exit 2); ``perturbable``: what the training function lets PBT
+    change mid-run (`reid_core.job.Job.perturbable`); the space is checked once loaded (`perturbed_fields`)."""
+    if not perturbable:
         raise UserError(
             "--scheduler pbt works with reid_core's own training job only: PBT changes head_lr mid-run from a copied "
             "checkpoint, which a user's function would have to honour; use --scheduler asha with --trainable"

@@ -55,7 +55,7 @@ def test_at_least_one_trial_continued_from_a_copy_with_a_perturbed_head_lr(pbt_s
     assert (exp / "pbt_global.txt").is_file()  # Ray's own log of the same exploits
     perturbed = table[table.perturbations > 0].iloc[0]
     assert ":" in perturbed.head_lr_schedule  # "0.01, 55: 0.005": where the value changed
-    assert perturbed.images_spent < perturbed.samples or perturbed.images_spent <= MAX_STEPS * 32
+    assert perturbed.samples_trained < perturbed.samples or perturbed.samples_trained <= MAX_STEPS * 32
 
 
 def test_after_an_exploit_the_optimizer_applies_the_new_head_lr_times_the_schedule(pbt_search):
