@@ -29,7 +29,7 @@ from reid_core.flags import ArgumentParser, add_config_arguments, add_shortcut_a
 from reid_core.schema import EVAL_METRICS
 from reid_core.train import load_cli_config
 from search_spaces import load_space
-from tuner.cluster import probe, use_token
+from tuner.cluster import check_reachable, use_token
 from tuner.driver import Loggers, Resources, run
 from tuner.lineage import check_pbt_flags, perturbed_fields
 from tuner.settings import PBT, SCHEDULERS, SEARCHERS, SETTINGS_FILE, SearchSettings, settings_from_flags
@@ -196,7 +196,7 @@ def _check_args(args) -> None:
     if args.auth_token_file and not Path(args.auth_token_file).is_file():
         raise UserError(f"--auth-token-file '{args.auth_token_file}' does not exist; pass the cluster's token file")
     if args.address:
-        probe(args.address)
+        check_reachable(args.address)
         use_token(args.auth_token_file)  # before anything imports ray: Ray reads RAY_AUTH_MODE once, at import
 
 
