@@ -20,7 +20,7 @@ is in. The best trial at a rung is never cut at that rung.
 A rung keeps its values sorted as trials arrive (one insertion per trial per
 rung), so a decision reads the cutoff by index instead of recomputing a
 percentile over every trial at the rung: its cost does not grow with the
-number of trials (``benchmarks/simulate.py`` prints it at 100 and 10,000).
+number of trials (``benchmarks/simulation_scale.py`` prints it at 100 and 10,000).
 `stops_at_rung` is the rule written plainly, the specification the bookkeeping
 is tested against.
 """

@@ -28,7 +28,7 @@ from reid_core.flags import ArgumentParser, add_config_arguments, add_shortcut_a
 from reid_core.job import Job, job_for
 from reid_core.schema import EVAL_METRICS
 from search_spaces import Domain, load_space
-from tuner.cluster import probe, use_token
+from tuner.cluster import check_reachable, use_token
 from tuner.driver import Loggers, Resources, run
 from tuner.experiment import Experiment
 from tuner.lineage import check_pbt_flags, perturbed_fields
@@ -186,7 +186,7 @@ def _check_args(args, job: Job) -> None:
     if args.auth_token_file and not Path(args.auth_token_file).is_file():
         raise UserError(f"--auth-token-file '{args.auth_token_file}' does not exist; pass the cluster's token file")
     if args.address:
-        probe(args.address)
+        check_reachable(args.address)
         use_token(args.auth_token_file)  # before anything imports ray: Ray reads RAY_AUTH_MODE once, at import
 
 

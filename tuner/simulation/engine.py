@@ -24,7 +24,7 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from reid_core.schema import ASHA as CUT
 from reid_core.schema import COMPLETED, DIVERGED, STUCK
-from tuner.curves import DIVERGING, Curve
+from tuner.simulation.curves import DIVERGING, Curve
 from tuner.schedulers import RecheckingASHA
 from reid_core.chance import ChanceLevelRule
 
@@ -48,7 +48,10 @@ POLICIES = tuple(Policy(s, c) for s in (NONE, ASHA, RASHA) for c in (False, True
 
 
 @dataclass(frozen=True)
-class Settings:
+class ReplaySettings:
+    """What one replay runs under: a search's early-stopping settings (as `tuner.settings.SearchSettings` holds
+    them, in images), plus the simulated workers and how many of a curve's steps are replayed."""
+
     grace_samples: float  # the first rung and the chance-level rule's grace window, in images
     max_samples: float  # the budget, in images
     reduction_factor: float
@@ -64,7 +67,7 @@ class Ended:
     """How one trial ended (its curve is not kept: 10,000 of them would hold gigabytes)."""
 
     config: dict[str, Any]
-    kind: str  # the curve's kind (tuner.curves)
+    kind: str  # the curve's kind (tuner.simulation.curves)
     final: Optional[float]  # the curve's ce_ema at the budget (None: unknown)
     chance_ce: float
     trial_id: Optional[str]  # a recorded curve's trial id
@@ -112,7 +115,7 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def make_searcher(kind: str, domains: dict[str, Any], settings: Settings, seed: int, pruned: bool = True) -> Any:
+def make_searcher(kind: str, domains: dict[str, Any], settings: ReplaySettings, seed: int, pruned: bool = True) -> Any:
     """``random``, or ``optuna``: Ray's OptunaSearch (TPE, seeded) or, with ``pruned``, PruningOptunaSearch."""
     if kind == "random":
         return SeededRandom(domains, seed)
@@ -130,7 +133,7 @@ def make_searcher(kind: str, domains: dict[str, Any], settings: Settings, seed: 
     return searcher
 
 
-def _scheduler(policy: Policy, settings: Settings) -> Any:
+def _scheduler(policy: Policy, settings: ReplaySettings) -> Any:
     if policy.scheduler == NONE:
         return None
     cls = ASHAScheduler if policy.scheduler == ASHA else RecheckingASHA
@@ -147,7 +150,7 @@ def _scheduler(policy: Policy, settings: Settings) -> Any:
 
 def replay(
     policy: Policy,
-    settings: Settings,
+    settings: ReplaySettings,
     trials: int,
     new_curve: Callable[[int, dict[str, Any]], Curve],
     searcher: Any,
@@ -227,7 +230,7 @@ def replay(
     return run
 
 
-def summarise(run: Run, settings: Settings) -> dict[str, Any]:
+def summarise(run: Run, settings: ReplaySettings) -> dict[str, Any]:
     """One row of the policy table (see `format_table` for the columns)."""
     ended = run.ended
     known = [e.final for e in ended if e.final is not None]

@@ -14,7 +14,7 @@ from typing import Any
 
 from ray import tune
 
-from tuner.curves import Family
+from tuner.simulation.curves import Family
 from tuner._ray_compat import FastReporting
 
 

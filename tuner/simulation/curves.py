@@ -2,9 +2,9 @@
 
 A `Curve` is what one trial would report, step by step: images seen, ``ce`` and
 ``ce_ema`` (smoothed as the trainer smooths it), and the seconds each step takes.
-`tuner.simulate` replays curves through the search's real scheduler, chance-level
-rule and searcher on a simulated clock; `tuner.replay` reports them to a real Ray
-search without training.
+`tuner.simulation.engine` replays curves through the search's real scheduler,
+chance-level rule and searcher on a simulated clock; `tuner.simulation.trainable`
+reports them to a real Ray search without training.
 
 `Family` is a family of shapes, not a measurement. Its one calibration is the
 head LR's effect measured on the pretrained tiny backbone here (DESIGN.md): head
