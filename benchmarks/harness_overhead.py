@@ -119,7 +119,7 @@ def search_run(cfg: TrainConfig, args, folder: Path) -> Run:
     if code != 0:
         raise RuntimeError(f"the search exited {code}:\n{printout}")
     exp = storage / "one-trial"
-    base = SearchSettings.load(exp).base_config
+    base = TrainConfig.from_dict(SearchSettings.load(exp).base)
     if dataclasses.replace(base, data=cfg.data, pretrained=cfg.pretrained) != cfg:  # paths made absolute
         raise RuntimeError(f"the search trained another config than the plain job: {base} != {cfg}")
     (trial,) = read_trials(exp)

@@ -31,7 +31,6 @@ import yaml
 from reid_core.config import TrainConfig, canonical_key, coerce_value, read_config_file
 from reid_core.contract import first_report, load_trainable, preflight_checks, trainable_root
 from reid_core.errors import UserError
-from reid_core.flags import SHORTCUTS
 from reid_core.schema import EVAL_METRICS
 
 OURS = "reid_core.train:train"  # our training function: the reference implementation of the contract
