@@ -107,44 +107,6 @@ class Loggers:
         return out
 
 
-class _DropMessages(logging.Filter):
-    """Drops a logger's records that start with one of ``prefixes`` (and, when given, contain ``marker``)."""
-
-    def __init__(self, *prefixes: str, marker: str = ""):
-        super().__init__()
-        self._prefixes = prefixes
-        self._marker = marker
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = str(record.msg)
-        return not (text.startswith(self._prefixes) and self._marker in text)
-
-
-# Ray's lines that tell a user of this command nothing, or that we say better ourselves (checked
-# against Ray 2.60; a renamed logger or message just shows again). Its real warnings still show.
-_QUIET: dict[str, tuple[tuple[str, ...], str]] = {
-    # local clusters turn token auth on by default since 2.59; the notice repeats at every start
-    "ray._private.authentication.authentication_token_setup": (("Token authentication is enabled for this Ray cluster",), ""),
-    # Ctrl-C: we print one line saying how to resume instead of these two
-    "ray.tune.tune": (("Stop signal received", "Experiment has been interrupted"), ""),
-    # a trial interrupted before its first report has no result file yet: not an error
-    "ray.tune.analysis.experiment_analysis": (("Failed to fetch metrics",), ""),
-    # trial checkpoints (--max-failures) with buffered results: Ray's advice on its own bookkeeping
-    "ray.tune.execution.experiment_state": (("Experiment state snapshotting has been triggered",), ""),
-    "ray.tune.execution.tune_controller": (("Trial ",), "has a non-training future scheduled"),
-    # a batch call the controller had already sent when the trial's function returned (buffered
-    # reporting, tuner._ray_compat): its error is about a finished trial and nobody waits for it
-    "ray._private.worker": (("Unhandled error",), "Should not have reached here"),
-}
-
-
-def quiet_ray_logs() -> None:
-    for name, (prefixes, marker) in _QUIET.items():
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _DropMessages) for f in logger.filters):
-            logger.addFilter(_DropMessages(*prefixes, marker=marker))
-
-
 def run(
     exp: Experiment,
     resources: Resources,
@@ -162,7 +124,10 @@ def run(
     so a second Ctrl-C raises KeyboardInterrupt at once, which ``tuner.search`` turns into the same
     one line and 130.
     """
+    from tuner._ray_compat import check_ray_version, quiet_ray_logs
+
     quiet_ray_logs()
+    check_ray_version()  # one note line when the installed Ray is outside the tested range
     started_ray = connect(resources)
     try:
         return _fit(exp, resources, space, points or [], resume, quiet, loggers)

@@ -137,6 +137,15 @@ class RecheckingASHA(FIFOScheduler):
         self._rungs = [_Rung(m) for m in reversed(rung_milestones(grace_period, max_t, reduction_factor))]
         self.late_cuts: set[str] = set()  # trials stopped by a re-check, not on arriving at a rung
 
+    @property
+    def metric(self) -> Optional[str]:
+        """What is ranked (Ray's ``TrialScheduler.metric``, read by its check that results carry it).
+
+        Ours, not read from ``TrialScheduler._metric``: ``_metric`` and ``_mode`` here are this class's own
+        (``set_search_properties`` is overridden too), under the names earlier versions pickled with an
+        experiment, so that ``--resume`` of one still loads."""
+        return self._metric
+
     def set_search_properties(self, metric: Optional[str], mode: Optional[str], **spec: Any) -> bool:
         if (self._metric and metric) or (self._mode and mode):
             return False

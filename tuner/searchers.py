@@ -18,6 +18,9 @@ Ray also reports every result to Optuna (``trial.report`` at each
 TPE reads only a pruned trial's last intermediate value. Here the value is
 reported once, when the trial ends, at the trial's budget in images, so trials
 with different accumulation are ranked at equal compute.
+
+The optuna study and trials behind Ray's searcher come from `tuner._ray_compat.optuna_search`
+(Ray's private attributes; where they differ, trials are told as Ray tells them).
 """
 
 from __future__ import annotations
@@ -28,26 +31,9 @@ from typing import Any, Optional
 
 from ray.tune.search.optuna import OptunaSearch
 
+from tuner._ray_compat import optuna_handles, optuna_study
+
 logger = logging.getLogger(__name__)
-
-# ---- Ray internals (fenced): the only place this module reads OptunaSearch's private attributes. ----
-# Checked against Ray 2.60.0: `_ot_study` (the optuna Study), `_ot_trials` (trial_id -> the optuna trial
-# `suggest` asked for) and `_completed_trials` (trial ids already told). Where any is gone, trials are told
-# as Ray tells them (COMPLETE with their last value): the public behaviour, a worse search, no error.
-RAY_CHECKED = "2.60.0"
-
-
-def _optuna_handles(searcher: OptunaSearch, trial_id: str) -> Optional[tuple[Any, Any, set]]:
-    """``(study, optuna trial, told trial ids)`` for ``trial_id``, or None where Ray's internals differ."""
-    study = getattr(searcher, "_ot_study", None)
-    trials = getattr(searcher, "_ot_trials", None)
-    told = getattr(searcher, "_completed_trials", None)
-    if study is None or not isinstance(trials, dict) or not isinstance(told, set) or trial_id not in trials:
-        return None
-    return study, trials[trial_id], told
-
-
-# ---- end of the fence ----
 
 
 class PruningOptunaSearch(OptunaSearch):
@@ -70,7 +56,7 @@ class PruningOptunaSearch(OptunaSearch):
     @property
     def study(self) -> Any:
         """The optuna Study the proposals come from (None before the search space is set)."""
-        return getattr(self, "_ot_study", None)
+        return optuna_study(self)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         """Nothing: the value Optuna needs is reported when the trial ends (see the module's docstring)."""
@@ -81,8 +67,8 @@ class PruningOptunaSearch(OptunaSearch):
         if error or budget is None or value is None or budget >= self._max_budget:
             super().on_trial_complete(trial_id, result=result, error=error)
             return
-        handles = _optuna_handles(self, trial_id)
-        if handles is None:
+        handles = optuna_handles(self, trial_id)
+        if handles is None:  # Ray's internals differ (tuner._ray_compat.optuna_search): told as Ray tells it
             super().on_trial_complete(trial_id, result=result, error=error)
             return
         study, ot_trial, told = handles

@@ -6,6 +6,7 @@ import optuna
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
+from tuner._ray_compat import optuna_study
 from tuner.searchers import PruningOptunaSearch
 
 SPACE = {"head_lr": tune.loguniform(1e-6, 1e-1)}
@@ -21,7 +22,7 @@ def told(searcher) -> list:
     searcher.on_trial_complete("full", {"samples": BUDGET, "ce_ema": 0.2, "training_iteration": 150})
     searcher.on_trial_complete("cut", {"samples": 1920, "ce_ema": 5.1, "training_iteration": 60})
     searcher.on_trial_complete("crashed", None, error=True)
-    return searcher._ot_study.trials
+    return optuna_study(searcher).trials
 
 
 def test_an_early_stopped_trial_is_pruned_with_its_value_at_the_images_it_had_seen():
@@ -39,6 +40,6 @@ def test_rays_optuna_search_tells_the_same_trial_completed_with_its_low_budget_v
 def test_where_rays_internals_are_gone_the_trial_is_told_as_ray_tells_it(monkeypatch):
     import tuner.searchers
 
-    monkeypatch.setattr(tuner.searchers, "_optuna_handles", lambda searcher, trial_id: None)
+    monkeypatch.setattr(tuner.searchers, "optuna_handles", lambda searcher, trial_id: None)  # what the fence answers then
     _, cut, _ = told(PruningOptunaSearch(metric="ce_ema", mode="min", seed=0, budget_attr="samples", max_budget=BUDGET))
     assert cut.state == COMPLETE
