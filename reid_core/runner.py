@@ -41,36 +41,30 @@ from reid_core.schema import COMPLETED, DIVERGED, METRIC_COLUMNS, STEP_METRICS, 
 
 class RunWriter:
     """The plain run's reports: a metrics.csv row per step, config.json, a progress line now and then, and the
-    search's chance-level rule on the same curve (`reid_core.chance.ChanceLevelRule`).
+    search's chance-level rule on the same curve (`reid_core.chance.ChanceLevelRule`), ``grace_samples``
+    images long, with the Go line ``log(C) - chance_margin``.
 
     Nothing is written until the first step is reported: a config or data error leaves ``out`` untouched.
-    ``cfg``: a `TrainConfig`, or a function's config mapping; ``grace_samples`` (images) defaults to
-    ``grace_steps`` x the `TrainConfig`'s images per step; ``dashboard``: also called with every step's
-    metrics (``--mlflow``, ``--wandb``: `reid_core.dashboards`).
+    ``config``: the function's config (config.json; a `TrainConfig` is written as its dict); ``max_steps``:
+    the run's length where known (progress lines); ``dashboard``: also called with every step's metrics
+    (``--mlflow``, ``--wandb``: `reid_core.dashboards`).
     """
 
     def __init__(
         self,
-        cfg: TrainConfig | Mapping[str, Any],
+        config: Mapping[str, Any] | TrainConfig,
         out: Path,
+        *,
+        grace_samples: float,
+        chance_margin: float = DEFAULT_CHANCE_MARGIN,
+        max_steps: Optional[int] = None,
         log_every_s: float = 5.0,
         stream=None,
-        grace_steps: int = DEFAULT_GRACE_STEPS,
-        chance_margin: float = DEFAULT_CHANCE_MARGIN,
-        *,
-        grace_samples: Optional[float] = None,
-        max_steps: Optional[int] = None,
         dashboard: Optional[Callable[[dict[str, Any]], None]] = None,
     ):
-        typed = isinstance(cfg, TrainConfig)
-        self.out, self.log_every_s = out, log_every_s
+        self.out, self.log_every_s, self.max_steps = out, log_every_s, max_steps
         self.stream = stream or sys.stdout  # read now: a captured or redirected stdout
-        self.config = cfg.to_dict() if typed else dict(cfg)  # what config.json holds
-        self.max_steps = cfg.max_steps if typed and max_steps is None else max_steps
-        if grace_samples is None:
-            if not typed:
-                raise ValueError("The value of `grace_samples` is None, but a config mapping has no images per step to count it in.")
-            grace_samples = grace_steps * cfg.images_per_step
+        self.config = config.to_dict() if isinstance(config, TrainConfig) else dict(config)  # what config.json holds
         self.rule = ChanceLevelRule(grace_samples, chance_margin)
         self.verdict: Optional[str] = None  # the rule's first verdict: what the search would have ended the trial as
         self.verdict_step: Optional[int] = None
@@ -163,7 +157,7 @@ class PlainRun:
             budget = self.max_steps * per_step if self.max_steps else self.search.get("max_samples")
             self.reporter.max_samples = budget
             self.writer = RunWriter(
-                self.config, self.out, self.log_every_s, grace_samples=grace, chance_margin=self.chance_margin,
+                self.config, self.out, grace_samples=grace, chance_margin=self.chance_margin, log_every_s=self.log_every_s,
                 max_steps=math.ceil(budget / per_step) if budget else self.config.get("max_steps"), dashboard=self.dashboard,
             )  # fmt: skip
         self.writer(metrics)

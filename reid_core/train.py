@@ -18,7 +18,7 @@ from reid_core.config import TrainConfig
 from reid_core.contract import BudgetSpent, Reporter
 from reid_core.ending import diverged as is_diverged, end_reason
 from reid_core.head_lr import GUARD, RAISE
-from reid_core.runner import RunWriter, main as _run_main  # noqa: F401  (RunWriter: its old home)
+from reid_core.runner import main as _run_main
 from reid_core.shipped_weights import effective_pretrained
 from reid_core.trainer import Trainer
 

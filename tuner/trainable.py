@@ -24,12 +24,13 @@ from ray.tune import Checkpoint
 from reid_core.contract import Reporter, call
 from reid_core.job import job_for
 from reid_core.schema import EVAL_METRICS
-from tuner._ray_compat import FastReporting
+from tuner._ray_compat import with_fast_reporting
 from tuner.lineage import perturbation_due
 
 CHECKPOINT_FILE = "trainer.pt"  # the function's checkpoint state inside each Ray checkpoint
 
 
+@with_fast_reporting
 def train_trial(
     sampled: dict[str, Any],
     base: dict[str, Any],
@@ -83,7 +84,6 @@ def train_trial(
     call(fn, config, reporter, threads)
 
 
-train_trial.__mixins__ = (FastReporting,)  # type: ignore[attr-defined]  # read by Ray's wrap_function
 
 
 def _pbt_due(metrics: Mapping[str, Any], burn_in: float, interval: float, max_samples: Optional[float]) -> bool:
