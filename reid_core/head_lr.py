@@ -126,6 +126,8 @@ class HeadLRChanges:
         (``head_lr`` or its schedule's value), which the run's changes multiply; ``head_before``: with the guard
         on, the head as it was before this step (the head this step's CE was measured on)."""
         cfg, ce_ema, step = self.cfg, metrics["ce_ema"], metrics["step"]
+        if cfg.head_guard and head_before is None:
+            raise ValueError("The value of `head_before` is None, but must be the head's state when `head_guard` is on.")
         if cfg.head_guard:
             if math.isfinite(ce_ema) and (self._best is None or ce_ema < self._best["ce_ema"]):
                 self._best = {**head_before, "ce_ema": ce_ema, "step": step}

@@ -133,7 +133,7 @@ class Trainer:
         self.ce_ema: Optional[float] = None
         # the step at which the CE-only phase ended and the SDM ramp began (known in advance for sdm_start=steps)
         self.sdm_start_step: Optional[int] = cfg.ce_only_steps if cfg.sdm_start == "steps" else None
-        self.head_lr_changes = HeadLRChanges(cfg)  # judges the run's own head-LR changes (head_guard, head_lr_raise); train_step applies them
+        self.head_lr_changes = HeadLRChanges(cfg)  # judges the run's own head-LR changes; train_step applies them
 
     @property
     def events(self) -> list[Event]:
@@ -264,9 +264,8 @@ class Trainer:
         # beta per batch of images: a step of k micro-batches weighs k batches, so ce_ema spans the same
         # images at any accumulation (the stopping rule and ASHA compare trials at equal images)
         self.ce_ema = ema(self.ce_ema, ce, cfg.ce_ema_beta**cfg.grad_accum_steps) if finite else float("nan")
-        if self.sdm_start_step is None and (
-            self.ce_ema <= go_line(self.chance_ce, cfg.chance_margin) or (cfg.sdm_start_cap is not None and self.step >= cfg.sdm_start_cap)
-        ):
+        capped = cfg.sdm_start_cap is not None and self.step >= cfg.sdm_start_cap
+        if self.sdm_start_step is None and (self.ce_ema <= go_line(self.chance_ce, cfg.chance_margin) or capped):
             self.sdm_start_step = self.step  # CE has left chance (or the cap is reached): the ramp starts next step
         metrics = {
             "step": self.step,
