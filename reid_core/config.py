@@ -79,7 +79,6 @@ class TrainConfig:
     sdm_ramp_steps: int = 50  # optimizer steps over which the SDM weight rises linearly from 0 to sdm_weight
     logit_scale: float = 50.0  # SDM similarity scale (1 / temperature 0.02), fixed as in IRRA
     label_smoothing: float = 0.0  # identity cross-entropy label smoothing (0.1 is the usual ReID value)
-    chance_margin: float = 0.39  # TEMP (lead): replaced by the head-LR helper's definition at merge
     ce_ema_beta: float = 0.95  # smoothing of ce_ema, the CE decisions use, per batch_size images: time constant 1/(1-beta) batches (a step of k micro-batches counts k)
     chance_margin: float = DEFAULT_CHANCE_MARGIN  # Go line = log(C) - chance_margin, nats: where the run counts as learning (sdm_start=go_line, head_lr_raise) and where the chance-level rule judges; the search sets it from --chance-margin
 

@@ -43,7 +43,7 @@ class Experiment:
         """The experiment a search wrote at ``where`` (a folder or a URI); one line naming the problem if it is none."""
         path = location(where, flag)
         if not is_folder(path, flag):
-            raise UserError(f"{flag} folder '{path}' does not exist; pass the folder a search wrote (tune_results/NAME)")
+            raise UserError(f"{flag} '{path}' does not exist or is not a folder; pass the folder a search wrote (tune_results/NAME)")
         return cls(path, SearchSettings.load(path))
 
     def save(self) -> None:

@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from tuner.storage import Location, location
+from tuner.storage import Location
 
 
 END_REASON_FILE = "end_reason.json"  # ours, beside Ray's files: why the trial ended, written when it was decided
@@ -45,7 +45,7 @@ class TrialFiles:
 def statuses(exp_dir: Location) -> tuple[dict[str, tuple[Optional[str], Optional[str]]], Optional[str]]:
     """``(trial_id -> (status, relative_logdir), note)`` from Ray's newest experiment state; the note says
     why the state could not be read (then every status is unknown)."""
-    states = sorted(location(exp_dir).glob("experiment_state-*.json"))
+    states = sorted(exp_dir.glob("experiment_state-*.json"))
     if not states:
         return {}, None
     try:
@@ -114,10 +114,9 @@ def _read_json(path: Location, damage: list[str]) -> Optional[Any]:
         return None
 
 
-def read_trial_folders(exp_dir: str | Location) -> tuple[list[TrialFiles], list[str]]:
+def read_trial_folders(exp_dir: Location) -> tuple[list[TrialFiles], list[str]]:
     """Every trial folder of the experiment (those holding params.json), sorted by folder name, and
     notes on what could not be read."""
-    exp_dir = location(exp_dir, "experiment")
     known, state_note = statuses(exp_dir)
     notes = [state_note] if state_note else []
     trials = []

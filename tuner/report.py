@@ -28,7 +28,7 @@ from reid_core.io import write_text_atomic
 from reid_core.schema import END_REASONS, HEAD_LR_COUNTS
 from tuner.experiment import Experiment
 from tuner.lineage import lineage_rows
-from tuner.results import compute_account, export_config, objective_column, read_experiment, results_frame, stuck_diagnoses
+from tuner.results import compute_account, export_config, objective_column, opened, read_experiment, results_frame, stuck_diagnoses
 from tuner.settings import SearchSettings
 from tuner.storage import Location
 
@@ -143,7 +143,7 @@ def _go_line(frame: pd.DataFrame, settings: SearchSettings) -> Optional[float]:
     return settings.go_line(float(frame["chance_ce"].dropna().iloc[0]))
 
 
-def compare(exp: Experiment, rerun_dir: Path) -> tuple[float, int, str, Path]:
+def compare(exp: Experiment | str | Location, rerun_dir: Path) -> tuple[float, int, str, Path]:
     """Largest |ce difference| at matching steps between a re-run folder and the trial it re-runs.
 
     The trial is the one whose complete config equals the re-run's ``config.json``.
@@ -155,6 +155,7 @@ def compare(exp: Experiment, rerun_dir: Path) -> tuple[float, int, str, Path]:
             f"'{rerun_dir}' is not a plain training run folder (needs metrics.csv and config.json); pass the --out "
             "folder of reid-tune train"
         )
+    exp = opened(exp)
     settings, exp_dir = exp.settings, exp.path
     rerun_cfg = settings.trial_config(json.loads(config_file.read_text()))  # as the job reads it (old names mapped)
     lineage = exp.lineage()  # PBT: a trial re-runs as its lineage's schedule

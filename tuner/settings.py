@@ -19,7 +19,7 @@ from reid_core.chance import go_line
 from reid_core.errors import UserError
 from reid_core.job import Job, job_for
 from reid_core.schema import EVAL_METRICS
-from tuner.storage import Location, location, write_json_atomic
+from tuner.storage import Location, write_json_atomic
 
 SETTINGS_FILE = "reid_tune.json"  # in the experiment folder, beside Ray's files
 PBT = "pbt"
@@ -88,9 +88,9 @@ class SearchSettings:
     def go_line(self, chance_ce: float) -> float:
         return go_line(chance_ce, self.chance_margin)
 
-    def save(self, exp_dir: str | Location) -> None:
+    def save(self, exp_dir: Location) -> None:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        write_json_atomic(location(exp_dir) / SETTINGS_FILE, values)
+        write_json_atomic(exp_dir / SETTINGS_FILE, values)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "SearchSettings":
@@ -109,8 +109,8 @@ class SearchSettings:
         return cls(**out)
 
     @classmethod
-    def load(cls, exp_dir: str | Location) -> "SearchSettings":
-        path = location(exp_dir, "experiment") / SETTINGS_FILE
+    def load(cls, exp_dir: Location) -> "SearchSettings":
+        path = exp_dir / SETTINGS_FILE
         if not path.is_file():
             raise UserError(f"'{exp_dir}' is not a reid-tune experiment (no {SETTINGS_FILE}); pass the folder a search wrote")
         try:

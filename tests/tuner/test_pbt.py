@@ -15,6 +15,7 @@ from tuner.lineage import read_lineage
 from tuner.ray_files import read_reports
 from tuner.report import compare
 from tuner.report import main as report_main
+from reid_core.config import TrainConfig
 from tuner.results import export_config, read_experiment
 from tuner.search import main as search_main
 from tuner.settings import SearchSettings
@@ -82,7 +83,7 @@ def test_a_perturbed_trial_reruns_as_a_plain_job_following_its_schedule_step_for
     _, exp, table, lineage = pbt_search
     settings, trials, _ = read_experiment(exp)
     trial = next(t for t in trials if lineage["trials"][t.trial_id]["changes"])
-    cfg = export_config(settings, trial, lineage)
+    cfg = TrainConfig.from_dict(export_config(settings, trial, lineage))
     assert cfg.head_lr_schedule
     (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
     out = tmp_path / "rerun"
