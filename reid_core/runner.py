@@ -30,7 +30,7 @@ from reid_core.chance import DEFAULT_CHANCE_MARGIN, DEFAULT_GRACE_STEPS, ChanceL
 from reid_core.config import TrainConfig
 from reid_core.contract import BudgetSpent, Reporter, call
 from reid_core.dashboards import Dashboards, MlflowLog, WandbLog, add_mlflow_argument, add_wandb_argument, check_wandb, wandb_folder, wandb_note
-from reid_core.diagnostics import UNKNOWN, Diagnosis, stuck_cause
+from reid_core.diagnostics import DIAGNOSED_KEYS, Diagnosis, configured_lrs, diagnose
 from reid_core.ending import end_reason
 from reid_core.errors import UserError, cli_exit
 from reid_core.flags import ArgumentParser, add_config_arguments, add_shortcut_arguments, parse_args, shortcut_values
@@ -100,9 +100,8 @@ class RunWriter:
             print(progress_line(metrics, self.max_steps, now - self._started), file=self.stream, flush=True)
 
     def diagnosis(self) -> Diagnosis:
-        """The likely cause of the run being stuck, from the rows so far and the configured LRs."""
-        found = stuck_cause(self.rows, self.rule.margin, self.config)
-        return found if found is not None else Diagnosis(UNKNOWN, "no head metrics were reported")
+        """The likely cause of the run being stuck (above the Go line), from the rows so far and the configured LRs."""
+        return diagnose(self.rows, **configured_lrs(self.config, DIAGNOSED_KEYS), margin=self.rule.margin)
 
     def say_stuck(self) -> None:
         """The seed team's Go/No-Go look: above the Go line and not clearly falling, and the likely cause."""

@@ -76,7 +76,8 @@ def trial_row(trial: Trial, settings: SearchSettings, lineage: Optional[dict[str
         row[key] = trial.sampled.get(key)
     row["end_reason"], disagreement = trial_end_reason(trial, settings)
     cause = stuck_cause(trial.rows, settings.chance_margin, trial_config_or_none(trial, settings)) if row["end_reason"] == STUCK else None
-    row["stuck_cause"] = (cause.cause if cause else UNKNOWN) if row["end_reason"] == STUCK else None  # no evidence, no guess
+    # `unknown` when nothing fits (or a damaged curve ends below the Go line): no evidence, no guess
+    row["stuck_cause"] = (cause.cause if cause else UNKNOWN) if row["end_reason"] == STUCK else None
     rows = trial.rows
     last = rows[-1] if rows else {}
     ce_emas = [r["ce_ema"] for r in rows if math.isfinite(r["ce_ema"])]

@@ -313,6 +313,7 @@ def run_search(args, job: Job) -> int:
         scheduler=args.scheduler,
         searcher=args.searcher or ("random" if args.scheduler == PBT else "optuna"),
         perturbation_interval=round(args.perturbation_interval * per_step) if args.scheduler == PBT else 0,
+        images_per_step=per_step,
         **job.located(),
     )
     return run(Experiment(path, settings), resources, space=space, points=points, quiet=args.quiet, loggers=loggers)

@@ -52,6 +52,9 @@ class SearchSettings:
     scheduler: str = "asha"  # 'asha' (RecheckingASHA cuts) or 'pbt' (tuner.pbt: PBT after the grace window)
     searcher: str = "optuna"  # who proposes the configs: 'optuna' (TPE) or 'random' (Ray's random draws; always under pbt)
     perturbation_interval: int = 0  # pbt: images seen between two looks at a trial (0 under asha)
+    # images per optimizer step at the base config: the unit --max-steps, --grace-steps and --perturbation-interval
+    # count in (0: not recorded, in experiments from before 0.3)
+    images_per_step: float = 0.0
 
     @cached_property
     def job(self) -> Job:
