@@ -19,7 +19,8 @@ from typing import Any, Optional
 from reid_core.errors import INTERRUPTED, UserError
 from tuner.cluster import check_handshake, use_token
 from search_spaces import Domain, to_tune
-from tuner.settings import PBT, SETTINGS_FILE, SearchSettings
+from tuner.experiment import Experiment
+from tuner.settings import PBT, SearchSettings
 
 
 @dataclass(frozen=True)
@@ -107,8 +108,7 @@ class Loggers:
 
 
 def run(
-    settings: SearchSettings,
-    exp_dir: Path,
+    exp: Experiment,
     resources: Resources,
     *,
     space: Optional[dict[str, Domain]] = None,
@@ -130,12 +130,11 @@ def run(
     check_ray_version()  # one note line when the installed Ray is outside the tested range
     started_ray = connect(resources)
     try:
-        return _fit(settings, exp_dir, resources, space, points or [], resume, quiet, loggers)
+        return _fit(exp, resources, space, points or [], resume, quiet, loggers)
     except KeyboardInterrupt:  # the second Ctrl-C: out at once, Ray's own state as it was last saved
         from tuner.progress import resume_line
 
-        saved = (exp_dir / SETTINGS_FILE).is_file()
-        print(f"interrupted{'; ' + resume_line(exp_dir) if saved else ''}", file=sys.stderr, flush=True)
+        print(f"interrupted{'; ' + resume_line(exp.path) if exp.saved else ''}", file=sys.stderr, flush=True)
         return INTERRUPTED
     finally:
         if started_ray:
@@ -144,7 +143,7 @@ def run(
             ray.shutdown()
 
 
-def _fit(settings, exp_dir: Path, resources: Resources, space, points, resume: bool, quiet: bool, loggers: Loggers) -> int:
+def _fit(exp: Experiment, resources: Resources, space, points, resume: bool, quiet: bool, loggers: Loggers) -> int:
     import optuna
     import torch
     from ray import tune
@@ -157,38 +156,32 @@ def _fit(settings, exp_dir: Path, resources: Resources, space, points, resume: b
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created" is not news
     fast_reporting()
+    settings, exp_dir = exp.settings, exp.path
     gpus = resources.gpus_per_trial
     if gpus is None:
         gpus = 1.0 if torch.cuda.is_available() else 0.0
-    if settings.trainable:  # a user's training function (reid_core.contract)
-        from tuner.user_trial import user_trial
-
-        function, parameters = user_trial, {
-            "base": settings.base,
-            "spec": settings.trainable,
-            "root": settings.trainable_root,
-            "max_samples": settings.max_samples,
-            "threads": settings.threads,
-        }
-    else:
-        pbt = settings.scheduler == PBT
-        function, parameters = train_trial, {
-            "base": settings.base,
-            "metric": settings.metric,
-            "eval_at_samples": rung_milestones(settings.grace_samples, settings.max_samples, settings.reduction_factor)
-            if settings.evaluates_at_rungs and not pbt
-            else (),
-            # PBT looks at a trial where it checkpoints (and evaluates, for a retrieval metric): tuner.lineage
-            "pbt": {"burn_in": settings.grace_samples, "interval": settings.perturbation_interval} if pbt else None,
-        }
+    pbt = settings.scheduler == PBT
+    parameters = {
+        "base": settings.base,
+        "spec": settings.trainable,
+        "root": settings.trainable_root,
+        "max_samples": settings.max_samples,
+        "threads": settings.threads,
+        "metric": settings.metric,
+        "eval_at_samples": rung_milestones(settings.grace_samples, settings.max_samples, settings.reduction_factor)
+        if settings.evaluates_at_rungs and not pbt
+        else (),
+        # PBT looks at a trial where it checkpoints (and evaluates, for a retrieval metric): tuner.lineage
+        "pbt": {"burn_in": settings.grace_samples, "interval": settings.perturbation_interval} if pbt else None,
+    }
     trainable = tune.with_resources(
         tune.with_parameters(
-            function, **parameters, checkpoint_every=settings.checkpoint_every, inject_fault=settings.inject_fault
+            train_trial, **parameters, checkpoint_every=settings.checkpoint_every, inject_fault=settings.inject_fault
         ),
         {"cpu": resources.cpus_per_trial, "gpu": gpus},
     )
     stopper = ChanceLevelStopper(settings.grace_samples, settings.chance_margin)
-    recorder = EndReasonRecorder(stopper, settings, exp_dir)
+    recorder = EndReasonRecorder(stopper, exp)
     progress = ProgressPrinter(recorder, settings, quiet=quiet)
     run_config = tune.RunConfig(
         name=exp_dir.name,
@@ -206,8 +199,7 @@ def _fit(settings, exp_dir: Path, resources: Resources, space, points, resume: b
     if resume:
         tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
-        exp_dir.mkdir(parents=True, exist_ok=True)
-        settings.save(exp_dir)
+        exp.save()
         searcher, scheduler = _search_and_scheduler(settings, exp_dir, space, points, resources.max_concurrent)
         tuner = tune.Tuner(
             trainable,
@@ -241,7 +233,7 @@ def _fit(settings, exp_dir: Path, resources: Resources, space, points, resume: b
 
             print(wandb_note(loggers.wandb_mode, loggers.wandb, wandb_folder(exp_dir)), flush=True)
     tuner.fit()
-    return summarise(exp_dir, time.perf_counter() - t0)
+    return summarise(exp, time.perf_counter() - t0)
 
 
 def _search_and_scheduler(

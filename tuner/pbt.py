@@ -33,7 +33,7 @@ from ray.tune.schedulers import TrialScheduler
 from search_spaces import Domain, to_tune
 from tuner._ray_compat import PBTWithExploitHook
 from tuner.lineage import LINEAGE_FILE, empty_record, pbt_round, read_lineage
-from tuner.storage import Location, location, write_json_atomic
+from tuner.storage import Location, write_json_atomic
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
@@ -91,7 +91,7 @@ class LineagePBT(PBTWithExploitHook):
     """
 
     def __init__(
-        self, exp_dir: str | Location, perturbed: Mapping[str, Domain], burn_in: float, interval: float, seed: int = 0, **kwargs: Any
+        self, exp_dir: Location, perturbed: Mapping[str, Domain], burn_in: float, interval: float, seed: int = 0, **kwargs: Any
     ):
         if not perturbed:
             raise ValueError("The value of `perturbed` is empty, but PBT needs a field to perturb.")
@@ -107,7 +107,7 @@ class LineagePBT(PBTWithExploitHook):
             perturbation_factors=PERTURBATION_FACTORS,
             **kwargs,
         )
-        self._exp_dir = location(exp_dir)
+        self._exp_dir = exp_dir
         self._burn_in, self._interval = burn_in, interval
         self._perturbed = list(perturbed)
         self._record: Optional[dict[str, Any]] = None  # loaded on first use: a resumed search continues its file

@@ -22,23 +22,15 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
-from reid_core.config import TrainConfig
 from reid_core.errors import UserError, cli_exit
 from reid_core.flags import ArgumentParser, parse_args
 from reid_core.io import write_text_atomic
 from reid_core.schema import END_REASONS, HEAD_LR_COUNTS
-from tuner.lineage import lineage_rows, read_lineage
-from tuner.results import (
-    compute_account,
-    export_config,
-    objective_column,
-    read_experiment,
-    read_trials,
-    results_frame,
-    stuck_diagnoses,
-)
-from tuner.settings import PBT, SearchSettings
-from tuner.storage import Location, is_folder, location
+from tuner.experiment import Experiment
+from tuner.lineage import lineage_rows
+from tuner.results import compute_account, export_config, objective_column, opened, read_experiment, results_frame, stuck_diagnoses
+from tuner.settings import SearchSettings
+from tuner.storage import Location
 
 PROG = "python -m tuner.report"
 TABLE_FORMATS = ("table", "csv", "json", "markdown")  # how the per-trial table is printed
@@ -151,7 +143,7 @@ def _go_line(frame: pd.DataFrame, settings: SearchSettings) -> Optional[float]:
     return settings.go_line(float(frame["chance_ce"].dropna().iloc[0]))
 
 
-def compare(exp_dir: Location, rerun_dir: Path) -> tuple[float, int, str, Path]:
+def compare(exp: Experiment | str | Location, rerun_dir: Path) -> tuple[float, int, str, Path]:
     """Largest |ce difference| at matching steps between a re-run folder and the trial it re-runs.
 
     The trial is the one whose complete config equals the re-run's ``config.json``.
@@ -163,11 +155,11 @@ def compare(exp_dir: Location, rerun_dir: Path) -> tuple[float, int, str, Path]:
             f"'{rerun_dir}' is not a plain training run folder (needs metrics.csv and config.json); pass the --out "
             "folder of reid-tune train"
         )
-    settings = SearchSettings.load(exp_dir)
-    own = bool(settings.trainable)  # a user's function: its config.json is the user's own mapping
-    rerun_cfg = json.loads(config_file.read_text()) if own else TrainConfig.from_file(config_file)
-    lineage = read_lineage(exp_dir) if settings.scheduler == PBT else None  # PBT: a trial re-runs as its lineage's schedule
-    trials = read_trials(exp_dir, own_keys=own)
+    exp = opened(exp)
+    settings, exp_dir = exp.settings, exp.path
+    rerun_cfg = settings.trial_config(json.loads(config_file.read_text()))  # as the job reads it (old names mapped)
+    lineage = exp.lineage()  # PBT: a trial re-runs as its lineage's schedule
+    trials = exp.trials()
     trial = next((t for t in trials if export_config(settings, t, lineage) == rerun_cfg and t.rows), None)
     if trial is None:
         raise UserError(
@@ -218,10 +210,8 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
     p = build_parser()
     args = parse_args(p, argv, prog)
     try:
-        exp_dir = location(args.experiment, "experiment")
-        if not is_folder(exp_dir, "experiment"):
-            raise UserError(f"experiment folder '{exp_dir}' does not exist")
-        SearchSettings.load(exp_dir)  # is it an experiment at all? (before any other complaint)
+        exp = Experiment.open(args.experiment)  # is it an experiment at all? (before any other complaint)
+        exp_dir = exp.path
         if args.reason is not None and args.reason not in END_REASONS:
             raise UserError(f"unknown --reason '{args.reason}'; known: {', '.join(END_REASONS)}")
         if args.top is not None and args.top < 1:
@@ -229,7 +219,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
         if args.out and not Path(args.out).parent.is_dir():
             raise UserError(f"--out '{args.out}': folder '{Path(args.out).parent}' does not exist")
         if args.compare:
-            diff, steps, trial_id, png = compare(exp_dir, Path(args.compare))
+            diff, steps, trial_id, png = compare(exp, Path(args.compare))
             same = steps > 0 and diff <= COMPARE_TOLERANCE
             print(
                 f"trial {trial_id} vs re-run {args.compare}: largest |ce difference| {diff:.3g} over {steps} "
@@ -238,7 +228,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
             print(f"wrote {png}")
             return 0 if same else 1
         notes: list[str] = []
-        settings, trials, frame = read_experiment(exp_dir, notes)
+        settings, trials, frame = read_experiment(exp, notes)
     except UserError as err:
         return cli_exit(err, p.prog)
     for note in notes:  # what a crash left unreadable: said, skipped, never fatal

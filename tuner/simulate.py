@@ -36,8 +36,8 @@ def build_parser(prog: str = PROG) -> ArgumentParser:
     p.add_argument("--workers", type=int, help="trials at once (default 16; with --from: as many as the search ran at once)")
     p.add_argument("--searcher", choices=("random", "optuna"), help="random (default) or optuna (TPE, seeded)")
     p.add_argument("--space", default="default", help="search space name or YAML file (default: default)")
-    p.add_argument("--max-steps", type=int, help="budget in steps at accumulation 1 (default 1200)")
-    p.add_argument("--grace-steps", type=int, help="grace window and first rung, in steps at accumulation 1 (default 300)")
+    p.add_argument("--max-steps", type=int, help="budget in optimizer steps of --batch-size images (default 1200)")
+    p.add_argument("--grace-steps", type=int, help="grace window and first rung, in steps as --max-steps; with --from, of the search's base config (default 300)")
     p.add_argument("--reduction-factor", type=float, help="ASHA reduction factor (default 2)")
     p.add_argument("--chance-margin", type=float, help="Go line = log(C) - margin (default 0.39)")
     p.add_argument("--batch-size", type=int, default=32, help="images per micro-batch of the parametric curves (default 32)")
@@ -103,7 +103,7 @@ def plan(args) -> tuple[ReplaySettings, int, Callable[[int, dict], Curve], Calla
             flag = "--max-steps" if args.max_steps is not None else "--searcher"
             raise UserError(f"{flag} does not apply to --from: the recorded trials are replayed as they ran")
         search, curves = recorded_curves(args.source)
-        per_step = search.base_config.images_per_step
+        per_step = search.images_per_step or curves[0].samples[0]  # recorded; else the first trial's first step
         settings = ReplaySettings(
             grace_samples=args.grace_steps * per_step if args.grace_steps else search.grace_samples,
             max_samples=search.max_samples,

@@ -12,7 +12,8 @@ Checked against Ray `RAY_CHECKED` (2.60.0); `TESTED_RAY` is pyproject.toml's ran
 =================  =================================================  ==========================================
 module             what it gives the rest of tuner                    without Ray's internals
 =================  =================================================  ==========================================
-``reporting``      `FastReporting`: per-step reports cost ~0.5 ms     synchronous reporting, ~3 ms a step
+``reporting``      `with_fast_reporting`, `FastReporting`: per-step   synchronous reporting, ~3 ms a step
+                   reports cost ~0.5 ms
 ``logs``           `JsonLogger`: a restarted trial keeps its rows;    Ray's: rows since the last sync lost;
                    `quiet_ray_logs`: Ray's needless lines silenced    the lines show
 ``optuna_search``  `optuna_handles`, `optuna_study`: the optuna       early stops told to TPE as completed
@@ -37,7 +38,7 @@ from tuner._ray_compat.logs import JsonLogger, quiet_ray_logs
 from tuner._ray_compat.mlflow_logger import mlflow_batching, mlflow_run
 from tuner._ray_compat.optuna_search import optuna_handles, optuna_study
 from tuner._ray_compat.pbt import PBTWithExploitHook
-from tuner._ray_compat.reporting import RESULT_BUFFER_LENGTH, RESULT_BUFFER_S, FastReporting
+from tuner._ray_compat.reporting import RESULT_BUFFER_LENGTH, RESULT_BUFFER_S, FastReporting, with_fast_reporting
 from tuner._ray_compat.version import RAY_CHECKED, TESTED_RAY, check_ray_version
 
 __all__ = [
@@ -54,4 +55,5 @@ __all__ = [
     "optuna_handles",
     "optuna_study",
     "quiet_ray_logs",
+    "with_fast_reporting",
 ]

@@ -11,14 +11,15 @@ Ray internals, checked against Ray 2.60.0:
   Ours ignores what it is passed; a Ray that stops calling it (no buffering) just reports one result
   a call: slower, still correct.
 - The mixin reaches the trainable through the function's ``__mixins__`` attribute, which Ray's
-  ``wrap_function`` reads (set where the trainables are defined: `tuner.trainable`, `tuner.user_trial`,
-  `tuner.replay`). A Ray that ignores it runs the plain function trainable: synchronous, unbuffered.
+  ``wrap_function`` reads: `with_fast_reporting` sets it on the trainables (`tuner.trainable`,
+  `tuner.simulation.trainable`). A Ray that ignores it runs the plain function trainable: synchronous,
+  unbuffered.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 from ray.tune.result import DONE, RESULT_DUPLICATE, SHOULD_CHECKPOINT
 
@@ -92,3 +93,13 @@ class FastReporting:
                 break
         return results
 
+
+
+Fn = TypeVar("Fn", bound=Callable[..., Any])
+
+
+def with_fast_reporting(fn: Fn) -> Fn:
+    """``fn`` as a function trainable with `FastReporting` mixed in (Ray's undocumented ``__mixins__`` hook,
+    read by ``ray.tune.trainable.function_trainable.wrap_function`` in Ray 2.60)."""
+    fn.__mixins__ = (FastReporting,)  # type: ignore[attr-defined]
+    return fn

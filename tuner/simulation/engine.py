@@ -22,14 +22,15 @@ from typing import Any, Callable, Optional, Sequence
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from reid_core.schema import ASHA as CUT
-from reid_core.schema import COMPLETED, DIVERGED, STUCK
-from tuner.simulation.curves import DIVERGING, Curve
-from tuner.schedulers import RecheckingASHA
 from reid_core.chance import ChanceLevelRule
+from reid_core.ending import end_reason
+from reid_core.schema import ASHA as CUT
+from reid_core.schema import COMPLETED, STUCK, UNFINISHED
+from tuner.schedulers import RecheckingASHA
+from tuner.simulation.curves import DIVERGING, Curve
 
 NONE, ASHA, RASHA = "none", "asha", "rasha"
-CENSORED = "censored"  # a recorded curve ended (the live search stopped it) where this policy would go on
+CENSORED = UNFINISHED  # a recorded curve ended (the live search stopped it) where this policy would go on
 STOP = TrialScheduler.STOP
 
 
@@ -198,8 +199,9 @@ def replay(
             "training_iteration": i + 1,
         }
         run.results += 1
-        reason = rule(result) if rule is not None else None
-        if reason is None and scheduler is not None:
+        verdict = rule(result) if rule is not None else None
+        stopped = False
+        if verdict is None and scheduler is not None:
             if time_decisions:
                 t0 = clock()
                 decision = scheduler.on_trial_result(None, trial, result)
@@ -207,16 +209,16 @@ def replay(
                 run.decisions += 1
             else:
                 decision = scheduler.on_trial_result(None, trial, result)
-            if decision == STOP:
-                reason = COMPLETED if result["samples"] >= budget else CUT
-        if reason is None and listens:
+            stopped = decision == STOP
+        if verdict is None and not stopped and listens:
             searcher.on_trial_result(trial.trial_id, result)
-        if reason is None and i < last:
+        if verdict is None and not stopped and i < last:
             i = state[0] = i + every if i + every < last else last
             heapreplace(heap, (start + seconds[i], number, state))
             continue
-        if reason is None:  # the curve ended without a stop: its budget, a non-finite loss, or the recording
-            reason = COMPLETED if result["samples"] >= budget else DIVERGED if not math.isfinite(result["ce"]) else CENSORED
+        # the one decision of why a run ended (reid_core.ending), as the live search makes it; a recorded curve that
+        # ends where this policy would go on is `unfinished` there: censored here
+        reason = end_reason(verdict=verdict, last=result, max_samples=budget, stopped=stopped, scheduler=CUT)
         heappop(heap)
         if scheduler is not None:
             scheduler.on_trial_complete(None, trial, result)
