@@ -19,8 +19,9 @@ regression. Its question is the seed team's: which knob's values set the best tr
 rest. The best group is the top quarter, and at least `TOP_TRIALS` trials: the density of one or two
 points says little (simulated, a head LR that decides CE with three knobs that do not: ranked first in
 72% of six-trial searches with a top quarter of two trials; with the best three, 80% at 6 trials, 92%
-at 8, 93% at 10, 96% at 12, 100% at 16; 200 searches each). Below `MIN_TRIALS` trials valued it says so in one line instead.
-Under PBT a trial's values change mid-run and its weights come from other trials: not computed.
+at 8, 93% at 10, 96% at 12, 100% at 16; 200 searches each). Below `MIN_TRIALS` trials valued it says
+so in one line instead. Under PBT a trial's values change mid-run and its weights come from other
+trials: not computed.
 
 No Ray, no torch: ``reid-tune report`` draws it from the files.
 """

@@ -93,6 +93,8 @@ class PruningOptunaSearch(OptunaSearch):
         budget = (result or {}).get(self._budget_attr)
         value = (result or {}).get(self.metric) if isinstance(self.metric, str) else None
         if error or budget is None or value is None or budget >= self._max_budget:
+            if self._report_every and budget is not None and value is not None:
+                self._report(trial_id, value, budget)  # the curve ends where the trial did
             super().on_trial_complete(trial_id, result=result, error=error)
             return
         handles = optuna_handles(self, trial_id)
