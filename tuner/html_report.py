@@ -35,7 +35,7 @@ th { background: #f0f0f0; } tr.stuck_at_chance td { background: #fff1f0; } tr.wi
 .pictures { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
 .pictures img { max-width: 100%; border: 1px solid #eee; }
 .stuck { border-left: 4px solid #d9534f; padding: 0.2em 1em; margin: 1em 0; background: #fffafa; }
-.muted { color: #666; font-size: 0.85em; }
+.muted { color: #666; font-size: 0.85em; } .wide { overflow-x: auto; }
 """
 
 
@@ -79,7 +79,7 @@ def table_html(shown: pd.DataFrame, winner: Optional[str]) -> str:
         cls = "winner" if row.get("trial_id") == winner else str(row.get("end_reason", ""))
         cells = "".join(f"<td>{_e(_cell(v))}</td>" for v in row)
         rows.append(f"<tr class='{_e(cls)}'>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    return f"<div class='wide'><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
 
 
 def _cell(value: Any) -> str:
