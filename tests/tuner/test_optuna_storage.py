@@ -61,6 +61,19 @@ def test_the_checks_write_nothing_and_find_a_study_of_the_same_name(tmp_path):
         check_storage(f"sqlite:///{tmp_path / 'junk.db'}", "exp")
 
 
+def test_a_resume_cannot_add_a_study_the_search_started_without(tmp_path, capsys):
+    from tuner.settings import SearchSettings
+
+    (tmp_path / "exp").mkdir()
+    SearchSettings(base={}, space={"head_lr": "loguniform[1e-06, 0.1]"}, metric="ce_ema", mode="min", grace_samples=1920,
+                   chance_margin=0.39, max_samples=4800, num_trials=2, reduction_factor=2.0).save(tmp_path / "exp")  # fmt: skip
+    before = sorted(tmp_path.rglob("*"))
+    assert search_main(["--resume", "--name", "exp", "--storage-path", str(tmp_path), "--optuna-storage"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "continues 'exp' as it started, with no Optuna storage; drop --optuna-storage" in err
+    assert sorted(tmp_path.rglob("*")) == before
+
+
 # --- real searches ------------------------------------------------------------------------------------------
 
 
