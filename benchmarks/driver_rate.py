@@ -3,7 +3,7 @@
     python benchmarks/driver_rate.py [--trials 1000] [--max-steps 60] [--grace-steps 20] [--cpus 2]
 
 One real search on a local Ray (HOME and Ray's temp dir in a temp folder): the
-default space, ``tuner.replay.replay_trial`` reporting every step of its
+default space, ``tuner.simulation.trainable.replay_trial`` reporting every step of its
 parametric curve at once, and the live search's driver pieces (PruningOptunaSearch,
 RecheckingASHA on ``samples``, the chance-level stopper, ``result.json`` only,
 the fast reporting). The trials never wait on training, so the driver is the
@@ -47,7 +47,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from ray.tune.logger import JsonLoggerCallback
 
     from search_spaces import load_space, to_tune
-    from tuner.replay import replay_trial
+    from tuner.simulation.trainable import replay_trial
     from tuner.schedulers import RecheckingASHA
     from tuner.driver import fast_reporting
     from tuner.searchers import PruningOptunaSearch

@@ -47,12 +47,14 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from common import local_ray, machine, quiet_search
+from reid_core.chance import DEFAULT_GRACE_STEPS
 from reid_core.flags import ArgumentParser, add_config_arguments
 from reid_core.config import TrainConfig
 from reid_core.data import load_data
 from reid_core.errors import UserError, cli_exit
 from reid_core.model import context_length
-from reid_core.train import RunWriter, load_cli_config, train
+from reid_core.runner import RunWriter
+from reid_core.train import load_cli_config, train
 from reid_core.trainer import resolve_device
 from reid_core.shipped_weights import effective_pretrained
 from tuner.results import read_trials
@@ -74,7 +76,8 @@ class Run:
 
 def plain_run(cfg: TrainConfig, out: Path) -> Run:
     """The plain job's train() + RunWriter, with the clock read at every report."""
-    writer = RunWriter(cfg, out, stream=io.StringIO())  # progress lines as usual, kept off our printout
+    grace = DEFAULT_GRACE_STEPS * cfg.images_per_step  # the plain run's default window
+    writer = RunWriter(cfg, out, grace_samples=grace, max_steps=cfg.max_steps, stream=io.StringIO())  # progress lines kept off our printout
     steps, seconds, ce, step_s = [], [], [], []
 
     def report(metrics: dict) -> None:
@@ -119,7 +122,7 @@ def search_run(cfg: TrainConfig, args, folder: Path) -> Run:
     if code != 0:
         raise RuntimeError(f"the search exited {code}:\n{printout}")
     exp = storage / "one-trial"
-    base = SearchSettings.load(exp).base_config
+    base = TrainConfig.from_dict(SearchSettings.load(exp).base)
     if dataclasses.replace(base, data=cfg.data, pretrained=cfg.pretrained) != cfg:  # paths made absolute
         raise RuntimeError(f"the search trained another config than the plain job: {base} != {cfg}")
     (trial,) = read_trials(exp)

@@ -36,7 +36,7 @@ from reid_core.trainer import Trainer
 RUNAWAY_LRS = (3.0, 10.0, 30.0, 100.0)
 TOO_LOW_LRS = (1e-6, 1e-5, 1e-4)
 GUARD = {"head_guard": True}
-RAISE = {"head_lr_raise": 10.0, "head_lr_watch_steps": 50, "head_lr_raise_cap": 1e-2}  # the README's recipe
+RAISE = {"head_lr_raise": 10.0, "head_lr_watch_steps": 50, "head_lr_raise_cap": 1e-2}  # docs/train-and-run.md's recipe
 SETS = ("runaway", "too_low", "healthy")
 
 

@@ -16,7 +16,7 @@ trials, budget, grace window and base config (``--set``), pre-flight skipped:
 All three may spend at most ``num_trials x max_steps`` images (equal compute offered); what each
 spends differs, since ASHA cuts trials and PBT runs every surviving one to the budget, so both the
 best ``ce_ema`` (the winner each search exports) and the images spent (every step a trial trained,
-``images_spent`` under PBT: a copied checkpoint's images count once, for the trial that trained them)
+``samples_trained`` under PBT: a copied checkpoint's images count once, for the trial that trained them)
 are printed, with the wall time. No target: the result is recorded whichever wins.
 """
 

@@ -3,7 +3,7 @@
 The seed's rule has two halves: by steps 200-300, CE <= 5.6 (for 400 identities) AND a clear
 downward trend. `ChanceLevelRule` reads a run's results one at a time:
 
-* any time: a non-finite ``ce`` or ``ce_ema`` ends the run as ``diverged``;
+* any time: a non-finite ``ce``, ``ce_ema`` or ``loss`` ends the run as ``diverged`` (`reid_core.ending.diverged`);
 * before the grace window (``grace_samples`` images seen): no verdict;
 * after it: a run whose ``ce_ema`` is at or below the Go line ``chance_ce - margin`` goes on;
 * a run above the line goes on only while it is *clearly falling*: at the rate ``ce_ema`` fell
@@ -17,8 +17,8 @@ downward trend. `ChanceLevelRule` reads a run's results one at a time:
 
 The chance level is read from each result's ``chance_ce`` (log C), so one rule serves data sets
 with any number of identities. No torch, no Ray: `tuner.stoppers.ChanceLevelStopper` applies it
-per trial inside Ray Tune, `reid_core.train.RunWriter` in the plain job, `tuner.results` when it
-replays a recorded curve.
+per trial inside Ray Tune, `reid_core.runner.RunWriter` in the plain run, `tuner.results` when it
+replays a recorded curve, the simulator on curves it replays.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import math
 from bisect import bisect_left, bisect_right
 from typing import Any, Iterable, Optional
 
+from reid_core.ending import diverged
 from reid_core.schema import DIVERGED, HEAD_LR_COUNTS, STUCK
 
 DEFAULT_GRACE_STEPS = 300  # the seed team's smoke window, optimizer steps at accumulation 1
@@ -72,7 +73,7 @@ class ChanceLevelRule:
         if ce is None or ce_ema is None:  # not a training step (e.g. a result without metrics)
             return None
         # NaN or inf loss: nothing will recover it.
-        if not (math.isfinite(ce) and math.isfinite(ce_ema)):
+        if diverged(result):
             return DIVERGED
         samples = float(result["samples"])
         self._rewind(samples)

@@ -20,6 +20,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import yaml
 
+from reid_core.chance import DEFAULT_CHANCE_MARGIN
 from reid_core.errors import UserError
 
 
@@ -72,13 +73,14 @@ class TrainConfig:
 
     # --- losses ----------------------------------------------------------------
     ce_only_steps: int = 50  # CE-only phase, optimizer steps: SDM weight is 0 and the text encoder is not run (not the LR warm-up)
-    sdm_start: str = "steps"  # when the CE-only phase ends: 'steps' (after ce_only_steps) or 'go_line' (once ce_ema first reaches log(C) - 0.39, the default Go line)
+    sdm_start: str = "steps"  # when the CE-only phase ends: 'steps' (after ce_only_steps) or 'go_line' (once ce_ema first reaches the Go line, log(C) - chance_margin)
     sdm_start_cap: Optional[int] = None  # sdm_start=go_line only: optimizer steps after which SDM starts anyway; None = never (a stuck run stays CE-only)
     sdm_weight: float = 1.0  # target weight of the SDM image-text loss after the ramp
     sdm_ramp_steps: int = 50  # optimizer steps over which the SDM weight rises linearly from 0 to sdm_weight
     logit_scale: float = 50.0  # SDM similarity scale (1 / temperature 0.02), fixed as in IRRA
     label_smoothing: float = 0.0  # identity cross-entropy label smoothing (0.1 is the usual ReID value)
     ce_ema_beta: float = 0.95  # smoothing of ce_ema, the CE decisions use, per batch_size images: time constant 1/(1-beta) batches (a step of k micro-batches counts k)
+    chance_margin: float = DEFAULT_CHANCE_MARGIN  # Go line = log(C) - chance_margin, nats: where the run counts as learning (sdm_start=go_line, head_lr_raise) and where the chance-level rule judges; the search sets it from --chance-margin
 
     # --- evaluation ------------------------------------------------------------
     eval_every: int = 0  # optimizer steps between retrieval evaluations; 0 = only at the end of the run
@@ -342,6 +344,7 @@ def _problems(cfg: TrainConfig):
         rule("logit_scale", cfg.logit_scale > 0, "> 0"),
         rule("label_smoothing", 0 <= cfg.label_smoothing < 1, "in [0, 1)"),
         rule("ce_ema_beta", 0 <= cfg.ce_ema_beta < 1, "in [0, 1)"),
+        rule("chance_margin", math.isfinite(cfg.chance_margin) and cfg.chance_margin > 0, "> 0 (nats below log(C): the Go line)"),
         rule("eval_every", cfg.eval_every >= 0, ">= 0 (0 evaluates only at the end)"),
         rule("monitor_every", cfg.monitor_every >= 1, ">= 1 (1 measures the head every step)"),
         rule("eval_split", cfg.eval_split in EVAL_SPLITS, f"one of {', '.join(EVAL_SPLITS)}"),

@@ -44,11 +44,12 @@ Optional hooks:
 - **pre-flight**: the first report carrying the monitor's pre-flight keys (the first
   ``after_backward()`` of a `HeadMonitor` returns them: ``head_in_optimizer``, ``head_grad_norm``,
   ``logit_gain``, and ``label_min`` / ``label_max`` when labels were given to ``observe``). The
-  search runs the function once in the driver up to its first report (`probe`) and checks the
+  search runs the function once in the driver up to its first report (`first_report`) and checks the
   contract and these keys before any trial; keys not reported are skipped with a note.
 
 The harness ends a function when its trial is stopped or has seen the search's budget
-(``report`` raises `BudgetSpent`, a BaseException the harness catches: do not swallow it).
+(``report`` raises `BudgetSpent`, a BaseException the harness catches: let it through, or return at
+once when you catch it, as `reid_core.train.train` does to hand back its summary).
 `reid_core.train.train` is the reference implementation of this contract.
 """
 
@@ -61,7 +62,7 @@ import numbers
 import random
 import sys
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from reid_core.errors import UserError
 from reid_core.schedule import ema
@@ -74,16 +75,25 @@ Forward = Callable[[dict[str, Any], Optional[dict[str, Any]]], None]  # (metrics
 
 
 class BudgetSpent(BaseException):
-    """Raised by ``report`` to end the function: its budget is spent (or the probe has its report)."""
+    """Raised by ``report`` to end the function: its budget is spent, the run is stopped (the plain run's --stop-when-stuck), or `first_report` has its report."""
 
 
 class Reporter:
     """The ``report`` the harness passes: checks and completes each report, then forwards it.
 
-    ``forward(metrics, state)``: where reports go (``ray.tune.report``, a `reid_core.train.RunWriter`);
-    ``state`` is a checkpoint to keep, or None. ``max_samples``: the budget in images; the report that
-    reaches it is forwarded, then `BudgetSpent` ends the function. ``resume``: a checkpoint this
-    reporter saved (``{"user": ..., "harness": ...}``), to continue from.
+    ``forward(metrics, state)``: where reports go (``ray.tune.report`` in a trial, the plain run's
+    `reid_core.runner.RunWriter`); ``state`` is a checkpoint to keep, or None. ``max_samples``: the budget
+    in images; the report that reaches it is forwarded, then `BudgetSpent` ends the function. ``resume``:
+    a checkpoint this reporter saved (``{"user": ..., "harness": ...}``), to continue from.
+
+    What a function may read off it (each optional to honour):
+
+    - ``report.resume``: the state to continue from, or None;
+    - ``report.checkpoint_every``: steps between kept checkpoints (0: none); `checkpoint_at` results too
+      (PBT's perturbation points): a function passing ``checkpoint=`` a callable is asked only then;
+    - ``report.eval_at_samples``: images seen at which the search compares trials by a retrieval metric
+      (a function that evaluates does so at the first step past each);
+    - ``report.log(line)``: a line for the person watching (printed by the plain run, dropped in a trial).
     """
 
     def __init__(
@@ -93,12 +103,20 @@ class Reporter:
         max_samples: Optional[float] = None,
         resume: Optional[dict[str, Any]] = None,
         checkpoint_every: int = 0,
+        checkpoint_at: Optional[Callable[[Mapping[str, Any]], bool]] = None,
+        eval_at_samples: Sequence[float] = (),
         ce_ema_beta: float = DEFAULT_CE_EMA_BETA,
+        log: Callable[[str], None] = lambda line: None,
     ):
         self.forward = forward
         self.max_samples = max_samples
         self.checkpoint_every = checkpoint_every
+        self.checkpoint_at = checkpoint_at
+        self.eval_at_samples = tuple(eval_at_samples)
         self.ce_ema_beta = ce_ema_beta
+        self.log = log
+        if resume is not None and "user" not in resume:  # a trial checkpoint of our job from before the contract
+            resume = {"user": resume, "harness": {"ce_ema": resume.get("ce_ema")}}
         self.resume: Optional[dict[str, Any]] = None if resume is None else resume["user"]
         self._ce_ema: Optional[float] = None if resume is None else resume["harness"]["ce_ema"]
         self.calls = 0
@@ -108,13 +126,19 @@ class Reporter:
         self.calls += 1
         out = self.complete(metrics)
         state = None
-        if checkpoint is not None and self.checkpoint_every and out["step"] % self.checkpoint_every == 0:
+        if checkpoint is not None and self.checkpoint_due(out):
             user = checkpoint() if callable(checkpoint) else checkpoint
             state = {"user": user, "harness": {"ce_ema": self._ce_ema}}
         self.last = out
         self.forward(out, state)
         if self.max_samples is not None and out["samples"] >= self.max_samples:
             raise BudgetSpent()
+
+    def checkpoint_due(self, metrics: Mapping[str, Any]) -> bool:
+        """Whether the harness keeps a checkpoint at this report: every ``checkpoint_every`` steps, and where
+        ``checkpoint_at`` says (PBT looks at a trial there)."""
+        every = self.checkpoint_every and metrics["step"] % self.checkpoint_every == 0
+        return bool(every or (self.checkpoint_at is not None and self.checkpoint_at(metrics)))
 
     def complete(self, metrics: Mapping[str, Any]) -> dict[str, Any]:
         """``metrics`` checked (one-line `UserError` naming a missing key) with ``chance_ce`` and ``ce_ema`` added."""
@@ -223,7 +247,7 @@ def call(fn: Callable[..., Any], config: dict[str, Any], report: Reporter, threa
     return dict(result) if isinstance(result, Mapping) else {}
 
 
-def probe(fn: Callable[..., Any], config: dict[str, Any], threads: int = 0) -> dict[str, Any]:
+def first_report(fn: Callable[..., Any], config: dict[str, Any], threads: int = 0) -> dict[str, Any]:
     """Run ``fn`` up to its first report and return that report (checked and completed); nothing is kept."""
     first: dict[str, Any] = {}
 

@@ -2,9 +2,10 @@
 
 The seed team asked for both (issue 18): "if the weights grow too fast, lower the learning rate by
 itself" and "start the head at 5e-3, watch 100 steps, then decide whether to raise it to 1e-2".
-`HeadLRChanges` does both inside a `reid_core.trainer.Trainer`, once per optimizer step; every change is
-an `Event` (step, evidence, head LR before and after), counted in the step metrics
-``head_guard_firings`` and ``head_lr_raises``.
+`HeadLRChanges` judges both once per optimizer step and returns each decision as a `Change`;
+`reid_core.trainer.Trainer` applies it (the head's state, its LR, the run's ``ce_ema``). The judge keeps
+only its own record: every change is an `Event` (step, evidence, head LR before and after), counted in
+the step metrics ``head_guard_firings`` and ``head_lr_raises``.
 
 **The guard** fires when ``ce_ema`` is above ``head_guard_ce_ratio x log(C)`` and rose over the
 step. The seed's literal trigger (the head's norm grew more than 10x) cannot work with AdamW: Adam
@@ -20,32 +21,34 @@ head (BNNeck and classifier, their AdamW moments) goes back to its state at the 
 guard does not touch. A guard firing ends the raise schedule (raising again would walk back
 towards the LR that ran away).
 
-**The raise**: every ``head_lr_watch_steps`` steps, while ``ce_ema`` is above the Go line and
-`reid_core.diagnostics.diagnose` on the run's metrics so far says ``lr_too_low``, the head LR is
-multiplied by ``head_lr_raise``, up to ``head_lr_raise_cap``.
+**The raise**: every ``head_lr_watch_steps`` steps, while ``ce_ema`` is above the run's Go line
+(``log(C) - chance_margin``) and `reid_core.diagnostics.diagnose` on the run's metrics so far (with
+its ``label_smoothing`` and ``chance_margin``) says ``lr_too_low``, the head LR is multiplied by
+``head_lr_raise``, up to ``head_lr_raise_cap``.
 
-Both change the head groups' ``base_lr`` (the LR schedule multiplies it each step), so a
-checkpoint (`HeadLRChanges.state_dict`) carries them. Never imports ray.
+Both multiply the head groups' ``base_lr`` (the LR schedule multiplies it each step), so a
+checkpoint (`HeadLRChanges.state_dict`) carries them. Neither torch nor ray: the head's state is
+the trainer's, opaque here.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Optional
-
-import torch
+from typing import Any, Optional
 
 from reid_core.chance import go_line
+from reid_core.config import TrainConfig
 from reid_core.diagnostics import diagnose
 from reid_core.schema import GUARD_FIRINGS, LR_RAISES, STEP_METRICS
-
-if TYPE_CHECKING:
-    from reid_core.trainer import Trainer
 
 GUARD = "head_guard"  # an Event's kind: the guard lowered the head LR
 RAISE = "head_lr_raise"  # an Event's kind: the progressive schedule raised it
 COUNTS = {GUARD: GUARD_FIRINGS, RAISE: LR_RAISES}  # kind -> its step metric (a running count)
+
+# The head's weights, buffers and AdamW moments as the trainer copies them ({"modules": [...], "moments": [...]},
+# `reid_core.trainer.Trainer.head_state`): kept and handed back here, never read.
+HeadState = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,21 @@ class Event:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Change:
+    """A decision for the trainer to apply, in this order: put the head back (``restore``, then ``ce_ema``
+    is that head's), then multiply the head groups' ``base_lr`` by ``factor``."""
+
+    event: Event  # what changed and why: already in `HeadLRChanges.events`
+    factor: float  # the head LR's multiplier (head_guard_factor, or the raise up to its cap)
+    restore: Optional[HeadState] = None  # guard: the head at the run's lowest ce_ema so far; None: keep the head
+    ce_ema: Optional[float] = None  # guard: that head's ce_ema, the run's (and the step's reported) ce_ema from here
+
+    @property
+    def kind(self) -> str:
+        return self.event.kind
+
+
 def runaway(ce_ema: float, previous_ce_ema: Optional[float], chance_ce: float, ce_ratio: float) -> bool:
     """The guard's test: ``ce_ema`` far above chance (``ce_ratio x log C``) and rising."""
     if previous_ce_ema is None or not math.isfinite(ce_ema):  # NaN/inf: the run has diverged; not the guard's
@@ -72,109 +90,100 @@ def runaway(ce_ema: float, previous_ce_ema: Optional[float], chance_ce: float, c
 
 
 class HeadLRChanges:
-    """The guard and the raise of one `Trainer`; ``before_step`` and ``after_step`` around each step."""
+    """The guard and the raise of one run: `judge` after each optimizer step returns the `Change` to apply,
+    or None. Every Change returned is made: the trainer applies each one (its scale is already counted)."""
 
-    def __init__(self, trainer: "Trainer"):
-        self.trainer = trainer  # read live: a test or a planted fault may swap its optimizer
-        cfg = trainer.cfg
-        self.guard = cfg.head_guard
-        self.raising = cfg.head_lr_raise > 1
-        self.scale = 1.0  # the head LR now / cfg.head_lr: what the run's own changes multiplied it by
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.scale = 1.0  # the head LR now / the configured head LR: what the run's own changes multiplied it by
         self.events: list[Event] = []
-        self._best: Optional[dict[str, Any]] = None  # guard: the head at the lowest ce_ema so far
-        self._pending: Optional[dict[str, Any]] = None  # guard: the head before this step
+        self._best: Optional[dict[str, Any]] = None  # guard: the head at the lowest ce_ema so far (+ ce_ema, step)
         self._watched: list[dict[str, Any]] = []  # raise: the first row, then the rows since the last decision
 
     @property
-    def head_lr(self) -> float:
-        return self.trainer.configured_lr("head") * self.scale  # configured: head_lr, or head_lr_schedule's value now
+    def guard(self) -> bool:
+        """Whether `judge` needs the head as it was before each step (the guard's candidate best head)."""
+        return self.cfg.head_guard
 
     def count(self, kind: str) -> int:
         return sum(e.kind == kind for e in self.events)
 
-    # --- around each step -----------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        """The step metrics ``head_guard_firings`` and ``head_lr_raises``: the changes so far."""
+        return {name: self.count(kind) for kind, name in COUNTS.items()}
 
-    def before_step(self) -> None:
-        if self.guard:  # the head this step's CE is measured on: a candidate for the best state
-            self._pending = self._head_state()
+    def judge(
+        self,
+        metrics: dict[str, Any],
+        previous_ce_ema: Optional[float],
+        configured_lr: float,
+        head_before: Optional[HeadState] = None,
+    ) -> Optional[Change]:
+        """Judge one optimizer step: the Change to apply now, or None.
 
-    def after_step(self, metrics: dict[str, Any], previous_ce_ema: Optional[float]) -> None:
-        """Judge the step (``metrics``, as `Trainer.train_step` reports it); apply a change; add the counts."""
-        ce_ema, step = metrics["ce_ema"], metrics["step"]
-        if self.guard:
+        ``metrics``: the step's, as `Trainer.train_step` reports them (read, not changed); ``previous_ce_ema``:
+        the run's ce_ema before the step; ``configured_lr``: the head LR the config gives for the next step
+        (``head_lr`` or its schedule's value), which the run's changes multiply; ``head_before``: with the guard
+        on, the head as it was before this step (the head this step's CE was measured on)."""
+        cfg, ce_ema, step = self.cfg, metrics["ce_ema"], metrics["step"]
+        if cfg.head_guard and head_before is None:
+            raise ValueError("The value of `head_before` is None, but must be the head's state when `head_guard` is on.")
+        if cfg.head_guard:
             if math.isfinite(ce_ema) and (self._best is None or ce_ema < self._best["ce_ema"]):
-                self._best = {**self._pending, "ce_ema": ce_ema, "step": step}
-            if runaway(ce_ema, previous_ce_ema, metrics["chance_ce"], self.trainer.cfg.head_guard_ce_ratio):
-                self._fire(metrics, previous_ce_ema)
-        if self.raising and not self.count(GUARD):
-            self._watch(metrics)
-        metrics.update({name: self.count(kind) for kind, name in COUNTS.items()})
+                self._best = {**head_before, "ce_ema": ce_ema, "step": step}
+            if runaway(ce_ema, previous_ce_ema, metrics["chance_ce"], cfg.head_guard_ce_ratio):
+                return self._fire(metrics, previous_ce_ema, configured_lr)
+        if cfg.head_lr_raise > 1 and not self.count(GUARD):
+            return self._watch(metrics, configured_lr)
+        return None
 
-    def _fire(self, metrics: dict[str, Any], previous_ce_ema: float) -> None:
-        cfg, best = self.trainer.cfg, self._best
+    def _fire(self, metrics: dict[str, Any], previous_ce_ema: float, configured_lr: float) -> Change:
+        cfg, best = self.cfg, self._best
         evidence = (
             f"ce_ema {metrics['ce_ema']:.4g} > {cfg.head_guard_ce_ratio:g} x chance {metrics['chance_ce']:.3g} and rising "
             f"(from {previous_ce_ema:.4g}); ce {metrics['ce']:.4g}; logit std {metrics['logit_std']:.3g} and "
             f"head weight norm {metrics['head_weight_norm']:.3g} at step {metrics.get('head_measured_step', metrics['step'])}"
         )  # the monitor measures those every monitor_every steps
-        if best is not None:
-            self._load_head_state(best)
-            self.trainer.ce_ema = best["ce_ema"]
-            metrics["ce_ema"] = best["ce_ema"]  # the run's CE is now that head's: the rule and ASHA read this
-            evidence += f"; head restored to step {best['step']} (ce_ema {best['ce_ema']:.4g})"
-        self._change(GUARD, metrics["step"], cfg.head_guard_factor, evidence)
+        if best is None:
+            return self._change(GUARD, metrics["step"], cfg.head_guard_factor, evidence, configured_lr)
+        # the run's CE is now that head's: the rule and ASHA read the restored ce_ema
+        evidence += f"; head restored to step {best['step']} (ce_ema {best['ce_ema']:.4g})"
+        return self._change(GUARD, metrics["step"], cfg.head_guard_factor, evidence, configured_lr, best, best["ce_ema"])
 
-    def _watch(self, metrics: dict[str, Any]) -> None:
-        cfg = self.trainer.cfg
+    def _watch(self, metrics: dict[str, Any], configured_lr: float) -> Optional[Change]:
+        cfg = self.cfg
         self._watched.append({k: metrics[k] for k in STEP_METRICS if k in metrics})
         if metrics["step"] % cfg.head_lr_watch_steps:
-            return
+            return None
         rows, self._watched = self._watched, self._watched[:1]  # keep the first row: the diagnosis's start
+        head_lr = configured_lr * self.scale
         cap = math.inf if cfg.head_lr_raise_cap is None else cfg.head_lr_raise_cap
-        # Learning already, or at the cap: nothing to decide.
-        if metrics["ce_ema"] <= go_line(metrics["chance_ce"]) or self.head_lr >= cap:
-            return
-        found = diagnose(rows, head_lr=self.head_lr, backbone_lr=cfg.backbone_lr)
+        # Learning already (below the run's own Go line), or at the cap: nothing to decide.
+        if metrics["ce_ema"] <= go_line(metrics["chance_ce"], cfg.chance_margin) or head_lr >= cap:
+            return None
+        found = diagnose(
+            rows, head_lr=head_lr, backbone_lr=cfg.backbone_lr, label_smoothing=cfg.label_smoothing, margin=cfg.chance_margin
+        )
         if found is None or found.cause != "lr_too_low":
-            return
-        factor = min(cfg.head_lr_raise, cap / self.head_lr)
-        self._change(RAISE, metrics["step"], factor, f"{found.cause}: {found.evidence}")
+            return None
+        factor = min(cfg.head_lr_raise, cap / head_lr)
+        return self._change(RAISE, metrics["step"], factor, f"{found.cause}: {found.evidence}", configured_lr)
 
-    def _change(self, kind: str, step: int, factor: float, evidence: str) -> None:
-        before = self.head_lr
+    def _change(
+        self,
+        kind: str,
+        step: int,
+        factor: float,
+        evidence: str,
+        configured_lr: float,
+        restore: Optional[HeadState] = None,
+        ce_ema: Optional[float] = None,
+    ) -> Change:
+        before = configured_lr * self.scale
         self.scale *= factor
-        for group in self._head_groups():
-            group["base_lr"] *= factor  # the schedule multiplies base_lr each step (Trainer.train_step)
-        self.events.append(Event(kind, step, before, self.head_lr, evidence))
-
-    # --- the head's state ---------------------------------------------------------------------
-
-    def _head_params(self) -> list[torch.nn.Parameter]:
-        return [p for m in self.trainer.model.head_modules() for p in m.parameters()]
-
-    def _head_groups(self) -> list[dict[str, Any]]:
-        ids = {id(p) for p in self._head_params()}
-        return [g for g in self.trainer.optimizer.param_groups if any(id(p) in ids for p in g["params"])]
-
-    def _head_state(self) -> dict[str, Any]:
-        """The head's weights and buffers and their AdamW moments, copied (~3x the head's size)."""
-        with torch.no_grad():
-            modules = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in self.trainer.model.head_modules()]
-            state = self.trainer.optimizer.state
-            # .get: optimizer.state is a defaultdict, and a frozen parameter (the BNNeck bias) must not gain an entry
-            moments = [{k: v.clone() if torch.is_tensor(v) else v for k, v in state.get(p, {}).items()} for p in self._head_params()]
-        return {"modules": modules, "moments": moments}
-
-    def _load_head_state(self, saved: dict[str, Any]) -> None:
-        with torch.no_grad():
-            for module, values in zip(self.trainer.model.head_modules(), saved["modules"]):
-                module.load_state_dict(values)
-            state = self.trainer.optimizer.state
-            for param, moments in zip(self._head_params(), saved["moments"]):
-                if moments:  # a parameter with no moments yet keeps none
-                    state[param] = {k: v.clone() if torch.is_tensor(v) else v for k, v in moments.items()}
-                else:
-                    state.pop(param, None)
+        event = Event(kind, step, before, configured_lr * self.scale, evidence)
+        self.events.append(event)
+        return Change(event, factor, restore, ce_ema)
 
     # --- checkpoints -------------------------------------------------------------------------
 
@@ -188,12 +197,9 @@ class HeadLRChanges:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from `state_dict`; the head groups' ``base_lr`` is set from the config's ``head_lr``
-        times the run's own changes, so a checkpoint's LR and its events always agree."""
+        """Continue from `state_dict` (the trainer sets the head groups' ``base_lr`` from ``scale``)."""
         if "head_lr_scale" not in state:  # a checkpoint from before the guard: no changes made
             return
         self.scale = state["head_lr_scale"]
         self.events = [Event(**e) for e in state["head_lr_events"]]
         self._best, self._watched = state["head_guard_best"], list(state["head_lr_watched"])
-        for group in self._head_groups():
-            group["base_lr"] = self.head_lr

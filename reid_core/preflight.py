@@ -39,7 +39,7 @@ class PreflightError(UserError):
 
     def __init__(self, cause: str, detail: str, fix: Optional[str] = None):
         self.cause = cause
-        super().__init__(f"pre-flight: {cause}: {detail}; fix: {fix or CAUSES[cause][1]}")
+        super().__init__(f"pre-flight: {cause}: {detail}; fix: {fix or CAUSES[cause].fix}")
 
 
 Build = Callable[[TrainConfig, ReIDData], Trainer]

@@ -20,7 +20,7 @@ from reid_core.chance import go_line
 from reid_core.config import TrainConfig
 from reid_core.data import EVAL_BATCH, ReIDData, Split, batches, eval_images, load_data, loader_workers
 from reid_core.errors import UserError
-from reid_core.head_lr import Event, HeadLRChanges
+from reid_core.head_lr import Change, Event, HeadLRChanges, HeadState
 from reid_core.losses import id_loss, sdm_loss
 from reid_core.metrics import retrieval_metrics
 from reid_core.model import ReIDModel, build_model, context_length, parameter_groups
@@ -133,7 +133,7 @@ class Trainer:
         self.ce_ema: Optional[float] = None
         # the step at which the CE-only phase ended and the SDM ramp began (known in advance for sdm_start=steps)
         self.sdm_start_step: Optional[int] = cfg.ce_only_steps if cfg.sdm_start == "steps" else None
-        self.head_lr_changes = HeadLRChanges(self)  # the run's own head-LR changes: head_guard and head_lr_raise
+        self.head_lr_changes = HeadLRChanges(cfg)  # judges the run's own head-LR changes; train_step applies them
 
     @property
     def events(self) -> list[Event]:
@@ -172,7 +172,10 @@ class Trainer:
         for part in LR_PARTS:
             if saved is not None and saved[part] != self.configured_lr(part):
                 self._set_base_lr(part, self.base_lr(part))
-        self.head_lr_changes.load_state_dict(state)  # the head: the config's LR times the run's own changes
+        self.head_lr_changes.load_state_dict(state)
+        if "head_lr_scale" in state:  # the head: the config's LR times the run's own changes, so the LR and the events agree
+            for group in self._head_groups():
+                group["base_lr"] = self.base_lr("head")
         # The micro-batch stream is a pure function of its seed and of how many batches were drawn:
         # drawing the same number again puts it where the checkpointed run was.
         for _ in range(self.step * self.cfg.grad_accum_steps):
@@ -243,7 +246,7 @@ class Trainer:
 
         monitor = self.monitor
         monitor.optimizer, monitor.scaler = optimizer, scaler  # as they are now (a test may swap either)
-        self.head_lr_changes.before_step()
+        head_before = self.head_state() if self.head_lr_changes.guard else None  # the guard's candidate best head
         ce, sdm, loss = self.backward(sdm_weight).tolist()
 
         scaler.unscale_(optimizer)  # no-op without fp16; makes grad norms real numbers
@@ -261,9 +264,8 @@ class Trainer:
         # beta per batch of images: a step of k micro-batches weighs k batches, so ce_ema spans the same
         # images at any accumulation (the stopping rule and ASHA compare trials at equal images)
         self.ce_ema = ema(self.ce_ema, ce, cfg.ce_ema_beta**cfg.grad_accum_steps) if finite else float("nan")
-        if self.sdm_start_step is None and (
-            self.ce_ema <= go_line(self.chance_ce) or (cfg.sdm_start_cap is not None and self.step >= cfg.sdm_start_cap)
-        ):
+        capped = cfg.sdm_start_cap is not None and self.step >= cfg.sdm_start_cap
+        if self.sdm_start_step is None and (self.ce_ema <= go_line(self.chance_ce, cfg.chance_margin) or capped):
             self.sdm_start_step = self.step  # CE has left chance (or the cap is reached): the ramp starts next step
         metrics = {
             "step": self.step,
@@ -280,8 +282,49 @@ class Trainer:
             "images_per_s": cfg.images_per_step / max(time.perf_counter() - started, 1e-9),
         }
         # the guard (CE ran away: head restored, LR lowered) and the raise (lr_too_low after a watch window)
-        self.head_lr_changes.after_step(metrics, previous_ce_ema)
+        change = self.head_lr_changes.judge(metrics, previous_ce_ema, self.configured_lr("head"), head_before)
+        if change is not None:
+            self._apply(change, metrics)
+        metrics.update(self.head_lr_changes.counts())
         return metrics
+
+    # --- the head-LR changes, applied: the judge (reid_core.head_lr) decides, the trainer owns what changes ---
+
+    def _apply(self, change: Change, metrics: dict[str, Any]) -> None:
+        if change.restore is not None:  # the guard: the head as it was at the run's lowest ce_ema, and that CE
+            self.load_head_state(change.restore)
+            self.ce_ema = metrics["ce_ema"] = change.ce_ema  # the rule and ASHA read the restored head's CE
+        for group in self._head_groups():
+            group["base_lr"] *= change.factor  # the schedule multiplies base_lr each step (train_step)
+
+    def _head_params(self) -> list[nn.Parameter]:
+        return [p for m in self.model.head_modules() for p in m.parameters()]
+
+    def _head_groups(self) -> list[dict[str, Any]]:
+        # by the parameters, not the groups' names: a planted fault may rebuild the optimizer without names
+        ids = {id(p) for p in self._head_params()}
+        return [g for g in self.optimizer.param_groups if any(id(p) in ids for p in g["params"])]
+
+    def head_state(self) -> HeadState:
+        """The head's weights and buffers and their AdamW moments, copied (~3x the head's size)."""
+        with torch.no_grad():
+            modules = [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in self.model.head_modules()]
+            state = self.optimizer.state
+            # .get: optimizer.state is a defaultdict, and a frozen parameter (the BNNeck bias) must not gain an entry
+            moments = [{k: v.clone() if torch.is_tensor(v) else v for k, v in state.get(p, {}).items()} for p in self._head_params()]
+        return {"modules": modules, "moments": moments}
+
+    def load_head_state(self, saved: HeadState) -> None:
+        """Put the head back as `head_state` copied it (weights, buffers, AdamW moments); ``saved`` stays unchanged."""
+        with torch.no_grad():
+            for module, values in zip(self.model.head_modules(), saved["modules"]):
+                module.load_state_dict(values)
+            state = self.optimizer.state
+            for param, moments in zip(self._head_params(), saved["moments"]):
+                if moments:  # a parameter with no moments yet keeps none
+                    state[param] = {k: v.clone() if torch.is_tensor(v) else v for k, v in moments.items()}
+                else:
+                    state.pop(param, None)
 
     def _backbone_lr_applied(self) -> float:
         """The LR the optimizer used this step for the backbone's first group (the head's is the monitor's):

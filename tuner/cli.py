@@ -1,10 +1,10 @@
-"""``reid-tune``: one console script for the four commands, as ``ray`` and ``optuna`` have.
+"""``reid-tune``: one console script for the commands, as ``ray`` and ``optuna`` have.
 
     reid-tune search [...]   # = python -m tuner.search
     reid-tune report EXP     # = python -m tuner.report
-    reid-tune train [...]    # = python -m reid_core.train (plain job, no Ray)
+    reid-tune train [...]    # = python -m reid_core.train: the plain run, no Ray (our function by default)
+    reid-tune run [...]      # = the same command, where --trainable names your own function
     reid-tune simulate [...] # = python -m tuner.simulate (plan a search of thousands of trials)
-    reid-tune run [...]      # = python -m tuner.run (your own training function, plainly, no Ray)
 
 Each subcommand takes the same flags as its ``python -m`` form; its module is imported only
 when asked for, so ``reid-tune report`` loads neither Ray nor torch.
@@ -20,9 +20,9 @@ from typing import Optional, Sequence
 COMMANDS = {
     "search": ("tuner.search", "search head LR, accumulation and CE-only phase; stop trials stuck at chance"),
     "report": ("tuner.report", "tables, compute account and pictures of an experiment folder (no Ray needed)"),
-    "train": ("reid_core.train", "the plain training job, no Ray: re-run a best_config.json"),
+    "train": ("reid_core.runner", "the plain run, no Ray: re-run a best_config.json (our function, or the one it names)"),
     "simulate": ("tuner.simulate", "replay learning curves through the scheduler, stopping rule and searcher, no training"),
-    "run": ("tuner.run", "your own training function (--trainable), plainly, no Ray: re-run its best_config.json"),
+    "run": ("reid_core.runner", "the same plain run, for your own function (--trainable package.module:function)"),
 }
 
 

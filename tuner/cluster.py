@@ -7,7 +7,7 @@ local clusters in 2.59). A 2.60 driver sends a token only when ``RAY_AUTH_MODE=t
 for about 20 s while Ray's C++ client writes a warning a second to the terminal, then raises
 "Failed to connect". So before the real connection:
 
-1. `probe`: a TCP connection to the address, 5 s at most (nothing listening: one line);
+1. `check_reachable`: a TCP connection to the address, 5 s at most (nothing listening: one line);
 2. `use_token`: ``--auth-token-file`` (or Ray's own ``RAY_AUTH_TOKEN`` / ``RAY_AUTH_TOKEN_PATH``)
    also sets ``RAY_AUTH_MODE=token``, so the token is really sent;
 3. `check_handshake`: ``ray.init(address)`` in a child process whose stderr we read: the first
@@ -37,7 +37,7 @@ TOKEN_FIX = (
 )
 
 
-def probe(address: str) -> None:
+def check_reachable(address: str) -> None:
     """Fail in seconds on an address nothing listens at (ray.init itself retries for minutes)."""
     if address == "auto":
         return

@@ -19,7 +19,8 @@ from typing import Any, Optional
 from reid_core.errors import INTERRUPTED, UserError
 from tuner.cluster import check_handshake, use_token
 from search_spaces import Domain, to_tune
-from tuner.settings import PBT, SETTINGS_FILE, SearchSettings
+from tuner.experiment import Experiment
+from tuner.settings import PBT, SearchSettings
 
 
 @dataclass(frozen=True)
@@ -106,47 +107,8 @@ class Loggers:
         return out
 
 
-class _DropMessages(logging.Filter):
-    """Drops a logger's records that start with one of ``prefixes`` (and, when given, contain ``marker``)."""
-
-    def __init__(self, *prefixes: str, marker: str = ""):
-        super().__init__()
-        self._prefixes = prefixes
-        self._marker = marker
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = str(record.msg)
-        return not (text.startswith(self._prefixes) and self._marker in text)
-
-
-# Ray's lines that tell a user of this command nothing, or that we say better ourselves (checked
-# against Ray 2.60; a renamed logger or message just shows again). Its real warnings still show.
-_QUIET: dict[str, tuple[tuple[str, ...], str]] = {
-    # local clusters turn token auth on by default since 2.59; the notice repeats at every start
-    "ray._private.authentication.authentication_token_setup": (("Token authentication is enabled for this Ray cluster",), ""),
-    # Ctrl-C: we print one line saying how to resume instead of these two
-    "ray.tune.tune": (("Stop signal received", "Experiment has been interrupted"), ""),
-    # a trial interrupted before its first report has no result file yet: not an error
-    "ray.tune.analysis.experiment_analysis": (("Failed to fetch metrics",), ""),
-    # trial checkpoints (--max-failures) with buffered results: Ray's advice on its own bookkeeping
-    "ray.tune.execution.experiment_state": (("Experiment state snapshotting has been triggered",), ""),
-    "ray.tune.execution.tune_controller": (("Trial ",), "has a non-training future scheduled"),
-    # a batch call the controller had already sent when the trial's function returned (buffered
-    # reporting, tuner._ray_compat): its error is about a finished trial and nobody waits for it
-    "ray._private.worker": (("Unhandled error",), "Should not have reached here"),
-}
-
-
-def quiet_ray_logs() -> None:
-    for name, (prefixes, marker) in _QUIET.items():
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _DropMessages) for f in logger.filters):
-            logger.addFilter(_DropMessages(*prefixes, marker=marker))
-
-
 def run(
-    settings: SearchSettings,
-    exp_dir: Path,
+    exp: Experiment,
     resources: Resources,
     *,
     space: Optional[dict[str, Domain]] = None,
@@ -154,23 +116,29 @@ def run(
     resume: bool = False,
     quiet: bool = False,
     loggers: Loggers = Loggers(),
+    optuna_storage: Optional[str] = None,
 ) -> int:
     """Run (or, with ``resume``, continue) the search; returns the exit code of its summary.
+
+    ``optuna_storage``: the database URL the Optuna study is kept in (`tuner.optuna_storage`), checked
+    already; on ``resume`` Ray's restored searcher holds its own.
 
     Ctrl-C: Ray Tune takes the first, stops the trials and saves what a resume needs; the summary
     then says how to resume and the code is 130. Ray puts Python's own handler back after the first,
     so a second Ctrl-C raises KeyboardInterrupt at once, which ``tuner.search`` turns into the same
     one line and 130.
     """
+    from tuner._ray_compat import check_ray_version, quiet_ray_logs
+
     quiet_ray_logs()
+    check_ray_version()  # one note line when the installed Ray is outside the tested range
     started_ray = connect(resources)
     try:
-        return _fit(settings, exp_dir, resources, space, points or [], resume, quiet, loggers)
+        return _fit(exp, resources, space, points or [], resume, quiet, loggers, optuna_storage)
     except KeyboardInterrupt:  # the second Ctrl-C: out at once, Ray's own state as it was last saved
         from tuner.progress import resume_line
 
-        saved = (exp_dir / SETTINGS_FILE).is_file()
-        print(f"interrupted{'; ' + resume_line(exp_dir) if saved else ''}", file=sys.stderr, flush=True)
+        print(f"interrupted{'; ' + resume_line(exp.path) if exp.saved else ''}", file=sys.stderr, flush=True)
         return INTERRUPTED
     finally:
         if started_ray:
@@ -179,7 +147,8 @@ def run(
             ray.shutdown()
 
 
-def _fit(settings, exp_dir: Path, resources: Resources, space, points, resume: bool, quiet: bool, loggers: Loggers) -> int:
+def _fit(exp: Experiment, resources: Resources, space, points, resume: bool, quiet: bool, loggers: Loggers,
+         optuna_storage: Optional[str]) -> int:  # fmt: skip
     import optuna
     import torch
     from ray import tune
@@ -192,38 +161,32 @@ def _fit(settings, exp_dir: Path, resources: Resources, space, points, resume: b
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created" is not news
     fast_reporting()
+    settings, exp_dir = exp.settings, exp.path
     gpus = resources.gpus_per_trial
     if gpus is None:
         gpus = 1.0 if torch.cuda.is_available() else 0.0
-    if settings.trainable:  # a user's training function (reid_core.contract)
-        from tuner.user_trial import user_trial
-
-        function, parameters = user_trial, {
-            "base": settings.base,
-            "spec": settings.trainable,
-            "root": settings.trainable_root,
-            "max_samples": settings.max_samples,
-            "threads": settings.threads,
-        }
-    else:
-        pbt = settings.scheduler == PBT
-        function, parameters = train_trial, {
-            "base": settings.base,
-            "metric": settings.metric,
-            "eval_at_samples": rung_milestones(settings.grace_samples, settings.max_samples, settings.reduction_factor)
-            if settings.evaluates_at_rungs and not pbt
-            else (),
-            # PBT looks at a trial where it checkpoints (and evaluates, for a retrieval metric): tuner.lineage
-            "pbt": {"burn_in": settings.grace_samples, "interval": settings.perturbation_interval} if pbt else None,
-        }
+    pbt = settings.scheduler == PBT
+    parameters = {
+        "base": settings.base,
+        "spec": settings.trainable,
+        "root": settings.trainable_root,
+        "max_samples": settings.max_samples,
+        "threads": settings.threads,
+        "metric": settings.metric,
+        "eval_at_samples": rung_milestones(settings.grace_samples, settings.max_samples, settings.reduction_factor)
+        if settings.evaluates_at_rungs and not pbt
+        else (),
+        # PBT looks at a trial where it checkpoints (and evaluates, for a retrieval metric): tuner.lineage
+        "pbt": {"burn_in": settings.grace_samples, "interval": settings.perturbation_interval} if pbt else None,
+    }
     trainable = tune.with_resources(
         tune.with_parameters(
-            function, **parameters, checkpoint_every=settings.checkpoint_every, inject_fault=settings.inject_fault
+            train_trial, **parameters, checkpoint_every=settings.checkpoint_every, inject_fault=settings.inject_fault
         ),
         {"cpu": resources.cpus_per_trial, "gpu": gpus},
     )
     stopper = ChanceLevelStopper(settings.grace_samples, settings.chance_margin)
-    recorder = EndReasonRecorder(stopper, settings, exp_dir)
+    recorder = EndReasonRecorder(stopper, exp)
     progress = ProgressPrinter(recorder, settings, quiet=quiet)
     run_config = tune.RunConfig(
         name=exp_dir.name,
@@ -241,9 +204,8 @@ def _fit(settings, exp_dir: Path, resources: Resources, space, points, resume: b
     if resume:
         tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
-        exp_dir.mkdir(parents=True, exist_ok=True)
-        settings.save(exp_dir)
-        searcher, scheduler = _search_and_scheduler(settings, exp_dir, space, points, resources.max_concurrent)
+        exp.save()
+        searcher, scheduler = _search_and_scheduler(settings, exp_dir, space, points, resources.max_concurrent, optuna_storage)
         tuner = tune.Tuner(
             trainable,
             param_space=to_tune(space),
@@ -271,19 +233,25 @@ def _fit(settings, exp_dir: Path, resources: Resources, space, points, resume: b
             ),
             flush=True,
         )
+        if settings.optuna_study:
+            from tuner.optuna_storage import dashboard_command
+
+            print(f"Optuna study '{exp_dir.name}' in {settings.optuna_study}; watch it: {dashboard_command(settings.optuna_study)}", flush=True)
         if loggers.wandb:
             from reid_core.dashboards import wandb_folder, wandb_note
 
             print(wandb_note(loggers.wandb_mode, loggers.wandb, wandb_folder(exp_dir)), flush=True)
     tuner.fit()
-    return summarise(exp_dir, time.perf_counter() - t0)
+    return summarise(exp, time.perf_counter() - t0)
 
 
 def _search_and_scheduler(
-    settings: SearchSettings, exp_dir: Path, space: dict[str, Domain], points: list, max_concurrent: Optional[int]
-) -> tuple[Any, Any]:
-    """Optuna (early stops told as pruned; or random draws, ``--searcher random``) and `RecheckingASHA`; or, for
-    ``--scheduler pbt``, random starts (Ray 2.60's PBT refuses a search algorithm) and `tuner.pbt.LineagePBT`."""
+    settings: SearchSettings, exp_dir: Path, space: dict[str, Domain], points: list, max_concurrent: Optional[int],
+    optuna_storage: Optional[str] = None,
+) -> tuple[Any, Any]:  # fmt: skip
+    """Optuna (early stops told as pruned; its study in ``optuna_storage`` when given; or random draws,
+    ``--searcher random``) and `RecheckingASHA`; or, for ``--scheduler pbt``, random starts (Ray 2.60's PBT
+    refuses a search algorithm) and `tuner.pbt.LineagePBT`."""
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     random_draws = BasicVariantGenerator(points_to_evaluate=points or None, max_concurrent=max_concurrent or 0, random_state=settings.seed)
@@ -302,6 +270,12 @@ def _search_and_scheduler(
     if settings.searcher == "random":
         searcher = random_draws
     else:
+        kept: dict[str, Any] = {}
+        if optuna_storage:  # the study in a database, named after the experiment, its curves thinned
+            from tuner.optuna_storage import INTERMEDIATE_EVERY_STEPS, open_storage
+
+            every = INTERMEDIATE_EVERY_STEPS * settings.images_per_step
+            kept = {"storage": open_storage(optuna_storage), "study_name": exp_dir.name, "report_every": every}
         searcher = PruningOptunaSearch(  # early-stopped trials reach TPE as pruned, not as completed
             metric=settings.metric,
             mode=settings.mode,
@@ -309,6 +283,7 @@ def _search_and_scheduler(
             seed=settings.seed,
             budget_attr="samples",
             max_budget=settings.max_samples,
+            **kept,
         )
     scheduler = RecheckingASHA(
         time_attr="samples",  # images seen: trials with different accumulation compare at equal compute

@@ -31,7 +31,7 @@ from typing import Any, Iterable, Mapping, Optional
 
 from reid_core.errors import UserError
 from tuner.ray_files import read_reports
-from tuner.storage import Location, location
+from tuner.storage import Location
 
 LINEAGE_FILE = "pbt_lineage.json"
 # A field PBT may change mid-run -> the config field a plain re-run follows it with. Only the LRs: the
@@ -41,9 +41,10 @@ LINEAGE_FILE = "pbt_lineage.json"
 PERTURBABLE = {"head_lr": "head_lr_schedule", "backbone_lr": "backbone_lr_schedule"}
 
 
-def check_pbt_flags(args: Any) -> None:
-    """What ``--scheduler pbt`` cannot do (one line each, exit 2); the space is checked once loaded (`perturbed_fields`)."""
-    if args.trainable:
+def check_pbt_flags(args: Any, perturbable: Iterable[str]) -> None:
+    """What ``--scheduler pbt`` cannot do (one line each, exit 2); ``perturbable``: what the training function lets PBT
+    change mid-run (`reid_core.job.Job.perturbable`); the space is checked once loaded (`perturbed_fields`)."""
+    if not perturbable:
         raise UserError(
             "--scheduler pbt works with reid_core's own training job only: PBT changes head_lr mid-run from a copied "
             "checkpoint, which a user's function would have to honour; use --scheduler asha with --trainable"
@@ -71,9 +72,9 @@ def empty_record(perturbed: Iterable[str]) -> dict[str, Any]:
     return {"perturbed": list(perturbed), "trials": {}, "exploits": []}
 
 
-def read_lineage(exp_dir: str | Location) -> Optional[dict[str, Any]]:
+def read_lineage(exp_dir: Location) -> Optional[dict[str, Any]]:
     """The experiment's ``pbt_lineage.json``, or None (an ASHA search, or a PBT search before its first trial)."""
-    path = location(exp_dir, "experiment") / LINEAGE_FILE
+    path = exp_dir / LINEAGE_FILE
     if not path.is_file():
         return None
     try:
@@ -147,7 +148,7 @@ def segments(entry: Mapping[str, Any], trial_id: str) -> list[dict[str, Any]]:
     return out
 
 
-def lineage_rows(exp_dir: str | Location, trial_dirs: Mapping[str, Location], entry: Mapping[str, Any], trial_id: str) -> list[dict[str, Any]]:
+def lineage_rows(exp_dir: Location, trial_dirs: Mapping[str, Location], entry: Mapping[str, Any], trial_id: str) -> list[dict[str, Any]]:
     """Every step of a trial's lineage, each read from the trial that trained it (``trial_dirs``: trial_id ->
     its folder). Piece k is the run of consecutive steps that trial reported after restoring at
     ``after_step`` under the piece's values (Ray's ``iterations_since_restore`` is 1 at a restore). Stops at

@@ -11,7 +11,9 @@ thresholds in images seen, the same for every accumulation), with three changes:
 - **A perturbed value stays in the space**: clipped to its domain's bounds (a ``choice`` domain is
   passed as Ray's list, which shifts to a neighbouring value instead).
 - **Every exploit is recorded** with the step of the checkpoint copied (``pbt_lineage.json``,
-  `tuner.lineage`), from which the winner's LR schedule is exported.
+  `tuner.lineage`), from which the winner's LR schedule is exported. Ray has no hook there:
+  `tuner._ray_compat.PBTWithExploitHook` makes one (`on_exploit`); on a Ray whose internals differ
+  from 2.60's, PBT runs as Ray's and no lineage is recorded.
 
 Defaults, and why: the burn-in is the chance-level rule's grace window, so every sampled config is
 judged as sampled (a stuck one is stopped and named, not silently replaced by a copy of a good one);
@@ -22,21 +24,19 @@ Ray's quantile (a quarter) and resample probability (0.25).
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import numpy as np
 from ray.tune.result import SHOULD_CHECKPOINT
-from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
+from ray.tune.schedulers import TrialScheduler
 
 from search_spaces import Domain, to_tune
+from tuner._ray_compat import PBTWithExploitHook
 from tuner.lineage import LINEAGE_FILE, empty_record, pbt_round, read_lineage
-from tuner.storage import Location, location, write_json_atomic
+from tuner.storage import Location, write_json_atomic
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
-
-logger = logging.getLogger(__name__)
 
 ROUND = "pbt_round"  # PBT's time attribute, added to the results it looks at
 PERTURBATION_FACTORS = (2.0, 0.5)
@@ -44,20 +44,6 @@ QUANTILE_FRACTION = 0.25  # Ray's default: the bottom quarter copies the top qua
 RESAMPLE_PROBABILITY = 0.25  # Ray's default: a quarter of perturbations draw afresh from the domain
 CHECKPOINTS_KEPT = 4  # per trial. Ray registers a checkpoint up to twice per perturbation point; a copied one must
 # outlive one more point of its trial (the copying trial, paused with less progress, restarts first)
-
-# ---- Ray internals (fenced): checked against Ray 2.60.0. `_exploit(tune_controller, trial, trial_to_clone)` and
-# `_trial_state[trial].last_result` (the result the clone's checkpoint was saved with). Where they differ, PBT runs
-# as Ray's and no lineage is recorded: the export then holds the winner's last config, without its schedule.
-RAY_CHECKED = "2.60.0"
-
-
-def _checkpoint_result(scheduler: PopulationBasedTraining, trial: "Trial") -> Optional[dict[str, Any]]:
-    state = getattr(scheduler, "_trial_state", {}).get(trial)
-    result = getattr(state, "last_result", None)
-    return dict(result) if isinstance(result, Mapping) and "step" in result else None
-
-
-# ---- end of the fence ----
 
 
 class _ClipToSpace:
@@ -93,7 +79,7 @@ def mutations(space: Mapping[str, Domain], seed: int = 0) -> dict[str, Any]:
     return out
 
 
-class LineagePBT(PopulationBasedTraining):
+class LineagePBT(PBTWithExploitHook):
     """PopulationBasedTraining on rounds of images seen that acts at checkpoints and records each trial's lineage.
 
     Args:
@@ -105,7 +91,7 @@ class LineagePBT(PopulationBasedTraining):
     """
 
     def __init__(
-        self, exp_dir: str | Location, perturbed: Mapping[str, Domain], burn_in: float, interval: float, seed: int = 0, **kwargs: Any
+        self, exp_dir: Location, perturbed: Mapping[str, Domain], burn_in: float, interval: float, seed: int = 0, **kwargs: Any
     ):
         if not perturbed:
             raise ValueError("The value of `perturbed` is empty, but PBT needs a field to perturb.")
@@ -121,7 +107,7 @@ class LineagePBT(PopulationBasedTraining):
             perturbation_factors=PERTURBATION_FACTORS,
             **kwargs,
         )
-        self._exp_dir = location(exp_dir)
+        self._exp_dir = exp_dir
         self._burn_in, self._interval = burn_in, interval
         self._perturbed = list(perturbed)
         self._record: Optional[dict[str, Any]] = None  # loaded on first use: a resumed search continues its file
@@ -154,31 +140,29 @@ class LineagePBT(PopulationBasedTraining):
         # overrides the queued CONTINUE, and pausing a trial already paused is a no-op.
         return TrialScheduler.PAUSE if decision == TrialScheduler.NOOP and trial.status == "PAUSED" else decision
 
-    def _exploit(self, tune_controller: Any, trial: "Trial", trial_to_clone: "Trial") -> None:
-        copied = _checkpoint_result(self, trial_to_clone)
-        old = self._values(trial.config)
-        super()._exploit(tune_controller, trial, trial_to_clone)
-        if copied is None:
-            logger.warning("PBT: Ray's internals differ from %s; the lineage of trial %s is not recorded", RAY_CHECKED, trial.trial_id)
-            return
+    def on_exploit(
+        self, tune_controller: Any, trial: "Trial", trial_to_clone: "Trial", copied_result: dict[str, Any], old_config: dict[str, Any]
+    ) -> None:
+        """Record the exploit: ``trial`` continues ``trial_to_clone``'s lineage from the copied checkpoint's step."""
+        old = self._values(old_config)
         new = self._values(trial.config)
         trials = self.record["trials"]
         source = trials.get(trial_to_clone.trial_id) or {"initial": self._values(trial_to_clone.config), "changes": []}
         change = {
-            "step": copied["step"],
-            "samples": copied["samples"],
+            "step": copied_result["step"],
+            "samples": copied_result["samples"],
             "from": trial_to_clone.trial_id,
             "into": trial.trial_id,
             "values": new,
         }
-        earlier = [c for c in source["changes"] if c["step"] <= copied["step"]]
+        earlier = [c for c in source["changes"] if c["step"] <= copied_result["step"]]
         trials[trial.trial_id] = {"initial": dict(source["initial"]), "changes": [*earlier, change]}
         self.record["exploits"].append(
             {
                 "trial": trial.trial_id,
                 "cloned": trial_to_clone.trial_id,
-                "step": copied["step"],
-                "samples": copied["samples"],
+                "step": copied_result["step"],
+                "samples": copied_result["samples"],
                 "at_step": self._deciding.get("step"),
                 "old": old,
                 "new": new,

@@ -11,14 +11,18 @@ from typing import Any
 
 from ray.tune import Callback
 
+from reid_core.ending import end_reason
 from reid_core.errors import INTERRUPTED
-from reid_core.schema import ASHA, COMPLETED, DIVERGED, ERROR, STUCK, UNFINISHED
+from reid_core.schema import ERROR, UNFINISHED
+from tuner.experiment import Experiment
+from tuner.importance import FILE as IMPORTANCE_FILE
+from tuner.importance import importance_png, param_importances
 from tuner.plots import curves_png
 from tuner.ray_files import END_REASON_FILE
-from tuner.results import compute_account, write_exports
-from tuner.lineage import PERTURBABLE
-from tuner.settings import PBT, SearchSettings, end_reason
-from tuner.storage import Location, StoragePath, location, write_json_atomic
+from tuner.results import write_exports
+from tuner.settings import SearchSettings
+from tuner.summary import fmt, summary_lines
+from tuner.storage import Location, StoragePath, write_json_atomic
 
 
 class EndReasonRecorder(Callback):
@@ -27,10 +31,10 @@ class EndReasonRecorder(Callback):
     staging folder later). The tables read the record; replaying the curve is only the fallback for
     experiments without one, so a curve a crash cut short cannot re-label a trial."""
 
-    def __init__(self, stopper, settings: SearchSettings, exp_dir: str | Location):
+    def __init__(self, stopper, exp: Experiment):
         self._stopper = stopper
-        self._settings = settings
-        self._exp_dir = location(exp_dir)
+        self._settings = exp.settings
+        self._exp_dir = exp.path
         self.latest: dict[str, dict[str, Any]] = {}  # trial_id -> its last result
         self.reasons: dict[str, str] = {}  # trial_id -> why it ended, for the trials that have
 
@@ -39,12 +43,11 @@ class EndReasonRecorder(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         reason = end_reason(
-            failed=False,
             verdict=self._stopper.reasons.get(trial.trial_id),
             last=self.latest.get(trial.trial_id, {}),
-            max_steps=self._settings.trial_max_steps(trial.config),
-            terminated=True,
             max_samples=self._settings.max_samples,
+            stopped=True,
+            scheduler=self._settings.scheduler,
         )
         self._record(trial, reason)
 
@@ -91,7 +94,7 @@ class ProgressPrinter(Callback):
     def _ended_line(self, trial) -> None:
         reason = self._recorder.reasons.get(trial.trial_id, UNFINISHED)
         last = self._recorder.latest.get(trial.trial_id, {})
-        params = ", ".join(f"{k}={_fmt(trial.config.get(k))}" for k in self._settings.space)
+        params = ", ".join(f"{k}={fmt(trial.config.get(k))}" for k in self._settings.space)
         where = f"step {last.get('step', 0)}, ce_ema {last.get('ce_ema', math.nan):.3f}" if last else "no step"
         self._say(f"trial {trial.trial_id} {reason:<15} {where}  ({params})")
 
@@ -102,56 +105,28 @@ class ProgressPrinter(Callback):
         self._ended_line(trial)
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return str(value)
-
-
 def resume_line(exp_dir: Location) -> str:
     storage = shlex.quote(str(exp_dir.parent))  # a URI's query holds '&': quoted, the line pastes into a shell
     return f"resume with: reid-tune search --resume --name {exp_dir.name} --storage-path {storage}"
 
 
-def summarise(exp_dir: Location, wall_s: float) -> int:
+def summarise(exp: Experiment, wall_s: float) -> int:
     """Write the exports, print the summary; exit code 130 when the search was interrupted before every
     trial ended (Ctrl-C), else 1 when some trials failed, else 0."""
-    exports = write_exports(exp_dir)
+    exp_dir = exp.path
+    exports = write_exports(exp)
     frame, settings, best = exports["frame"], exports["settings"], exports["best"]
     reasons = dict(zip(frame["trial_id"], frame["end_reason"])) if not frame.empty else {}
     curves_png(exports["trials"], reasons, settings, exp_dir / "curves.png")
+    importance = param_importances(frame, settings)
 
-    counts = frame["end_reason"].value_counts().to_dict() if not frame.empty else {}
-    print(
-        f"\n{len(frame)} trials in {wall_s:.0f}s: {counts.get(COMPLETED, 0)} completed, "
-        f"{counts.get(ASHA, 0)} cut by ASHA, {counts.get(STUCK, 0)} stuck at chance, "
-        f"{counts.get(DIVERGED, 0)} diverged, {counts.get(ERROR, 0)} errored"
-        + (f", {counts[UNFINISHED]} unfinished" if counts.get(UNFINISHED) else "")
-    )
-    causes = frame["stuck_cause"].dropna().value_counts().to_dict() if not frame.empty else {}
-    if causes:
-        print("stuck at chance because: " + ", ".join(f"{cause} x{n}" for cause, n in causes.items()))
-    if best is not None:
-        params = ", ".join(f"{k}={_fmt(best[k])}" for k in settings.space)
-        metric = settings.metric
-        print(f"best: trial {best['trial_id']} ({params}): {metric} {best[f'final_{metric}']:.3f}, {best['end_reason']}")
-    else:
-        print("best: none yet (no trial completed or was cut by ASHA), so no best_config.json")
-    if settings.scheduler == PBT and not frame.empty:
-        line = f"PBT: {int(frame['perturbations'].sum())} exploits (a trial continued from a copy of a better one's checkpoint)"
-        if best is not None:
-            line += "; the winner's " + "; ".join(f"{PERTURBABLE[k]} {best[PERTURBABLE[k]]}" for k in settings.perturbed)
+    print()
+    for line in summary_lines(frame, settings, best, importance, wall_s):
         print(line)
-    if not frame.empty:
-        account = compute_account(frame, settings)
-        print(
-            f"compute: {account['spent']:,} of {account['budget']:,} trial-images "
-            f"({account['saved_fraction']:.0%} saved by early stops)"
-        )
     errors = frame[frame["end_reason"] == ERROR] if not frame.empty else frame
-    for _, row in errors.iterrows():
-        print(f"trial {row['trial_id']} failed: {row['error']}")
     written = [exp_dir / "results.csv", exp_dir / "curves.png"]
+    if importance_png(importance, exp_dir / IMPORTANCE_FILE):
+        written.append(exp_dir / IMPORTANCE_FILE)
     if exports["best_config"] is not None:
         written.append(exports["best_config"])
     print("wrote " + ", ".join(str(p) for p in written))

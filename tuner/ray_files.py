@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from tuner.storage import Location, location
+from tuner.storage import Location
 
 
 END_REASON_FILE = "end_reason.json"  # ours, beside Ray's files: why the trial ended, written when it was decided
@@ -36,7 +36,7 @@ class TrialFiles:
     sampled: dict[str, Any]  # params.json as written
     status: Optional[str]  # Ray's status from the newest experiment state; None if unknown
     rows: list[dict[str, Any]] = field(default_factory=list)  # result.json: the curve as it stands, images seen ascending
-    trained_samples: float = 0.0  # images this trial trained: every report counted, also those a restore undid
+    samples_trained: float = 0.0  # images this trial trained: every report counted, also those a restore undid
     error: Optional[str] = None  # last non-blank line of error.txt
     recorded: Optional[dict[str, Any]] = None  # end_reason.json: {"end_reason", "step", "samples"}, if written
     damage: list[str] = field(default_factory=list)  # what a crash left unreadable, one note each
@@ -45,7 +45,7 @@ class TrialFiles:
 def statuses(exp_dir: Location) -> tuple[dict[str, tuple[Optional[str], Optional[str]]], Optional[str]]:
     """``(trial_id -> (status, relative_logdir), note)`` from Ray's newest experiment state; the note says
     why the state could not be read (then every status is unknown)."""
-    states = sorted(location(exp_dir).glob("experiment_state-*.json"))
+    states = sorted(exp_dir.glob("experiment_state-*.json"))
     if not states:
         return {}, None
     try:
@@ -72,7 +72,7 @@ def curve_of(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return curve
 
 
-def trained_samples(reports: list[dict[str, Any]]) -> float:
+def samples_trained(reports: list[dict[str, Any]]) -> float:
     """Images a trial trained, every report counted once (one optimizer step of ``samples / step`` images)."""
     return float(sum(r["samples"] / r["step"] for r in reports if r.get("samples") and r.get("step")))
 
@@ -114,10 +114,9 @@ def _read_json(path: Location, damage: list[str]) -> Optional[Any]:
         return None
 
 
-def read_trial_folders(exp_dir: str | Location) -> tuple[list[TrialFiles], list[str]]:
+def read_trial_folders(exp_dir: Location) -> tuple[list[TrialFiles], list[str]]:
     """Every trial folder of the experiment (those holding params.json), sorted by folder name, and
     notes on what could not be read."""
-    exp_dir = location(exp_dir, "experiment")
     known, state_note = statuses(exp_dir)
     notes = [state_note] if state_note else []
     trials = []
@@ -139,7 +138,7 @@ def read_trial_folders(exp_dir: str | Location) -> tuple[list[TrialFiles], list[
                 sampled=sampled if isinstance(sampled, dict) else {},
                 status=known.get(trial_id, (None, None))[0],
                 rows=rows,
-                trained_samples=trained_samples(reports),
+                samples_trained=samples_trained(reports),
                 error=last_error_line(trial_dir),
                 recorded=recorded if isinstance(recorded, dict) else None,
                 damage=damage,

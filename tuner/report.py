@@ -22,26 +22,30 @@ from typing import Optional, Sequence
 
 import pandas as pd
 
-from reid_core.config import TrainConfig
 from reid_core.errors import UserError, cli_exit
 from reid_core.flags import ArgumentParser, parse_args
-from reid_core.io import write_text_atomic
 from reid_core.schema import END_REASONS, HEAD_LR_COUNTS
-from tuner.lineage import lineage_rows, read_lineage
+from tuner.experiment import Experiment
+from tuner.html_report import report_html
+from tuner.importance import FILE as IMPORTANCE_FILE
+from tuner.importance import Importance, importance_figure, param_importances
+from tuner.lineage import lineage_rows
 from tuner.results import (
+    best_trial,
     compute_account,
     export_config,
     objective_column,
+    opened,
     read_experiment,
-    read_trials,
     results_frame,
     stuck_diagnoses,
 )
-from tuner.settings import PBT, SearchSettings
-from tuner.storage import Location, is_folder, location
+from tuner.settings import SearchSettings
+from tuner.storage import Location, write_bytes_atomic, write_text_atomic
 
 PROG = "python -m tuner.report"
 TABLE_FORMATS = ("table", "csv", "json", "markdown")  # how the per-trial table is printed
+HTML_FILE = "report.html"  # --html with no FILE: in the experiment folder
 
 # On CPU the trial and its plain re-run execute the same float operations in the same order
 # (same seed, threads, data order and fused AdamW), so their CE curves are bit-identical; the
@@ -62,12 +66,10 @@ def filtered(frame: pd.DataFrame, reason: Optional[str], top: Optional[int]) -> 
     return frame.reset_index(drop=True)
 
 
-def render(frame: pd.DataFrame, fmt: str) -> str:
+def shown_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """The table as shown (printed or in the HTML page): no folder and chance columns, node ids shortened,
+    no column that says nothing (no error, no damage, no head-LR change in any trial)."""
     shown = frame.drop(columns=["trial_dir", "chance_ce"], errors="ignore")
-    if fmt == "csv":
-        return shown.to_csv(index=False)
-    if fmt == "json":
-        return shown.to_json(orient="records", indent=2) + "\n"
     if "node_ids" in shown:  # 56 hex digits each: one node says nothing, several are told apart by 8
         ids = shown["node_ids"].dropna()
         if ids.nunique() <= 1:
@@ -81,6 +83,15 @@ def render(frame: pd.DataFrame, fmt: str) -> str:
     for column in HEAD_LR_COUNTS:  # no trial changed its own head LR: no column of zeros
         if column in shown and not shown[column].fillna(0).astype(bool).any():
             shown = shown.drop(columns=[column])
+    return shown
+
+
+def render(frame: pd.DataFrame, fmt: str) -> str:
+    if fmt == "csv":
+        return frame.drop(columns=["trial_dir", "chance_ce"], errors="ignore").to_csv(index=False)
+    if fmt == "json":
+        return frame.drop(columns=["trial_dir", "chance_ce"], errors="ignore").to_json(orient="records", indent=2) + "\n"
+    shown = shown_table(frame)
     if fmt == "markdown":
         cells = [[_cell(v) for v in row] for row in shown.itertuples(index=False)]
         lines = ["| " + " | ".join(shown.columns) + " |", "|" + "---|" * len(shown.columns)]
@@ -119,10 +130,17 @@ def account_text(frame: pd.DataFrame, settings: SearchSettings) -> str:
 
 
 def hyperparams_png(frame: pd.DataFrame, settings: SearchSettings, path: Location) -> None:
+    """`hyperparams_figure`, written atomically."""
+    from tuner.plots import save_figure
+
+    save_figure(hyperparams_figure(frame, settings), path)
+
+
+def hyperparams_figure(frame: pd.DataFrame, settings: SearchSettings):
     """Each searched hyperparameter against the final objective, coloured by end reason."""
     import matplotlib.pyplot as plt
 
-    from tuner.plots import REASON_STYLE, save_figure
+    from tuner.plots import REASON_STYLE
 
     keys = list(settings.space)
     col = objective_column(settings)
@@ -142,7 +160,20 @@ def hyperparams_png(frame: pd.DataFrame, settings: SearchSettings, path: Locatio
             ax.axhline(go, color="tab:blue", linestyle=":", linewidth=1.2, label="Go line")
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"where the learnable region starts ({len(frame)} trials)")
-    save_figure(fig, path)
+    return fig
+
+
+def pictures(trials, frame: pd.DataFrame, settings: SearchSettings, importance: Importance) -> dict[str, bytes]:
+    """The report's pictures, file name -> PNG bytes: the curves, what mattered (when it was computed), the
+    hyperparameters against the objective."""
+    from tuner.plots import curves_figure, png_bytes
+
+    reasons = dict(zip(frame["trial_id"], frame["end_reason"]))
+    out = {"curves.png": png_bytes(curves_figure(trials, reasons, settings))}
+    if importance.values:
+        out[IMPORTANCE_FILE] = png_bytes(importance_figure(importance))
+    out["hyperparams.png"] = png_bytes(hyperparams_figure(frame, settings))
+    return out
 
 
 def _go_line(frame: pd.DataFrame, settings: SearchSettings) -> Optional[float]:
@@ -151,7 +182,7 @@ def _go_line(frame: pd.DataFrame, settings: SearchSettings) -> Optional[float]:
     return settings.go_line(float(frame["chance_ce"].dropna().iloc[0]))
 
 
-def compare(exp_dir: Location, rerun_dir: Path) -> tuple[float, int, str, Path]:
+def compare(exp: Experiment | str | Location, rerun_dir: Path) -> tuple[float, int, str, Path]:
     """Largest |ce difference| at matching steps between a re-run folder and the trial it re-runs.
 
     The trial is the one whose complete config equals the re-run's ``config.json``.
@@ -163,11 +194,11 @@ def compare(exp_dir: Location, rerun_dir: Path) -> tuple[float, int, str, Path]:
             f"'{rerun_dir}' is not a plain training run folder (needs metrics.csv and config.json); pass the --out "
             "folder of reid-tune train"
         )
-    settings = SearchSettings.load(exp_dir)
-    own = bool(settings.trainable)  # a user's function: its config.json is the user's own mapping
-    rerun_cfg = json.loads(config_file.read_text()) if own else TrainConfig.from_file(config_file)
-    lineage = read_lineage(exp_dir) if settings.scheduler == PBT else None  # PBT: a trial re-runs as its lineage's schedule
-    trials = read_trials(exp_dir, own_keys=own)
+    exp = opened(exp)
+    settings, exp_dir = exp.settings, exp.path
+    rerun_cfg = settings.trial_config(json.loads(config_file.read_text()))  # as the job reads it (old names mapped)
+    lineage = exp.lineage()  # PBT: a trial re-runs as its lineage's schedule
+    trials = exp.trials()
     trial = next((t for t in trials if export_config(settings, t, lineage) == rerun_cfg and t.rows), None)
     if trial is None:
         raise UserError(
@@ -211,25 +242,45 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--out", metavar="FILE", help="write the table there instead of printing it")
     p.add_argument("--no-plots", action="store_true", help="skip curves.png and hyperparams.png")
     p.add_argument("--compare", metavar="RUN_DIR", help="a reid-tune train --out folder re-running a trial")
+    p.add_argument(
+        "--html",
+        nargs="?",
+        const="",
+        metavar="FILE",
+        help="also write the whole report as one self-contained HTML page to send (default: report.html in the experiment folder)",
+    )
     return p
+
+
+def html_path(exp: Experiment, given: str) -> Location:
+    """Where ``--html`` writes: ``given``, else report.html in the experiment; checked before anything is written."""
+    if not given:
+        return exp / HTML_FILE
+    path = Path(given).expanduser()
+    if path.is_dir():
+        raise UserError(f"--html '{given}' is a folder; pass a file name, e.g. {path / HTML_FILE}")
+    if not path.parent.is_dir():
+        raise UserError(f"--html '{given}': folder '{path.parent}' does not exist; create it or pass another path")
+    return path
 
 
 def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> int:
     p = build_parser()
     args = parse_args(p, argv, prog)
     try:
-        exp_dir = location(args.experiment, "experiment")
-        if not is_folder(exp_dir, "experiment"):
-            raise UserError(f"experiment folder '{exp_dir}' does not exist")
-        SearchSettings.load(exp_dir)  # is it an experiment at all? (before any other complaint)
+        exp = Experiment.open(args.experiment)  # is it an experiment at all? (before any other complaint)
+        exp_dir = exp.path
         if args.reason is not None and args.reason not in END_REASONS:
             raise UserError(f"unknown --reason '{args.reason}'; known: {', '.join(END_REASONS)}")
         if args.top is not None and args.top < 1:
             raise UserError(f"--top is {args.top}, but must be >= 1")
         if args.out and not Path(args.out).parent.is_dir():
             raise UserError(f"--out '{args.out}': folder '{Path(args.out).parent}' does not exist")
+        if args.html is not None and args.compare:
+            raise UserError("--html writes the experiment's report and --compare checks a re-run; pass one of them")
+        page = html_path(exp, args.html) if args.html is not None else None
         if args.compare:
-            diff, steps, trial_id, png = compare(exp_dir, Path(args.compare))
+            diff, steps, trial_id, png = compare(exp, Path(args.compare))
             same = steps > 0 and diff <= COMPARE_TOLERANCE
             print(
                 f"trial {trial_id} vs re-run {args.compare}: largest |ce difference| {diff:.3g} over {steps} "
@@ -238,30 +289,38 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
             print(f"wrote {png}")
             return 0 if same else 1
         notes: list[str] = []
-        settings, trials, frame = read_experiment(exp_dir, notes)
+        settings, trials, frame = read_experiment(exp, notes)
     except UserError as err:
         return cli_exit(err, p.prog)
     for note in notes:  # what a crash left unreadable: said, skipped, never fatal
         print(f"note: {note}", file=sys.stderr)
 
-    text = render(filtered(frame, args.reason, args.top), args.format)
+    shown = filtered(frame, args.reason, args.top)
+    text = render(shown, args.format)
     if args.out:
         write_text_atomic(args.out, text)
     else:
         sys.stdout.write(text)
     if args.format == "table" and not args.out:
-        print(healthy_head_text(filtered(frame, args.reason, args.top), trials, settings), end="")
-    if args.format == "table" or args.out:
-        print(account_text(frame, settings))
-        if not args.no_plots and not frame.empty:
-            from tuner.plots import curves_png
-
-            reasons = dict(zip(frame["trial_id"], frame["end_reason"]))
-            curves_png(trials, reasons, settings, exp_dir / "curves.png")
-            hyperparams_png(frame, settings, exp_dir / "hyperparams.png")
-            print(f"wrote {exp_dir / 'curves.png'}, {exp_dir / 'hyperparams.png'}")
-        if args.out:
-            print(f"wrote {args.out}")
+        print(healthy_head_text(shown, trials, settings), end="")
+    importance = param_importances(frame, settings)
+    account = account_text(frame, settings)
+    chatty = args.format == "table" or args.out  # a csv/json/markdown table on stdout stays alone there
+    plots = chatty and not args.no_plots and not frame.empty
+    drawn = pictures(trials, frame, settings, importance) if not frame.empty and (plots or page is not None) else {}
+    if chatty:
+        print(account)
+        print("\n".join(importance.lines()))
+    if plots:
+        for name, png in drawn.items():
+            write_bytes_atomic(exp_dir / name, png)
+        print("wrote " + ", ".join(str(exp_dir / name) for name in drawn))
+    if args.out:
+        print(f"wrote {args.out}")
+    if page is not None:
+        best = best_trial(frame, settings) if not frame.empty else None
+        write_text_atomic(page, report_html(exp, frame, shown_table(shown), trials, best, importance, drawn, account, notes))
+        print(f"wrote {page}", file=sys.stdout if chatty else sys.stderr)
     return 0
 
 

@@ -1,11 +1,11 @@
-"""An experiment folder as one row per trial, without Ray or torch: pandas over files.
+"""An experiment as one row per trial, without Ray or torch: pandas over files.
 
-Works on finished, interrupted, resumed and still-running experiments: Ray's files are read by
-`tuner.ray_files`, the search's own settings by `tuner.settings.SearchSettings`. Why each trial
-ended comes from `tuner.settings.end_reason`, the same function the driver uses live, with the
-chance-level rule's verdict found by replaying the trial's curve through the same
-`reid_core.chance.ChanceLevelRule` the search used, so the answer does not depend on the driver
-having survived.
+Works on finished, interrupted, resumed and still-running experiments (`tuner.experiment.Experiment`:
+Ray's files read by `tuner.ray_files`, the search's settings by `tuner.settings.SearchSettings`). Why
+each trial ended is what the driver recorded when it decided it; for experiments without the record it
+comes from `reid_core.ending.end_reason`, the function the driver uses live, with the chance-level
+rule's verdict found by replaying the trial's curve through the same `reid_core.chance.first_verdict`,
+so the answer does not depend on the driver having survived.
 """
 
 from __future__ import annotations
@@ -16,29 +16,27 @@ from typing import Any, Optional
 import pandas as pd
 
 from reid_core.chance import first_verdict
-from reid_core.config import TrainConfig
-from reid_core.diagnostics import stuck_cause
+from reid_core.diagnostics import UNKNOWN, stuck_cause
+from reid_core.ending import end_reason
 from reid_core.errors import UserError
-from reid_core.schema import ASHA, COMPLETED, END_REASONS, ERROR, HEAD_LR_COUNTS, RENAMED_METRICS, STUCK
-from tuner.lineage import PERTURBABLE, exploits_into, read_lineage, rerun_overrides, schedule_text, segments
-from tuner.ray_files import TrialFiles, read_trial_folders
-from tuner.settings import PBT, SearchSettings, end_reason, sampled_values
-from tuner.storage import Location, location, write_json_atomic, write_text_atomic
+from reid_core.schema import COMPLETED, END_REASONS, ERROR, HEAD_LR_COUNTS, STUCK
+from tuner.experiment import Experiment
+from tuner.lineage import PERTURBABLE, exploits_into, rerun_overrides, schedule_text, segments
+from tuner.ray_files import TrialFiles
+from tuner.settings import PBT, SCHEDULERS, SearchSettings
+from tuner.storage import Location, write_json_atomic, write_text_atomic
 
 Trial = TrialFiles  # a trial as its folder tells it: sampled values, status, per-step rows, error
 
 
-def read_trials(exp_dir: str | Location, notes: Optional[list[str]] = None, own_keys: bool = False) -> list[Trial]:
-    """Every trial of the experiment, with today's names for config keys (``own_keys``: a user's, as is)
-    and metrics; what could not be read is skipped and, when ``notes`` is given, named there (one line each)."""
-    trials, damage = read_trial_folders(exp_dir)
-    if notes is not None:
-        notes.extend(damage)
-    for trial in trials:
-        trial.sampled = sampled_values(trial.sampled, own_keys)
-        if trial.rows and any(old in trial.rows[0] for old in RENAMED_METRICS):
-            trial.rows = [{RENAMED_METRICS.get(k, k): v for k, v in row.items()} for row in trial.rows]
-    return trials
+def opened(exp: Experiment | str | Location) -> Experiment:
+    """``exp`` itself, or the experiment at that place (for scripts and notebooks that pass a path)."""
+    return exp if isinstance(exp, Experiment) else Experiment.open(exp)
+
+
+def read_trials(exp: Experiment | str | Location, notes: Optional[list[str]] = None) -> list[Trial]:
+    """Every trial of the experiment (`Experiment.trials`)."""
+    return opened(exp).trials(notes)
 
 
 def replayed_end_reason(trial: Trial, settings: SearchSettings) -> str:
@@ -50,9 +48,9 @@ def replayed_end_reason(trial: Trial, settings: SearchSettings) -> str:
         failed=failed,
         verdict=verdict if at is not None and at is trial.rows[-1] else None,  # the rule stopped it there
         last=trial.rows[-1] if trial.rows else {},
-        max_steps=settings.trial_max_steps(trial.sampled),
-        terminated=trial.status == "TERMINATED",
         max_samples=settings.max_samples,
+        stopped=trial.status == "TERMINATED",
+        scheduler=settings.scheduler,
     )
 
 
@@ -78,7 +76,8 @@ def trial_row(trial: Trial, settings: SearchSettings, lineage: Optional[dict[str
         row[key] = trial.sampled.get(key)
     row["end_reason"], disagreement = trial_end_reason(trial, settings)
     cause = stuck_cause(trial.rows, settings.chance_margin, trial_config_or_none(trial, settings)) if row["end_reason"] == STUCK else None
-    row["stuck_cause"] = (cause.cause if cause else "unknown") if row["end_reason"] == STUCK else None  # no evidence, no guess
+    # `unknown` when nothing fits (or a damaged curve ends below the Go line): no evidence, no guess
+    row["stuck_cause"] = (cause.cause if cause else UNKNOWN) if row["end_reason"] == STUCK else None
     rows = trial.rows
     last = rows[-1] if rows else {}
     ce_emas = [r["ce_ema"] for r in rows if math.isfinite(r["ce_ema"])]
@@ -109,13 +108,13 @@ def trial_row(trial: Trial, settings: SearchSettings, lineage: Optional[dict[str
     row["chance_ce"] = last.get("chance_ce")
     row["trial_dir"] = trial.path.name
     if settings.scheduler == PBT:
-        # A trial's searched columns hold its last values; its schedules say how it got there, and images_spent
+        # A trial's searched columns hold its last values; its schedules say how it got there, and samples_trained
         # counts what it trained itself (`samples` is how far its lineage got, part of it trained by others).
         entry = (lineage or {}).get("trials", {}).get(trial.trial_id)
         row["perturbations"] = exploits_into(lineage, trial.trial_id)
         for key in settings.perturbed:
             row[PERTURBABLE[key]] = schedule_text(entry, key)
-        row["images_spent"] = trial.trained_samples
+        row["samples_trained"] = trial.samples_trained
     return row
 
 
@@ -144,14 +143,12 @@ def objective_column(settings: SearchSettings) -> str:
 
 
 def read_experiment(
-    exp_dir: str | Location, notes: Optional[list[str]] = None
+    exp: Experiment | str | Location, notes: Optional[list[str]] = None
 ) -> tuple[SearchSettings, list[Trial], pd.DataFrame]:
     """``(settings, trials, table)``: the folder read once; the table sorted best first. A trial whose
     files a crash damaged is kept, its ``damage`` column saying what; ``notes`` collects one line each."""
-    exp_dir = location(exp_dir, "experiment")
-    settings = SearchSettings.load(exp_dir)
-    trials = read_trials(exp_dir, notes, own_keys=bool(settings.trainable))
-    lineage = read_lineage(exp_dir) if settings.scheduler == PBT else None
+    exp = opened(exp)
+    settings, trials, lineage = exp.settings, exp.trials(notes), exp.lineage()
     frame = pd.DataFrame([trial_row(t, settings, lineage) for t in trials])
     if not frame.empty:
         col = objective_column(settings)
@@ -160,7 +157,7 @@ def read_experiment(
     return settings, trials, frame
 
 
-def results_frame(exp_dir: str | Location) -> pd.DataFrame:
+def results_frame(exp_dir: Experiment | str | Location) -> pd.DataFrame:
     """One row per trial, sorted by the search's objective (best first). For notebooks::
 
         from tuner.results import results_frame
@@ -170,12 +167,12 @@ def results_frame(exp_dir: str | Location) -> pd.DataFrame:
 
 
 def best_trial(frame: pd.DataFrame, settings: SearchSettings) -> Optional[pd.Series]:
-    """The winner: the best objective among completed trials, else among those ASHA cut. Never a trial
+    """The winner: the best objective among completed trials, else among those the scheduler cut. Never a trial
     still running or interrupted: its value is not a result yet."""
     col = objective_column(settings)
     candidates = frame[frame["end_reason"] == COMPLETED]
     if candidates[col].notna().sum() == 0:
-        candidates = frame[frame["end_reason"].isin([COMPLETED, ASHA])]
+        candidates = frame[frame["end_reason"].isin([COMPLETED, *SCHEDULERS])]
     candidates = candidates[candidates[col].notna()]
     if candidates.empty:
         return None
@@ -183,20 +180,19 @@ def best_trial(frame: pd.DataFrame, settings: SearchSettings) -> Optional[pd.Ser
     return candidates.loc[values.idxmin() if settings.mode == "min" else values.idxmax()]
 
 
-def write_exports(exp_dir: str | Location) -> dict[str, Any]:
+def write_exports(exp: Experiment) -> dict[str, Any]:
     """Write results.csv and best_config.json (atomically, also on an object store); return what a summary needs."""
-    exp_dir = location(exp_dir, "experiment")
-    settings, trial_list, frame = read_experiment(exp_dir)
+    exp_dir = exp.path
+    settings, trial_list, frame = read_experiment(exp)
     trials = {t.trial_id: t for t in trial_list}
     write_text_atomic(exp_dir / "results.csv", frame.to_csv(index=False))
     best = best_trial(frame, settings) if not frame.empty else None
     out: dict[str, Any] = {"frame": frame, "settings": settings, "trials": trial_list, "best": best, "best_config": None}
     if best is not None:
         trial = trials[best["trial_id"]]
-        lineage = read_lineage(exp_dir) if settings.scheduler == PBT else None
-        cfg = export_config(settings, trial, lineage)
+        lineage = exp.lineage()
         payload = {
-            "config": cfg if isinstance(cfg, dict) else cfg.to_dict(),
+            "config": export_config(settings, trial, lineage),
             "trial_id": trial.trial_id,
             "searched": {k: trial.sampled.get(k) for k in settings.space},
             "end_reason": best["end_reason"],
@@ -204,7 +200,7 @@ def write_exports(exp_dir: str | Location) -> dict[str, Any]:
             "experiment": str(exp_dir.resolve()),
             "trial_dir": trial.path.name,
             "rerun": settings.rerun_command(),
-            **settings.rerun_settings(),  # a user's function: which one, and the budget its re-run keeps
+            **settings.rerun_settings(),  # which function, and the budget and grace window its re-run keeps
         }
         entry = (lineage or {}).get("trials", {}).get(trial.trial_id)
         if entry is not None:  # PBT: the trials the winner's weights passed through, and where
@@ -214,21 +210,19 @@ def write_exports(exp_dir: str | Location) -> dict[str, Any]:
     return out
 
 
-def export_config(settings: SearchSettings, trial: Trial, lineage: Optional[dict[str, Any]] = None) -> Any:
+def export_config(settings: SearchSettings, trial: Trial, lineage: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """The config that re-runs a trial as a plain job: its config, or under PBT its lineage's (the root's
     values and the LR schedules of `tuner.lineage.rerun_overrides`; the trial's last config if not recorded)."""
-    cfg = settings.trial_config(trial.sampled)
     entry = (lineage or {}).get("trials", {}).get(trial.trial_id)
-    if entry is None or isinstance(cfg, dict):
-        return cfg
-    return TrainConfig.from_dict(rerun_overrides(entry, settings.perturbed), base=cfg)
+    overrides = rerun_overrides(entry, settings.perturbed) if entry is not None else {}
+    return settings.trial_config({**trial.sampled, **overrides})
 
 
 def compute_account(frame: pd.DataFrame, settings: SearchSettings) -> dict[str, Any]:
     """Images spent per end reason, and the share saved against every trial running to its budget. Under PBT
-    what each trial trained itself (``images_spent``): a copied checkpoint's images were spent by its trial."""
+    what each trial trained itself (``samples_trained``): a copied checkpoint's images were spent by its trial."""
     budget = settings.max_samples * len(frame)
-    column = "images_spent" if "images_spent" in frame else "samples"
+    column = "samples_trained" if "samples_trained" in frame else "samples"
     spent = int(frame[column].sum()) if not frame.empty else 0
     by_reason = frame.groupby("end_reason")[column].sum().astype(int).to_dict() if not frame.empty else {}
     return {

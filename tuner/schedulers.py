@@ -20,7 +20,7 @@ is in. The best trial at a rung is never cut at that rung.
 A rung keeps its values sorted as trials arrive (one insertion per trial per
 rung), so a decision reads the cutoff by index instead of recomputing a
 percentile over every trial at the rung: its cost does not grow with the
-number of trials (``benchmarks/simulate.py`` prints it at 100 and 10,000).
+number of trials (``benchmarks/simulation_scale.py`` prints it at 100 and 10,000).
 `stops_at_rung` is the rule written plainly, the specification the bookkeeping
 is tested against.
 """
@@ -136,6 +136,15 @@ class RecheckingASHA(FIFOScheduler):
         # highest milestone first; values signed so that higher is better
         self._rungs = [_Rung(m) for m in reversed(rung_milestones(grace_period, max_t, reduction_factor))]
         self.late_cuts: set[str] = set()  # trials stopped by a re-check, not on arriving at a rung
+
+    @property
+    def metric(self) -> Optional[str]:
+        """What is ranked (Ray's ``TrialScheduler.metric``, read by its check that results carry it).
+
+        Ours, not read from ``TrialScheduler._metric``: ``_metric`` and ``_mode`` here are this class's own
+        (``set_search_properties`` is overridden too), under the names earlier versions pickled with an
+        experiment, so that ``--resume`` of one still loads."""
+        return self._metric
 
     def set_search_properties(self, metric: Optional[str], mode: Optional[str], **spec: Any) -> bool:
         if (self._metric and metric) or (self._mode and mode):

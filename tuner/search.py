@@ -23,16 +23,17 @@ import yaml
 
 from reid_core.chance import DEFAULT_CHANCE_MARGIN, DEFAULT_GRACE_STEPS
 from reid_core.dashboards import add_mlflow_argument, add_wandb_argument, check_wandb, require_mlflow
-from reid_core.config import TrainConfig, canonical_key, coerce_value
 from reid_core.errors import INTERRUPTED, UserError, cli_exit
 from reid_core.flags import ArgumentParser, add_config_arguments, add_shortcut_arguments, parse_args, shortcut_values
+from reid_core.job import Job, job_for
 from reid_core.schema import EVAL_METRICS
-from reid_core.train import load_cli_config
-from search_spaces import load_space
-from tuner.cluster import probe, use_token
+from search_spaces import Domain, load_space
+from tuner.cluster import check_reachable, use_token
 from tuner.driver import Loggers, Resources, run
+from tuner.experiment import Experiment
 from tuner.lineage import check_pbt_flags, perturbed_fields
-from tuner.settings import PBT, SCHEDULERS, SEARCHERS, SETTINGS_FILE, SearchSettings, settings_from_flags
+from tuner.optuna_storage import check_storage, shown, storage_url
+from tuner.settings import PBT, SCHEDULERS, SEARCHERS, SETTINGS_FILE, SearchSettings
 from tuner.storage import Location, check_writable, location
 
 PROG = "python -m tuner.search"
@@ -44,7 +45,7 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     add_config_arguments(p)
     g = p.add_argument_group("what to search")
-    g.add_argument("--space", default="default", help="shipped space name or a YAML file (default: default)")
+    g.add_argument("--space", help="shipped space name or a YAML file (default: default; needed with --trainable)")
     add_shortcut_arguments(g)  # --data, --data-format, --model, --pretrained
     g.add_argument("--points-to-evaluate", metavar="FILE", help="JSON/YAML list of configs Optuna tries first")
     g.add_argument(
@@ -65,14 +66,16 @@ def build_parser() -> ArgumentParser:
         "--max-steps",
         type=int,
         default=450,
-        help="optimizer steps per trial at grad_accum_steps=1; a trial with accumulation k runs max_steps/k "
-        "steps, so all trials see the same images (default 450)",
+        help="the budget: optimizer steps of the base config (its images per step: batch_size x grad_accum_steps, 32 "
+        "by default); every trial may see that many images, so a trial with k times the accumulation runs 1/k the "
+        "steps (default 450)",
     )
     b.add_argument(
         "--grace-steps",
         type=int,
         default=DEFAULT_GRACE_STEPS,
-        help=f"grace window in steps at accumulation 1, i.e. grace-steps x batch_size images (default {DEFAULT_GRACE_STEPS})",
+        help="the grace window, counted as --max-steps is: optimizer steps of the base config, i.e. grace-steps x its "
+        f"images per step; before it no trial is judged stuck and ASHA cuts none (default {DEFAULT_GRACE_STEPS})",
     )
     b.add_argument(
         "--chance-margin",
@@ -96,7 +99,7 @@ def build_parser() -> ArgumentParser:
         type=int,
         default=DEFAULT_PERTURBATION_INTERVAL,
         metavar="STEPS",
-        help=f"pbt: steps at accumulation 1 between two looks at a trial (default {DEFAULT_PERTURBATION_INTERVAL})",
+        help=f"pbt: optimizer steps of the base config between two looks at a trial (default {DEFAULT_PERTURBATION_INTERVAL})",
     )
     b.add_argument(
         "--metric",
@@ -127,6 +130,15 @@ def build_parser() -> ArgumentParser:
     add_mlflow_argument(o, "log every trial's per-step metrics to MLflow, one run per trial")
     add_wandb_argument(o, "every trial's per-step metrics, one run per trial grouped by --name (its files in the experiment folder)")
     o.add_argument(
+        "--optuna-storage",
+        nargs="?",
+        const="",
+        metavar="URL",
+        help="keep the search's Optuna study in a database, named after --name, for optuna-dashboard URL (live) and "
+        "optuna.load_study: any RDB URL Optuna accepts (sqlite:///path.db, postgresql://...); with no URL, optuna.db "
+        "in the experiment folder (--searcher optuna only)",
+    )
+    o.add_argument(
         "--tensorboard",
         action="store_true",
         help="also write TensorBoard event files per trial (off by default: every result costs the driver time)",
@@ -136,13 +148,10 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-SEARCH_METRICS = ("ce_ema", "ce", "loss", *EVAL_METRICS)  # what a trial reports that is worth optimising
-
-
-def _check_metric(args) -> None:
+def _check_metric(args, job: Job) -> None:
     """``--metric`` must be reported by every trial; ``--mode`` follows it (higher R@K is better, lower CE)."""
-    if args.metric not in SEARCH_METRICS:
-        raise UserError(f"--metric {args.metric} is not one trials report; use one of {', '.join(SEARCH_METRICS)}")
+    if args.metric not in job.metrics:
+        raise UserError(f"--metric {args.metric} is not one this training function reports; use one of {', '.join(job.metrics)}")
     better = "max" if args.metric in EVAL_METRICS else "min"
     if args.mode is None:
         args.mode = better
@@ -151,17 +160,8 @@ def _check_metric(args) -> None:
         raise UserError(f"--metric {args.metric} is better when {word}: use --mode {better} (or leave --mode out)")
 
 
-def _loggers(args) -> Loggers:
-    return Loggers(
-        tensorboard=args.tensorboard,
-        mlflow=args.mlflow,
-        wandb=args.wandb,
-        wandb_mode=check_wandb(args.wandb) if args.wandb else "offline",
-    )
-
-
-def _check_args(args) -> None:
-    _check_metric(args)
+def _check_args(args, job: Job) -> None:
+    _check_metric(args, job)
     if args.mlflow:
         require_mlflow()
     if args.wandb:
@@ -185,7 +185,10 @@ def _check_args(args) -> None:
     positive("--checkpoint-every", args.checkpoint_every)
     positive("--perturbation-interval", args.perturbation_interval)
     if args.scheduler == PBT:
-        check_pbt_flags(args)
+        check_pbt_flags(args, job.perturbable)
+    if args.optuna_storage is not None and not args.resume and (args.scheduler == PBT or args.searcher == "random"):
+        why = "--scheduler pbt draws its trials at random" if args.scheduler == PBT else "--searcher random draws the trials"
+        raise UserError(f"--optuna-storage keeps the Optuna study the trials are proposed from, and {why}: there is no study; drop --optuna-storage")
     if args.reduction_factor <= 1:
         raise UserError(f"--reduction-factor is {args.reduction_factor}, but must be > 1")
     if args.grace_steps > args.max_steps:
@@ -196,27 +199,12 @@ def _check_args(args) -> None:
     if args.auth_token_file and not Path(args.auth_token_file).is_file():
         raise UserError(f"--auth-token-file '{args.auth_token_file}' does not exist; pass the cluster's token file")
     if args.address:
-        probe(args.address)
+        check_reachable(args.address)
         use_token(args.auth_token_file)  # before anything imports ray: Ray reads RAY_AUTH_MODE once, at import
 
 
-def _base_config(args) -> TrainConfig:
-    overrides = list(args.overrides)
-    overrides.append(f"max_steps={args.max_steps}")
-    if not any(o.startswith("threads=") for o in overrides):
-        overrides.append(f"threads={max(1, int(args.cpus_per_trial))}")  # one torch thread per CPU the trial holds
-    base = TrainConfig.from_dict(shortcut_values(args), base=load_cli_config(args.config, overrides))
-    # Ray runs each trial in its own working folder: a relative data or weights path must not depend on it.
-    absolute = {}
-    if base.data != "synthetic" and Path(base.data).expanduser().exists():
-        absolute["data"] = str(Path(base.data).expanduser().resolve())
-    if base.pretrained is not None and Path(base.pretrained).expanduser().is_file():
-        absolute["pretrained"] = str(Path(base.pretrained).expanduser().resolve())
-    return TrainConfig.from_dict(absolute, base=base)
-
-
 def read_points_file(path: str) -> list[dict[str, Any]]:
-    """The ``--points-to-evaluate`` file: a JSON/YAML list of mappings (keys checked by the caller)."""
+    """The ``--points-to-evaluate`` file: a JSON/YAML list of mappings (keys checked by `read_points`)."""
     file = Path(path)
     if not file.is_file():
         raise UserError(f"--points-to-evaluate file '{path}' does not exist")
@@ -230,36 +218,56 @@ def read_points_file(path: str) -> list[dict[str, Any]]:
     return points
 
 
-def _read_points(path: Optional[str], space: dict) -> list[dict[str, Any]]:
+def read_points(path: Optional[str], space: dict[str, Domain], job: Job) -> list[dict[str, Any]]:
+    """The configs Optuna tries first: each key one the space searches, each value typed as the config wants it
+    (YAML 1.1 reads 1e-6 as a string: Optuna and params.json get numbers)."""
     if path is None:
         return []
     points = read_points_file(path)
     for point in points:
         for key in point:
-            if canonical_key(key) not in space:
+            if job.key(key) not in space:
                 raise UserError(f"--points-to-evaluate names '{key}', which the space does not search ({', '.join(space)})")
-    # Typed values (YAML 1.1 reads 1e-6 as a string): Optuna and params.json get numbers.
-    return [{canonical_key(k): coerce_value(k, v) for k, v in point.items()} for point in points]
+    return [{job.key(k): job.value(k, v) for k, v in point.items()} for point in points]
 
 
-def _experiment_dir(args) -> Location:
+def _experiment_path(args) -> Location:
     """The experiment's folder under ``--storage-path`` (a folder, or a storage URI every node reaches:
     `tuner.storage`), the storage checked writable before Ray starts."""
     name = args.name or f"search-{datetime.now():%Y%m%d-%H%M%S}"
     storage = location(args.storage_path).expanduser().resolve()
     check_writable(storage)
-    exp_dir = storage / name
+    path = storage / name
     if args.resume:
         if not args.name:
             raise UserError("--resume needs --name: the experiment to continue")
-        if not (exp_dir / SETTINGS_FILE).is_file():
-            raise UserError(f"--resume: '{exp_dir}' holds no reid-tune experiment; check --storage-path and --name")
-    elif exp_dir.exists() and any(exp_dir.iterdir()):
-        raise UserError(f"experiment '{exp_dir}' already exists; pass --resume to continue it or a new --name")
-    return exp_dir
+        if not (path / SETTINGS_FILE).is_file():
+            raise UserError(f"--resume: '{path}' holds no reid-tune experiment; check --storage-path and --name")
+    elif path.exists() and any(path.iterdir()):
+        raise UserError(f"experiment '{path}' already exists; pass --resume to continue it or a new --name")
+    return path
 
 
-def run_search(args) -> int:
+def _fault(spec: Optional[str], job: Job) -> Optional[dict[str, Any]]:
+    """``STEP:KEY=VALUE`` (testing hook) -> ``{"step", "key", "value"}``, the value typed as the config wants it."""
+    if spec is None:
+        return None
+    step, _, assignment = spec.partition(":")
+    key, _, value = assignment.partition("=")
+    if not step.isdigit() or not key or not value:
+        raise UserError(f"--inject-fault '{spec}' is not STEP:KEY=VALUE")
+    return {"step": int(step), "key": key, "value": job.value(key, yaml.safe_load(value))}
+
+
+def _top(space: dict[str, Domain], key: str) -> Optional[float]:
+    """The largest value the space may draw for ``key`` (the pre-flight's most favourable head LR); None if not searched."""
+    domain = space.get(key)
+    if domain is None:
+        return None
+    return float(max(domain.args) if domain.kind == "choice" else domain.args[1])
+
+
+def run_search(args, job: Job) -> int:
     log = (lambda s: None) if args.quiet else print
     resources = Resources(
         cpus_per_trial=args.cpus_per_trial,
@@ -268,96 +276,78 @@ def run_search(args) -> int:
         address=args.address,
         auth_token_file=args.auth_token_file,
     )
+    loggers = Loggers(
+        tensorboard=args.tensorboard,
+        mlflow=args.mlflow,
+        wandb=args.wandb,
+        wandb_mode=check_wandb(args.wandb) if args.wandb else "offline",
+    )
     if args.resume:
         # Continue with the settings the experiment was started with, whatever the flags say now.
-        exp_dir = _experiment_dir(args)
-        settings = SearchSettings.load(exp_dir)
-        if settings.trainable:
-            from reid_core.contract import load_trainable
+        exp = Experiment.open(_experiment_path(args))
+        if args.optuna_storage is not None and not exp.settings.optuna_study:
+            raise UserError(f"--resume continues '{exp.name}' as it started, with no Optuna storage; drop --optuna-storage")
+        exp.settings.job.check(exp.settings.base, log)  # still importable, its data still there, before Ray starts
+        return run(exp, resources, resume=True, quiet=args.quiet, loggers=loggers)
 
-            load_trainable(settings.trainable, settings.trainable_root)  # still importable, before Ray starts
-        else:
-            _check_weights_and_data(settings.base_config, log)
-        return run(settings, exp_dir, resources, resume=True, quiet=args.quiet, loggers=_loggers(args))
-
-    # a trial that may be retried checkpoints, so the retry continues instead of starting over
-    checkpoint_every = (
-        args.checkpoint_every if args.checkpoint_every is not None else (DEFAULT_CHECKPOINT_EVERY if args.max_failures else 0)
-    )
-    if args.trainable:  # the user's own training function: tuner.byo checks and probes it
-        from tuner.byo import user_search
-
-        settings, exp_dir, space, points = user_search(args, _experiment_dir, log, checkpoint_every)
-        return run(settings, exp_dir, resources, space=space, points=points, quiet=args.quiet, loggers=_loggers(args))
-
-    fault = _parse_fault(args.inject_fault)  # a bad spec fails before the minutes of checks below
-    space = load_space(args.space)
-    base = _base_config(args)
-    points = _read_points(args.points_to_evaluate, space)
+    fault = _fault(args.inject_fault, job)  # a bad spec fails before the minutes of checks below
+    threads = max(1, int(args.cpus_per_trial))  # a trial holds that many CPUs; its torch threads follow
+    base = job.read_config(args.config, list(args.overrides), shortcut_values(args))
+    explicit_threads = any(o.startswith("threads=") for o in args.overrides)
+    base = job.with_harness(base, max_steps=args.max_steps, threads=None if explicit_threads else threads, chance_margin=args.chance_margin)
+    name = args.space or job.default_space
+    if name is None:
+        raise UserError("--trainable needs --space FILE: a YAML space naming keys of your --config (e.g. lr_head: {loguniform: [1.0e-6, 1.0e-1]})")
+    space = load_space(name, fields=job.space_keys(base))
     if "max_steps" in space:
         raise UserError("search space: max_steps is the budget; set it with --max-steps, not in the space")
+    points = read_points(args.points_to_evaluate, space, job)
     if args.scheduler == PBT:
-        perturbed_fields(space, args.space)  # none: one line, exit 2
-    exp_dir = _experiment_dir(args)
-    _check_weights_and_data(base, log)
+        perturbed_fields(space, name)  # none: one line, exit 2
+    path = _experiment_path(args)
+    study_url = None
+    if args.optuna_storage is not None:  # checked before the minutes of checks below; nothing written yet
+        study_url = storage_url(args.optuna_storage, path)
+        check_storage(study_url, path.name, in_experiment=not args.optuna_storage)
+    job.check(base, log)
+    per_step = job.images_per_step(base, threads)  # the budget's unit: images per optimizer step at the base config
     if not args.skip_preflight:
-        from reid_core.preflight import preflight
-
-        preflight(base, overfit_head_lr=_best_head_lr(space, base), log=None if args.quiet else print)
-    settings = settings_from_flags(
-        args,
-        base=base.to_dict(),
+        job.preflight(base, head_lr=_top(space, "head_lr"), threads=threads, log=log)
+    settings = SearchSettings(
+        base=base,
         space={k: d.describe() for k, d in space.items()},
-        grace_samples=args.grace_steps * base.batch_size,  # steps at accumulation 1, as the plain job counts them
-        max_samples=args.max_steps * base.images_per_step,
-        checkpoint_every=checkpoint_every,
+        metric=args.metric,
+        mode=args.mode,
+        grace_samples=round(args.grace_steps * per_step),
+        chance_margin=args.chance_margin,
+        max_samples=round(args.max_steps * per_step),
+        num_trials=args.num_trials,
+        reduction_factor=args.reduction_factor,
+        seed=args.seed,
+        max_failures=args.max_failures,
+        # a trial that may be retried checkpoints, so the retry continues instead of starting over
+        checkpoint_every=args.checkpoint_every if args.checkpoint_every is not None else (DEFAULT_CHECKPOINT_EVERY if args.max_failures else 0),
         inject_fault=fault,
-        perturbation_interval=args.perturbation_interval * base.batch_size if args.scheduler == PBT else 0,
+        threads=threads,
+        scheduler=args.scheduler,
+        searcher=args.searcher or ("random" if args.scheduler == PBT else "optuna"),
+        perturbation_interval=round(args.perturbation_interval * per_step) if args.scheduler == PBT else 0,
+        images_per_step=per_step,
+        optuna_study=shown(study_url) if study_url else None,
+        **job.located(),
     )
     return run(
-        settings, exp_dir, resources, space=space, points=points, quiet=args.quiet, loggers=_loggers(args)
+        Experiment(path, settings), resources, space=space, points=points, quiet=args.quiet, loggers=loggers, optuna_storage=study_url
     )
-
-
-def _parse_fault(spec: Optional[str], coerce=coerce_value) -> Optional[dict[str, Any]]:
-    """``STEP:KEY=VALUE`` (testing hook) -> ``{"step", "key", "value"}``; ``coerce(key, value)`` types it."""
-    if spec is None:
-        return None
-    step, _, assignment = spec.partition(":")
-    key, _, value = assignment.partition("=")
-    if not step.isdigit() or not key or not value:
-        raise UserError(f"--inject-fault '{spec}' is not STEP:KEY=VALUE")
-    return {"step": int(step), "key": key, "value": coerce(key, yaml.safe_load(value))}
-
-
-def _check_weights_and_data(base: TrainConfig, log) -> None:
-    """In the driver, once: pretrained weights fetched (or, offline, one line naming the fix) and the data
-    set read and checked, not in every trial; what the data set changes (no captions: no SDM) said once."""
-    from reid_core.data import load_data
-    from reid_core.model import context_length
-    from reid_core.pretrained import check_model, resolve_pretrained
-
-    check_model(base)
-    resolve_pretrained(base)
-    data = load_data(base, context_length(base))  # cached in this process: the pre-flight reads it again for free
-    for note in data.notes:
-        log(note)
-
-
-def _best_head_lr(space: dict, base: TrainConfig) -> float:
-    """The most favourable head LR the search will try: the top of its head_lr domain."""
-    domain = space.get("head_lr")
-    if domain is None:
-        return base.head_lr
-    return float(max(domain.args) if domain.kind == "choice" else domain.args[1])
 
 
 def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> int:
     parser = build_parser()
     args = parse_args(parser, argv, prog)
     try:
-        _check_args(args)
-        return run_search(args)
+        job = job_for(args.trainable)
+        _check_args(args, job)
+        return run_search(args, job)
     except UserError as err:
         return cli_exit(err, parser.prog)
     except KeyboardInterrupt:  # Ctrl-C before the trials started, or a second one while they stop

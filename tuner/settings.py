@@ -1,29 +1,29 @@
-"""What a search is: its settings (`SearchSettings`, the file ``reid_tune.json``) and each trial's config.
+"""What a search is: its settings (`SearchSettings`, the file ``reid_tune.json``).
 
 Written by ``tuner.search`` before the first trial and read back by every other part: the
 driver, ``--resume`` (which continues with the settings the experiment started with, whatever
-the flags say now), the result tables and pictures. Pure: no Ray, no torch.
+the flags say now), the result tables and pictures. What depends on the training function
+(ours or a user's: its config, its images per step, its re-run command) is asked of its
+`reid_core.job.Job`, ``settings.job``. Every budget is in images (``samples``). Pure: no Ray, no torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass
-from pathlib import Path
+from functools import cached_property
 from typing import Any, Mapping, Optional
 
 from reid_core.chance import go_line
-from reid_core.config import TrainConfig, canonical_key
 from reid_core.errors import UserError
-from reid_core.schema import ASHA, COMPLETED, DIVERGED, ERROR, EVAL_METRICS, UNFINISHED
-from tuner.lineage import PERTURBABLE
-from tuner.storage import Location, location, write_json_atomic
+from reid_core.job import Job, job_for
+from reid_core.schema import EVAL_METRICS
+from tuner.storage import Location, write_json_atomic
 
 SETTINGS_FILE = "reid_tune.json"  # in the experiment folder, beside Ray's files
 PBT = "pbt"
-SCHEDULERS = ("asha", PBT)  # --scheduler: the default, and tuner.pbt
+SCHEDULERS = ("asha", PBT)  # --scheduler: the default, and tuner.pbt; also the end reason of a trial it stopped
 SEARCHERS = ("optuna", "random")  # --searcher: TPE (the default under asha), or random draws (under pbt)
 RENAMED_SETTINGS = {"num_samples": "num_trials"}  # keys of experiments written before 0.2
 DROPPED_SETTINGS = ("trend_samples",)  # always None then; the rule's trend window is half the grace window
@@ -31,8 +31,8 @@ DROPPED_SETTINGS = ("trend_samples",)  # always None then; the rule's trend wind
 
 @dataclass(frozen=True)
 class SearchSettings:
-    base: dict[str, Any]  # the base TrainConfig every trial starts from (TrainConfig.to_dict()); its max_steps is the budget at accumulation 1
-    space: dict[str, str]  # searched field -> its domain as written, e.g. 'loguniform[1e-06, 0.1]'
+    base: dict[str, Any]  # the config every trial starts from (ours: TrainConfig.to_dict(), its max_steps the budget at its accumulation)
+    space: dict[str, str]  # searched key -> its domain as written, e.g. 'loguniform[1e-06, 0.1]'
     metric: str  # what Optuna and ASHA optimise (ce_ema, or a retrieval metric such as val_r1)
     mode: str  # 'min' or 'max' for metric
     grace_samples: int  # images seen before the chance-level rule and ASHA's first rung judge a trial
@@ -44,45 +44,47 @@ class SearchSettings:
     max_failures: int = 0  # retries of a failed trial, from its last checkpoint
     checkpoint_every: int = 0  # optimizer steps between trial checkpoints; 0 = none
     inject_fault: Optional[dict[str, Any]] = None  # testing hook {"step", "key", "value"}: see tuner.trainable
-    # A user's training function (reid_core.contract), or None for reid_core's own job. With one,
-    # `base` is the user's own config mapping and `space` names its keys; the budget is in images.
-    trainable: Optional[str] = None  # 'package.module:function'
+    # The training function (reid_core.contract): a user's 'package.module:function', or None for ours
+    # (reid_core.train:train). Its reid_core.job.Job knows its config, its budget unit and its re-run.
+    trainable: Optional[str] = None
     trainable_root: Optional[str] = None  # the folder holding its top-level package, put on the workers' sys.path
-    threads: int = 0  # torch threads of each user trial (= its CPUs); reid_core's trials take the base config's
+    threads: int = 0  # torch threads of each trial (= its CPUs)
     scheduler: str = "asha"  # 'asha' (RecheckingASHA cuts) or 'pbt' (tuner.pbt: PBT after the grace window)
     searcher: str = "optuna"  # who proposes the configs: 'optuna' (TPE) or 'random' (Ray's random draws; always under pbt)
     perturbation_interval: int = 0  # pbt: images seen between two looks at a trial (0 under asha)
+    # images per optimizer step at the base config: the unit --max-steps, --grace-steps and --perturbation-interval
+    # count in (0: not recorded, in experiments from before 0.3)
+    images_per_step: float = 0.0
+    # --optuna-storage: the database URL (password hidden) holding the search's Optuna study, named after the
+    # experiment (tuner.optuna_storage); None: the study lived in the driver's memory only
+    optuna_study: Optional[str] = None
 
-    @property
-    def base_config(self) -> TrainConfig:
-        return TrainConfig.from_dict(self.base)
+    @cached_property
+    def job(self) -> Job:
+        """The training function's `Job`: what differs between ours and a user's."""
+        return job_for(self.trainable, self.trainable_root)
 
-    def trial_config(self, sampled: Mapping[str, Any]) -> TrainConfig | dict[str, Any]:
-        """A trial's complete config: a `TrainConfig`, or for a user's function its own mapping."""
-        if self.trainable:
-            return {**self.base, **sampled}
-        return trial_config(self.base, sampled)
+    def trial_config(self, sampled: Mapping[str, Any]) -> dict[str, Any]:
+        """A trial's complete config."""
+        return self.job.trial_config(self.base, sampled)
 
-    def trial_max_steps(self, sampled: Mapping[str, Any]) -> Optional[int]:
-        """A trial's budget in optimizer steps; None for a user's function (its budget is `max_samples`)."""
-        return None if self.trainable else trial_config(self.base, sampled).max_steps
+    def sampled(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """A trial's searched values (Ray's params.json) under the config's names of today."""
+        return {self.job.key(k): v for k, v in values.items()}
 
-    def rerun_command(self, config_file: str | Path = "best_config.json") -> str:
-        if self.trainable:
-            return f"reid-tune run --trainable {self.trainable} --config {config_file} --out DIR"
-        return f"reid-tune train --config {config_file} --out DIR"
+    def rerun_command(self, config_file: str | Location = "best_config.json") -> str:
+        return self.job.rerun_command(config_file)
 
     def rerun_settings(self) -> dict[str, Any]:
-        """What a plain re-run of a user's function needs besides its config (best_config.json keeps it)."""
-        if not self.trainable:
-            return {}
+        """What a plain re-run needs besides the config (best_config.json keeps it): which function, and the
+        search's budget, grace window and margin in images, so it is judged where its trial was."""
         budget = {"max_samples": self.max_samples, "grace_samples": self.grace_samples, "chance_margin": self.chance_margin}
-        return {"trainable": self.trainable, "search": {**budget, "threads": self.threads}}
+        return {**self.job.exported(), "search": {**budget, "threads": self.threads}}
 
     @property
     def perturbed(self) -> list[str]:
         """The searched fields PBT changes mid-run (none under ASHA)."""
-        return [k for k in self.space if k in PERTURBABLE] if self.scheduler == PBT else []
+        return [k for k in self.space if k in self.job.perturbable] if self.scheduler == PBT else []
 
     @property
     def evaluates_at_rungs(self) -> bool:
@@ -92,8 +94,9 @@ class SearchSettings:
     def go_line(self, chance_ce: float) -> float:
         return go_line(chance_ce, self.chance_margin)
 
-    def save(self, exp_dir: str | Location) -> None:
-        write_json_atomic(location(exp_dir) / SETTINGS_FILE, dataclasses.asdict(self))
+    def save(self, exp_dir: Location) -> None:
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        write_json_atomic(exp_dir / SETTINGS_FILE, values)
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "SearchSettings":
@@ -106,14 +109,14 @@ class SearchSettings:
                 out[key] = value
             elif key not in DROPPED_SETTINGS:
                 raise ValueError(f"unknown search setting '{key}'")
-        if not out.get("trainable"):  # a user's config has the user's keys, never renamed
-            out["base"] = TrainConfig.from_dict(out["base"]).to_dict()  # old field names mapped, defaults filled
-            out["space"] = {canonical_key(k): v for k, v in out["space"].items()}
+        job = job_for(out.get("trainable"), out.get("trainable_root"))
+        out["base"] = job.trial_config(out["base"], {})  # old field names mapped, defaults filled (ours)
+        out["space"] = {job.key(k): v for k, v in out["space"].items()}
         return cls(**out)
 
     @classmethod
-    def load(cls, exp_dir: str | Location) -> "SearchSettings":
-        path = location(exp_dir, "experiment") / SETTINGS_FILE
+    def load(cls, exp_dir: Location) -> "SearchSettings":
+        path = exp_dir / SETTINGS_FILE
         if not path.is_file():
             raise UserError(f"'{exp_dir}' is not a reid-tune experiment (no {SETTINGS_FILE}); pass the folder a search wrote")
         try:
@@ -123,70 +126,3 @@ class SearchSettings:
             raise UserError(
                 f"'{path}' is damaged ({first}); restore it from a backup, or start a new search with --name"
             ) from None
-
-
-def settings_from_flags(args: Any, **values: Any) -> SearchSettings:
-    """The search's settings: what every search takes from its flags, plus ``values`` (base, space,
-    budgets in images, ...) that depend on the kind of search (ours, or a user's --trainable)."""
-    return SearchSettings(
-        metric=args.metric,
-        mode=args.mode,
-        chance_margin=args.chance_margin,
-        num_trials=args.num_trials,
-        reduction_factor=args.reduction_factor,
-        seed=args.seed,
-        max_failures=args.max_failures,
-        scheduler=args.scheduler,
-        searcher=args.searcher or ("random" if args.scheduler == PBT else "optuna"),
-        **values,
-    )
-
-
-def sampled_values(sampled: Mapping[str, Any], own_keys: bool = False) -> dict[str, Any]:
-    """A trial's searched values (Ray's params.json) under today's field names (``own_keys``: a user's, as is)."""
-    return dict(sampled) if own_keys else {canonical_key(k): v for k, v in sampled.items()}
-
-
-def trial_config(base: TrainConfig | Mapping[str, Any], sampled: Mapping[str, Any]) -> TrainConfig:
-    """The trial's complete config: the search's base config plus the sampled values.
-
-    ``base.max_steps`` is the budget in optimizer steps *at the base's accumulation*: a trial
-    with ``grad_accum_steps=k`` trains for ``ceil(max_steps * base_accum / k)`` steps, so every
-    trial may see the same number of images and trials compare at equal compute.
-    """
-    base_cfg = base if isinstance(base, TrainConfig) else TrainConfig.from_dict(base)
-    cfg = TrainConfig.from_dict(sampled, base=base_cfg)
-    steps = math.ceil(base_cfg.max_steps * base_cfg.grad_accum_steps / cfg.grad_accum_steps)
-    return TrainConfig.from_dict({"max_steps": max(1, steps)}, base=cfg)
-
-
-def end_reason(
-    *,
-    failed: bool,
-    verdict: Optional[str],
-    last: Mapping[str, Any],
-    max_steps: Optional[int],
-    terminated: bool,
-    max_samples: Optional[float] = None,
-) -> str:
-    """Why a trial ended: the one place this is decided, live (the driver) and from files (the tables).
-
-    ``failed``: the trial raised (and was not retried to success); ``verdict``: the chance-level
-    rule's reason (``stuck_at_chance`` or ``diverged``), if it stopped the trial; ``last``: the
-    trial's last result; ``max_steps``: its budget in optimizer steps (None for a user's function,
-    whose budget is ``max_samples`` images); ``terminated``: Ray ended it (stopped or done) rather
-    than it still running or being interrupted.
-    """
-    if failed:
-        return ERROR
-    if verdict is not None:
-        return verdict
-    if last:
-        ce = last.get("ce", math.nan)
-        if not (math.isfinite(ce) and math.isfinite(last.get("loss", ce))):  # a user's function may report no loss
-            return DIVERGED  # the training job's own NaN stop
-        if max_steps is not None and last.get("step", 0) >= max_steps:
-            return COMPLETED
-        if max_steps is None and max_samples is not None and last.get("samples", 0) >= max_samples:
-            return COMPLETED
-    return ASHA if terminated else UNFINISHED

@@ -7,7 +7,7 @@
 Each policy (no early stop, Ray's ASHA, RecheckingASHA, each with and without
 the chance-level rule) replays the same kind of search on a simulated clock with
 ``--workers`` trials at once, every step of every curve unless
-``--report-every`` says otherwise (see ``tuner.simulation``). ``--from EXP``
+``--report-every`` says otherwise (see ``tuner.simulation.engine``). ``--from EXP``
 replays the curves a search recorded, in the order its trials started, under
 other settings; a trial the live search stopped has no curve past its stop.
 """
@@ -23,8 +23,8 @@ from typing import Any, Callable, Optional, Sequence
 
 from reid_core.flags import ArgumentParser
 from reid_core.errors import UserError, cli_exit
-from tuner.curves import Curve, Family, recorded_curves
-from tuner.simulation import LEGEND, POLICIES, RASHA, Policy, Run, Settings, format_table, make_searcher, replay, summarise
+from tuner.simulation.curves import Curve, Family, recorded_curves
+from tuner.simulation.engine import LEGEND, POLICIES, RASHA, Policy, ReplaySettings, Run, format_table, make_searcher, replay, summarise
 
 PROG = "python -m tuner.simulate"
 
@@ -36,8 +36,8 @@ def build_parser(prog: str = PROG) -> ArgumentParser:
     p.add_argument("--workers", type=int, help="trials at once (default 16; with --from: as many as the search ran at once)")
     p.add_argument("--searcher", choices=("random", "optuna"), help="random (default) or optuna (TPE, seeded)")
     p.add_argument("--space", default="default", help="search space name or YAML file (default: default)")
-    p.add_argument("--max-steps", type=int, help="budget in steps at accumulation 1 (default 1200)")
-    p.add_argument("--grace-steps", type=int, help="grace window and first rung, in steps at accumulation 1 (default 300)")
+    p.add_argument("--max-steps", type=int, help="budget in optimizer steps of --batch-size images (default 1200)")
+    p.add_argument("--grace-steps", type=int, help="grace window and first rung, in steps as --max-steps; with --from, of the search's base config (default 300)")
     p.add_argument("--reduction-factor", type=float, help="ASHA reduction factor (default 2)")
     p.add_argument("--chance-margin", type=float, help="Go line = log(C) - margin (default 0.39)")
     p.add_argument("--batch-size", type=int, default=32, help="images per micro-batch of the parametric curves (default 32)")
@@ -92,7 +92,7 @@ class RecordedOrder:
         pass
 
 
-def plan(args) -> tuple[Settings, int, Callable[[int, dict], Curve], Callable[[Policy], tuple[str, Any]], str]:
+def plan(args) -> tuple[ReplaySettings, int, Callable[[int, dict], Curve], Callable[[Policy], tuple[str, Any]], str]:
     """``(settings, trials, new_curve, searcher_for(policy) -> (name, searcher), description)`` from the flags."""
     for flag in ("trials", "workers", "max_steps", "grace_steps", "chance_margin", "batch_size", "report_every"):
         _positive("--" + flag.replace("_", "-"), getattr(args, flag))
@@ -103,8 +103,8 @@ def plan(args) -> tuple[Settings, int, Callable[[int, dict], Curve], Callable[[P
             flag = "--max-steps" if args.max_steps is not None else "--searcher"
             raise UserError(f"{flag} does not apply to --from: the recorded trials are replayed as they ran")
         search, curves = recorded_curves(args.source)
-        per_step = search.base_config.images_per_step
-        settings = Settings(
+        per_step = search.images_per_step or curves[0].samples[0]  # recorded; else the first trial's first step
+        settings = ReplaySettings(
             grace_samples=args.grace_steps * per_step if args.grace_steps else search.grace_samples,
             max_samples=search.max_samples,
             reduction_factor=args.reduction_factor or search.reduction_factor,
@@ -125,7 +125,7 @@ def plan(args) -> tuple[Settings, int, Callable[[int, dict], Curve], Callable[[P
     if grace_steps > max_steps:
         raise UserError(f"--grace-steps {grace_steps} exceeds --max-steps {max_steps}; lower --grace-steps or raise --max-steps")
     family = Family(batch_size=args.batch_size, margin=args.chance_margin or 0.39)
-    settings = Settings(
+    settings = ReplaySettings(
         grace_samples=grace_steps * args.batch_size,
         max_samples=max_steps * args.batch_size,
         reduction_factor=args.reduction_factor or 2.0,
@@ -183,7 +183,7 @@ def simulate(args, out: Callable[[str], None] = print, time_decisions: bool = Fa
     return runs
 
 
-def live_agreement(settings: Settings, curves: Sequence[Curve], orders: int = 8, seed: int = 0) -> tuple[int, int, int, int]:
+def live_agreement(settings: ReplaySettings, curves: Sequence[Curve], orders: int = 8, seed: int = 0) -> tuple[int, int, int, int]:
     """``(agree, trials, agree among order-free, order-free)``: how each trial ends when its recorded curve is
     replayed under ``settings`` (RecheckingASHA and the chance-level rule, as the live search ran) against how
     it ended live. A trial's end is order-free if it is the same when the trials start in ``orders`` shuffled

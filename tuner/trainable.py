@@ -1,7 +1,11 @@
-"""The function trainable: one Ray Tune trial = one `reid_core.train.train` run.
+"""The function trainable: one Ray Tune trial = one call of the training function under the contract.
 
-It lives in the package (Ray's workers import it by name; a trainable defined
-in a script or test module cannot be imported by them).
+The same trial for our function and a user's (`reid_core.job`): the worker imports the function by
+name (``spec``; a user's from ``root``, the folder the driver found it in, put on the worker's
+``sys.path``: a module in the user's own repository needs no install on a local cluster, or on one
+whose nodes share that folder; elsewhere install it or ship it with Ray's ``runtime_env``), builds the
+trial's config, and calls it with a `reid_core.contract.Reporter` forwarding every step to
+``ray.tune.report``, checkpoints included. It lives in the package: Ray's workers import it by name.
 """
 
 from __future__ import annotations
@@ -10,71 +14,84 @@ import functools
 import math
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import ray
 import torch
 from ray import tune
 from ray.tune import Checkpoint
 
+from reid_core.contract import Reporter, call
+from reid_core.job import job_for
 from reid_core.schema import EVAL_METRICS
-from reid_core.train import train
-from tuner._ray_compat import FastReporting
+from tuner._ray_compat import with_fast_reporting
 from tuner.lineage import perturbation_due
-from tuner.settings import trial_config
 
-CHECKPOINT_FILE = "trainer.pt"  # the Trainer's state_dict inside each Ray checkpoint
+CHECKPOINT_FILE = "trainer.pt"  # the function's checkpoint state inside each Ray checkpoint
 
 
+@with_fast_reporting
 def train_trial(
     sampled: dict[str, Any],
     base: dict[str, Any],
+    spec: Optional[str] = None,
+    root: Optional[str] = None,
+    max_samples: Optional[float] = None,
+    threads: int = 1,
     metric: str = "ce_ema",
     eval_at_samples: Sequence[float] = (),
     checkpoint_every: int = 0,
     inject_fault: Optional[dict[str, Any]] = None,
     pbt: Optional[dict[str, float]] = None,
 ) -> None:
-    """Run one trial, forwarding every optimizer step's metrics to ``ray.tune.report``.
+    """Run one trial until the function returns or has seen ``max_samples`` images.
 
-    ``eval_at_samples``: extra evaluations (the ASHA rungs, when the search optimises a retrieval metric).
-    ``checkpoint_every``: steps between checkpoints (trainer state: weights, optimizer, step, RNG,
-    data position); a trial Ray restarts after a failure continues from its last one.
-    ``inject_fault``: a testing hook (``{"step": N, "key": K, "value": V}``): the first attempt of a
-    trial whose ``K`` is ``V`` raises at step N, so the reliability tests can fail a real trial.
-    ``pbt``: ``{"burn_in", "interval"}`` in images under ``--scheduler pbt``: the trial checkpoints (and, for
-    a retrieval metric, evaluates) at every result PBT looks at (`tuner.lineage.perturbation_due`). Restored
-    from another trial's checkpoint, it trains at its own (perturbed) LRs: `reid_core.trainer.Trainer.load_state_dict`.
+    ``eval_at_samples``: images seen where the search compares trials by a retrieval metric (its ASHA rungs).
+    ``checkpoint_every``: steps between checkpoints; a trial Ray restarts after a failure continues from its
+    newest one (``report.resume``). ``inject_fault``: a testing hook (``{"step": N, "key": K, "value": V}``):
+    the first attempt of a trial whose ``K`` is ``V`` raises at step N, so the reliability tests can fail a
+    real trial. ``pbt``: ``{"burn_in", "interval"}`` in images under ``--scheduler pbt``: the trial
+    checkpoints (and, for a retrieval metric, evaluates) at every result PBT looks at
+    (`tuner.lineage.perturbation_due`).
     """
-    cfg = trial_config(base, sampled)
+    job = job_for(spec, root)
+    fn = job.function()
+    config = job.trial_config(base, sampled)
     checkpoint_at = None
     if pbt:
-        images, budget = cfg.images_per_step, cfg.max_steps
-        checkpoint_at = functools.partial(
-            perturbation_due, images_per_step=images, burn_in=pbt["burn_in"], interval=pbt["interval"], max_steps=budget
-        )
+        checkpoint_at = functools.partial(_pbt_due, burn_in=pbt["burn_in"], interval=pbt["interval"], max_samples=max_samples)
         if metric in EVAL_METRICS:
-            eval_at_samples = [step * images for step in range(1, budget) if checkpoint_at(step)]
+            count = math.ceil((max_samples - pbt["burn_in"]) / pbt["interval"]) if max_samples else 0
+            eval_at_samples = [pbt["burn_in"] + k * pbt["interval"] for k in range(count)]
     report = with_node_id(tune.report)
     report = carry_evaluation(report) if metric in EVAL_METRICS else report
     resume = _last_checkpoint()
     if inject_fault and resume is None and sampled.get(inject_fault["key"]) == inject_fault["value"]:
         report = _failing_at(inject_fault["step"], report)
 
-    def checkpoint(metrics: dict[str, Any], state: dict[str, Any]) -> None:
+    def forward(metrics: dict[str, Any], state: Optional[dict[str, Any]]) -> None:
+        if state is None:
+            report(metrics)
+            return
         with tempfile.TemporaryDirectory() as folder:
             torch.save(state, Path(folder) / CHECKPOINT_FILE)
             report(metrics, checkpoint=Checkpoint.from_directory(folder))
 
-    train(
-        cfg,
-        report=report,
+    reporter = Reporter(
+        forward, max_samples=max_samples, resume=resume, checkpoint_every=checkpoint_every, checkpoint_at=checkpoint_at,
         eval_at_samples=eval_at_samples,
-        resume=resume,
-        checkpoint=checkpoint if checkpoint_every or pbt else None,
-        checkpoint_every=checkpoint_every,
-        checkpoint_at=checkpoint_at,
-    )
+    )  # fmt: skip
+    call(fn, config, reporter, threads)
+
+
+
+
+def _pbt_due(metrics: Mapping[str, Any], burn_in: float, interval: float, max_samples: Optional[float]) -> bool:
+    """PBT looks at this result (the first of a new round; the trial checkpoints there): `tuner.lineage.perturbation_due`
+    in the result's own images per step."""
+    step, samples = metrics["step"], metrics["samples"]
+    budget_steps = math.ceil(max_samples / (samples / step)) if max_samples else math.inf
+    return perturbation_due(step, samples / step, burn_in, interval, budget_steps)
 
 
 def with_node_id(report: Callable[..., None]) -> Callable[..., None]:
@@ -104,9 +121,6 @@ def _failing_at(step: int, report: Callable[..., None]) -> Callable[..., None]:
         report(metrics, **kwargs)
 
     return forward
-
-
-train_trial.__mixins__ = (FastReporting,)  # type: ignore[attr-defined]  # read by Ray's wrap_function
 
 
 def carry_evaluation(report: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:

@@ -79,6 +79,14 @@ def test_partial_file_keeps_defaults_for_missing_fields(tmp_path: Path):
     assert cfg == dataclasses.replace(TrainConfig(), head_lr=0.001)
 
 
+def test_a_config_written_before_chance_margin_loads_with_the_seeds_go_line(tmp_path: Path):
+    old = {key: value for key, value in TrainConfig.from_dict(CUSTOM).to_dict().items() if key != "chance_margin"}
+    path = tmp_path / "best_config.json"
+    path.write_text(json.dumps({"config": old, "trial": "trial_00003"}))
+    cfg = TrainConfig.from_file(path)
+    assert cfg.chance_margin == 0.39 and cfg == TrainConfig.from_dict(CUSTOM)
+
+
 def test_empty_yaml_file_is_the_defaults(tmp_path: Path):
     path = tmp_path / "empty.yaml"
     path.write_text("# nothing set\n")
@@ -212,6 +220,9 @@ def test_wrong_type_names_key_and_value(values: dict, message: str):
         ("logit_scale", 0.0, "> 0"),
         ("label_smoothing", 1.0, r"in \[0, 1\)"),
         ("ce_ema_beta", 1.0, r"in \[0, 1\)"),
+        ("chance_margin", 0.0, "> 0"),
+        ("chance_margin", -0.39, "> 0"),
+        ("chance_margin", math.nan, "> 0"),
         ("eval_every", -1, ">= 0"),
         ("threads", -1, ">= 0"),
         ("num_classes", 1, ">= 2 or unset"),

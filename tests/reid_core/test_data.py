@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from reid_core.config import TrainConfig
 from reid_core.data import batches, check_labels, load_data, normalise, remap_ids
 from reid_core.errors import UserError
 from reid_core.synthetic import make_synthetic

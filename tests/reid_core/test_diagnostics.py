@@ -212,3 +212,13 @@ def test_a_run_judged_before_its_second_head_measurement_is_not_taken_for_weight
     rows = run({"head_lr": 1e-5, "seed": 3}, None, steps=4)  # the monitor measured step 1 only (every 5 steps)
     assert {r["head_measured_step"] for r in rows} == {1}
     assert diagnose(rows, head_lr=1e-5).cause == "lr_too_low"
+
+
+def test_a_stuck_run_without_head_metrics_is_unknown_saying_so_not_none():
+    # a user's loop reporting the contract's minimum: no monitor, so no evidence and no guess
+    rows = [{"step": s, "samples": 32 * s, "ce": 5.99, "ce_ema": 5.99, "chance_ce": 5.991} for s in range(1, 301)]
+    found = stuck_cause(rows, margin=0.39)
+    assert found.cause == "unknown" and "no head metrics were reported" in found.evidence
+    assert "HeadMonitor" in found.line() and "fix: check that" in found.line()
+    below = [dict(r, ce_ema=2.0) for r in rows]
+    assert stuck_cause(below, margin=0.39) is None  # not stuck: no diagnosis at all

@@ -6,7 +6,6 @@ The data sets are tiny (a few identities, 48x24 JPEGs) and written into each tes
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import math

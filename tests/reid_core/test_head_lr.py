@@ -12,11 +12,14 @@ import torch
 
 from reid_core.chance import ChanceLevelRule, go_line
 from reid_core.config import TrainConfig
+from reid_core.head_lr import RAISE as RAISED, HeadLRChanges
 from reid_core.schema import GUARD_FIRINGS, LR_RAISES, STUCK
 from reid_core.train import main
 from reid_core.trainer import Trainer
 
 RAISE = {"head_lr_raise": 10.0, "head_lr_watch_steps": 50, "head_lr_raise_cap": 1e-2}  # the README's recipe
+# a head LR far too low on 20 identities (chance 3.0 nats), watched for 10 steps: the cheapest run the raise acts on
+TOO_LOW = {"synthetic_identities": 20, "batch_size": 8, "head_lr": 1e-5, "head_lr_raise": 10.0, "head_lr_watch_steps": 10}
 
 
 def curve(steps: int = 300, **overrides) -> tuple[Trainer, list[dict]]:
@@ -60,6 +63,37 @@ def test_the_raise_takes_a_too_low_head_lr_below_the_go_line_within_the_default_
     assert raises[0].lr_before == 1e-5 and raises[0].lr_after == pytest.approx(1e-4) and "lr_too_low" in raises[0].evidence
     assert rows[-1][LR_RAISES] == len(raises) and max(e.lr_after for e in raises) <= 1e-2
     assert max(r["head_lr_applied"] for r in rows) > 10 * 1e-5  # the optimizer really applied the raised LR
+
+
+def raises(steps: int = 10, **overrides) -> list[float]:
+    """The head LR after each raise of a too-low run."""
+    trainer, _ = curve(steps, **{**TOO_LOW, **overrides})
+    return [e.lr_after for e in trainer.events if e.kind == RAISED]
+
+
+def test_the_raise_judges_at_the_runs_own_go_line():
+    # The head statistics of a real too-low run (lr_too_low) reporting, at its watch point, a ce_ema 0.6 nats below
+    # chance: learning by the seed's Go line (log C - 0.39), still above one drawn at log C - 0.8.
+    _, rows = curve(10, **{**TOO_LOW, "head_lr_raise": 1.0})
+    rows[-1] = {**rows[-1], "ce_ema": rows[-1]["chance_ce"] - 0.6}
+
+    def decisions(margin):
+        judge = HeadLRChanges(TrainConfig(**TOO_LOW, chance_margin=margin))
+        return [judge.judge(row, None, TOO_LOW["head_lr"]) for row in rows]
+
+    assert not any(decisions(0.39))
+    *before, change = decisions(0.8)
+    assert not any(before) and change.kind == RAISED and change.factor == 10.0 and "lr_too_low" in change.event.evidence
+
+
+def test_label_smoothing_and_the_margin_reach_the_raises_diagnosis():
+    assert raises() == [pytest.approx(1e-4)]  # lr_too_low: raised tenfold
+    # label smoothing 0.9 puts the smoothed CE's floor at 2.93 nats, above the Go line (2.61 for 20 ids): no head LR
+    # crosses it, and the diagnosis says so instead of lr_too_low
+    assert raises(label_smoothing=0.9) == []
+    # 0.6: floor 2.36, below the seed's Go line but above the one drawn 0.8 nats under chance (2.20)
+    assert raises(label_smoothing=0.6) == [pytest.approx(1e-4)]
+    assert raises(label_smoothing=0.6, chance_margin=0.8) == []
 
 
 def test_a_raise_restarts_the_chance_rules_grace_window():
@@ -114,7 +148,7 @@ def test_the_plain_job_prints_each_event_and_counts_it_in_summary_and_metrics(tm
 @pytest.mark.parametrize(
     "setting",
     ["head_guard=maybe", "head_guard_ce_ratio=0.5", "head_guard_factor=2", "head_guard_factor=0",
-     "head_lr_raise=0.5", "head_lr_watch_steps=0", "head_lr_raise_cap=-1"],
+     "head_lr_raise=0.5", "head_lr_watch_steps=0", "head_lr_raise_cap=-1", "chance_margin=0"],
 )  # fmt: skip
 def test_a_bad_value_is_one_line_and_exit_2(tmp_path, capsys, setting):
     assert main(["--set", setting, "--out", str(tmp_path / "run")]) == 2

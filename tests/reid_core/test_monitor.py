@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reid_core.contract import preflight_checks, probe
+from reid_core.contract import first_report, preflight_checks
 from reid_core.errors import UserError
 from reid_core.monitor import HeadMonitor
 from reid_core.preflight import PreflightError
@@ -56,19 +56,19 @@ def user_loop(fault: str = ""):
     [("not_in_optimizer", "head_not_in_optimizer"), ("detached", "no_gradient"), ("cosine", "bounded_logits")],
 )
 def test_preflight_names_a_planted_fault_from_the_first_step(fault, cause):
-    first = probe(user_loop(fault), {})
+    first = first_report(user_loop(fault), {})
     with pytest.raises(PreflightError, match=f"pre-flight: {cause}:"):
         preflight_checks(first, log=lambda s: None)
 
 
 def test_preflight_catches_labels_out_of_range():
     with pytest.raises(UserError, match=r"labels of the first step span \[0, 1[0-4]\] but the head has 10 classes"):
-        preflight_checks(probe(user_loop("labels"), {}), log=lambda s: None)
+        preflight_checks(first_report(user_loop("labels"), {}), log=lambda s: None)
 
 
 def test_a_healthy_loop_passes_and_a_bare_one_is_skipped_with_a_note():
     said = []
-    preflight_checks(probe(user_loop(), {}), log=said.append)
+    preflight_checks(first_report(user_loop(), {}), log=said.append)
     assert "head in the optimizer, gradient reaches the head, logits unbounded, labels in range" in said[0]
     assert "skipped" not in said[0]
     said.clear()

@@ -35,6 +35,18 @@ def test_sdm_starts_the_step_after_ce_ema_first_reaches_the_go_line(tmp_path):
     assert summary["sdm_start_step"] == int(rows[crossed]["step"]) + 1
 
 
+def test_a_larger_chance_margin_starts_sdm_later_on_the_same_run(tmp_path):
+    # the run's own Go line, log(C) - chance_margin, ends the CE-only phase (the search sets it from --chance-margin)
+    starts = {}
+    for margin in (0.39, 0.8):
+        (tmp_path / str(margin)).mkdir()
+        rows, summary = run(tmp_path / str(margin), "head_lr=1e-2", "sdm_start=go_line", f"chance_margin={margin}", "max_steps=60")
+        crossed = next(r for r in rows if r["ce_ema"] <= go_line(r["chance_ce"], margin))
+        assert summary["sdm_start_step"] == int(crossed["step"]) + 1
+        starts[margin] = summary["sdm_start_step"]
+    assert starts[0.39] < starts[0.8], starts
+
+
 def test_a_run_stuck_at_chance_stays_ce_only_until_the_cap(tmp_path):
     rows, summary = run(tmp_path, "head_lr=1e-6", "sdm_start=go_line", "sdm_start_cap=30", "max_steps=36")
     assert all(r["ce_ema"] > go_line(r["chance_ce"]) for r in rows)

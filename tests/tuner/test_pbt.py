@@ -15,6 +15,7 @@ from tuner.lineage import read_lineage
 from tuner.ray_files import read_reports
 from tuner.report import compare
 from tuner.report import main as report_main
+from reid_core.config import TrainConfig
 from tuner.results import export_config, read_experiment
 from tuner.search import main as search_main
 from tuner.settings import SearchSettings
@@ -64,7 +65,7 @@ def test_at_least_one_trial_continued_from_a_copy_with_a_perturbed_head_lr(pbt_s
     assert (exp / "pbt_global.txt").is_file()  # Ray's own log of the same exploits
     perturbed = table[table.perturbations > 0].iloc[0]
     assert ":" in perturbed.head_lr_schedule  # "0.01, 55: 0.005": where the value changed
-    assert perturbed.images_spent < perturbed.samples or perturbed.images_spent <= MAX_STEPS * 32
+    assert perturbed.samples_trained < perturbed.samples or perturbed.samples_trained <= MAX_STEPS * 32
 
 
 def test_after_an_exploit_the_optimizer_applies_the_new_head_lr_times_the_schedule(pbt_search):
@@ -91,7 +92,7 @@ def test_a_perturbed_trial_reruns_as_a_plain_job_following_its_schedule_step_for
     _, exp, table, lineage = pbt_search
     settings, trials, _ = read_experiment(exp)
     trial = next(t for t in trials if lineage["trials"][t.trial_id]["changes"])
-    cfg = export_config(settings, trial, lineage)
+    cfg = TrainConfig.from_dict(export_config(settings, trial, lineage))
     assert cfg.head_lr_schedule
     (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
     out = tmp_path / "rerun"

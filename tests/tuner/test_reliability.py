@@ -16,7 +16,7 @@ from reid_core.train import train
 from tests.tuner.conftest import run_search, search_in_subprocess, sequential_search_args, wait_for
 from tuner.results import read_trials
 from tuner.search import main as search_main
-from tuner.settings import SearchSettings, trial_config
+from tuner.settings import SearchSettings
 
 pytestmark = pytest.mark.ray
 
@@ -51,7 +51,7 @@ def test_a_retried_trial_resumes_from_its_checkpoint_on_the_same_curve(ray_sessi
     # and continued the very curve an uninterrupted run draws.
     settings = SearchSettings.load(exp)
     plain: list[dict] = []
-    train(trial_config(settings.base, trial.sampled), report=plain.append)
+    train(settings.trial_config(trial.sampled), report=plain.append)
     assert [r["ce"] for r in trial.rows] == [r["ce"] for r in plain]
 
 

@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 
 from reid_core.train import main as train_main
-from tuner.search import main as search_main
 
 pytestmark = pytest.mark.ray
 

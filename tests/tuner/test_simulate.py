@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from tuner.curves import STUCK, Family, recorded_curves
+from tuner.simulation.curves import STUCK, Family, recorded_curves
 from tuner.simulate import RecordedOrder, build_parser, live_agreement, main, simulate
-from tuner.simulation import Policy, Settings, replay
+from tuner.simulation.engine import Policy, ReplaySettings, replay
 
 SMALL = ["--trials", "150", "--workers", "8", "--max-steps", "240", "--grace-steps", "60", "--seed", "3"]
 
@@ -81,7 +81,7 @@ def test_a_recorded_search_replayed_under_its_own_settings_ends_each_trial_as_it
     code, exp, frame = learner_and_stuck
     assert code == 0
     search, curves = recorded_curves(exp)
-    settings = Settings(search.grace_samples, search.max_samples, search.reduction_factor, search.chance_margin, workers=2)
+    settings = ReplaySettings(search.grace_samples, search.max_samples, search.reduction_factor, search.chance_margin, workers=2)
     agree, total, agree_free, free = live_agreement(settings, curves)
     print(f"agreement with the live search: {agree}/{total}; order-free {agree_free}/{free}")
     assert total == len(frame) and agree_free == free > 0

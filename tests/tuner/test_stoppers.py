@@ -10,7 +10,7 @@ import pytest
 
 from reid_core.chance import DEFAULT_CHANCE_MARGIN, ChanceLevelRule, go_line
 from reid_core.config import TrainConfig
-from reid_core.train import RunWriter
+from reid_core.runner import RunWriter
 from tuner.stoppers import ChanceLevelStopper
 
 CHANCE = math.log(400)  # 5.99
@@ -159,7 +159,7 @@ def test_plain_job_and_search_reach_the_same_verdict_on_the_same_curve(curve, ve
     stopped = next((r for r in rows if stopper("trial", r)), None)
     # the plain job: its RunWriter, fed the same rows as train() would
     cfg = TrainConfig(batch_size=batch, max_steps=len(rows))
-    writer = RunWriter(cfg, tmp_path / "run", stream=io.StringIO(), grace_steps=grace_steps)
+    writer = RunWriter(cfg, tmp_path / "run", stream=io.StringIO(), grace_samples=grace_steps * cfg.images_per_step, max_steps=cfg.max_steps)
     for r in rows:
         writer({**r, "images_per_s": 1.0})
     writer.close()

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from reid_core.config import TrainConfig
-from tuner.settings import trial_config
+from reid_core.job import ReIDJob
 from tuner.trainable import carry_evaluation
 
 
@@ -24,6 +24,6 @@ def test_carry_evaluation_puts_the_latest_evaluation_in_every_result():
 
 @pytest.mark.parametrize("accum, steps", [(1, 300), (2, 150), (4, 75), (8, 38)])
 def test_trials_with_more_accumulation_take_fewer_steps_for_the_same_images(accum, steps):
-    cfg = trial_config(TrainConfig(max_steps=300).to_dict(), {"grad_accum_steps": accum, "head_lr": 1e-3})
+    cfg = TrainConfig.from_dict(ReIDJob().trial_config(TrainConfig(max_steps=300).to_dict(), {"grad_accum_steps": accum, "head_lr": 1e-3}))
     assert cfg.max_steps == steps and cfg.head_lr == 1e-3
     assert abs(cfg.max_steps * cfg.images_per_step - 300 * 32) < cfg.images_per_step

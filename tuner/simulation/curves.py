@@ -2,9 +2,9 @@
 
 A `Curve` is what one trial would report, step by step: images seen, ``ce`` and
 ``ce_ema`` (smoothed as the trainer smooths it), and the seconds each step takes.
-`tuner.simulate` replays curves through the search's real scheduler, chance-level
-rule and searcher on a simulated clock; `tuner.replay` reports them to a real Ray
-search without training.
+`tuner.simulation.engine` replays curves through the search's real scheduler,
+chance-level rule and searcher on a simulated clock; `tuner.simulation.trainable`
+reports them to a real Ray search without training.
 
 `Family` is a family of shapes, not a measurement. Its one calibration is the
 head LR's effect measured on the pretrained tiny backbone here (DESIGN.md): head
@@ -131,21 +131,17 @@ def recorded_curves(exp_dir: str | Path) -> tuple["SearchSettings", list[Curve]]
     """``(the search's settings, curves)`` of an experiment folder: each trial's ``result.json`` rows, in the
     order the trials started, with each row's measured time; a trial's final is known only if it reached the
     budget."""
+    from tuner.experiment import Experiment
     from tuner.results import read_experiment
-    from tuner.settings import sampled_values
-    from tuner.storage import is_folder, location
 
-    exp = location(exp_dir, "--from")
-    if not is_folder(exp, "--from"):
-        raise UserError(f"--from '{exp_dir}' is not a folder; pass an experiment folder a search wrote")
-    settings, trials, frame = read_experiment(exp)
+    settings, trials, frame = read_experiment(Experiment.open(exp_dir, "--from"))
     ends = dict(zip(frame["trial_id"], frame["end_reason"])) if not frame.empty else {}
     curves = []
     for trial in trials:
         rows = [r for r in trial.rows if "samples" in r and "ce_ema" in r]
         if not rows:
             continue
-        sampled = sampled_values(trial.sampled)
+        sampled = trial.sampled  # under today's names (Experiment.trials)
         curves.append(
             Curve(
                 config={k: sampled.get(k) for k in settings.space},

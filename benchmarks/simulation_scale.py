@@ -1,7 +1,7 @@
 """Scale by simulation: the policy table at N trials, the cost of a scheduler decision at 100 and at N trials.
 
-    python benchmarks/simulate.py --trials 10000 --searcher random     # target: under 60 s here
-    python benchmarks/simulate.py --trials 1000 --searcher optuna      # TPE; target: under 60 s here
+    python benchmarks/simulation_scale.py --trials 10000 --searcher random     # target: under 60 s here
+    python benchmarks/simulation_scale.py --trials 1000 --searcher optuna      # TPE; target: under 60 s here
     (any flag of python -m tuner.simulate: --workers, --max-steps, --grace-steps, --report-every, --policies ...)
 
 Replays the parametric family of curves through the search's real objects
@@ -30,7 +30,7 @@ from reid_core.errors import UserError, cli_exit
 from tuner.schedulers import stops_at_rung
 from tuner.simulate import build_parser, simulate
 
-PROG = "benchmarks/simulate.py"
+PROG = "benchmarks/simulation_scale.py"
 DECISION_TARGET = 2.0  # cost per decision at N trials / at 100 trials
 
 

@@ -14,10 +14,11 @@ from typing import Any
 
 from ray import tune
 
-from tuner.curves import Family
-from tuner._ray_compat import FastReporting
+from tuner.simulation.curves import Family
+from tuner._ray_compat import with_fast_reporting
 
 
+@with_fast_reporting
 def replay_trial(sampled: dict[str, Any], max_steps: int, batch_size: int = 32, seed: int = 0) -> None:
     """Report the family's curve of ``sampled`` (its noise seeded by the config) step by step, at once."""
     key = zlib.crc32(repr(sorted(sampled.items())).encode())
@@ -28,4 +29,3 @@ def replay_trial(sampled: dict[str, Any], max_steps: int, batch_size: int = 32, 
         )
 
 
-replay_trial.__mixins__ = (FastReporting,)  # type: ignore[attr-defined]  # read by Ray's wrap_function

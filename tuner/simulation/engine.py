@@ -22,14 +22,15 @@ from typing import Any, Callable, Optional, Sequence
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from reid_core.schema import ASHA as CUT
-from reid_core.schema import COMPLETED, DIVERGED, STUCK
-from tuner.curves import DIVERGING, Curve
-from tuner.schedulers import RecheckingASHA
 from reid_core.chance import ChanceLevelRule
+from reid_core.ending import end_reason
+from reid_core.schema import ASHA as CUT
+from reid_core.schema import COMPLETED, STUCK, UNFINISHED
+from tuner.schedulers import RecheckingASHA
+from tuner.simulation.curves import DIVERGING, Curve
 
 NONE, ASHA, RASHA = "none", "asha", "rasha"
-CENSORED = "censored"  # a recorded curve ended (the live search stopped it) where this policy would go on
+CENSORED = UNFINISHED  # a recorded curve ended (the live search stopped it) where this policy would go on
 STOP = TrialScheduler.STOP
 
 
@@ -48,7 +49,10 @@ POLICIES = tuple(Policy(s, c) for s in (NONE, ASHA, RASHA) for c in (False, True
 
 
 @dataclass(frozen=True)
-class Settings:
+class ReplaySettings:
+    """What one replay runs under: a search's early-stopping settings (as `tuner.settings.SearchSettings` holds
+    them, in images), plus the simulated workers and how many of a curve's steps are replayed."""
+
     grace_samples: float  # the first rung and the chance-level rule's grace window, in images
     max_samples: float  # the budget, in images
     reduction_factor: float
@@ -64,7 +68,7 @@ class Ended:
     """How one trial ended (its curve is not kept: 10,000 of them would hold gigabytes)."""
 
     config: dict[str, Any]
-    kind: str  # the curve's kind (tuner.curves)
+    kind: str  # the curve's kind (tuner.simulation.curves)
     final: Optional[float]  # the curve's ce_ema at the budget (None: unknown)
     chance_ce: float
     trial_id: Optional[str]  # a recorded curve's trial id
@@ -112,7 +116,7 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def make_searcher(kind: str, domains: dict[str, Any], settings: Settings, seed: int, pruned: bool = True) -> Any:
+def make_searcher(kind: str, domains: dict[str, Any], settings: ReplaySettings, seed: int, pruned: bool = True) -> Any:
     """``random``, or ``optuna``: Ray's OptunaSearch (TPE, seeded) or, with ``pruned``, PruningOptunaSearch."""
     if kind == "random":
         return SeededRandom(domains, seed)
@@ -130,7 +134,7 @@ def make_searcher(kind: str, domains: dict[str, Any], settings: Settings, seed: 
     return searcher
 
 
-def _scheduler(policy: Policy, settings: Settings) -> Any:
+def _scheduler(policy: Policy, settings: ReplaySettings) -> Any:
     if policy.scheduler == NONE:
         return None
     cls = ASHAScheduler if policy.scheduler == ASHA else RecheckingASHA
@@ -147,7 +151,7 @@ def _scheduler(policy: Policy, settings: Settings) -> Any:
 
 def replay(
     policy: Policy,
-    settings: Settings,
+    settings: ReplaySettings,
     trials: int,
     new_curve: Callable[[int, dict[str, Any]], Curve],
     searcher: Any,
@@ -195,8 +199,9 @@ def replay(
             "training_iteration": i + 1,
         }
         run.results += 1
-        reason = rule(result) if rule is not None else None
-        if reason is None and scheduler is not None:
+        verdict = rule(result) if rule is not None else None
+        stopped = False
+        if verdict is None and scheduler is not None:
             if time_decisions:
                 t0 = clock()
                 decision = scheduler.on_trial_result(None, trial, result)
@@ -204,16 +209,16 @@ def replay(
                 run.decisions += 1
             else:
                 decision = scheduler.on_trial_result(None, trial, result)
-            if decision == STOP:
-                reason = COMPLETED if result["samples"] >= budget else CUT
-        if reason is None and listens:
+            stopped = decision == STOP
+        if verdict is None and not stopped and listens:
             searcher.on_trial_result(trial.trial_id, result)
-        if reason is None and i < last:
+        if verdict is None and not stopped and i < last:
             i = state[0] = i + every if i + every < last else last
             heapreplace(heap, (start + seconds[i], number, state))
             continue
-        if reason is None:  # the curve ended without a stop: its budget, a non-finite loss, or the recording
-            reason = COMPLETED if result["samples"] >= budget else DIVERGED if not math.isfinite(result["ce"]) else CENSORED
+        # the one decision of why a run ended (reid_core.ending), as the live search makes it; a recorded curve that
+        # ends where this policy would go on is `unfinished` there: censored here
+        reason = end_reason(verdict=verdict, last=result, max_samples=budget, stopped=stopped, scheduler=CUT)
         heappop(heap)
         if scheduler is not None:
             scheduler.on_trial_complete(None, trial, result)
@@ -227,7 +232,7 @@ def replay(
     return run
 
 
-def summarise(run: Run, settings: Settings) -> dict[str, Any]:
+def summarise(run: Run, settings: ReplaySettings) -> dict[str, Any]:
     """One row of the policy table (see `format_table` for the columns)."""
     ended = run.ended
     known = [e.final for e in ended if e.final is not None]
