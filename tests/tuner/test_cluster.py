@@ -143,8 +143,23 @@ def test_a_search_joins_the_cluster_with_its_token_and_spreads_over_nodes(cluste
     assert len(nodes) >= 2  # nodes on one machine share an IP: the node id tells them apart
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children first found, then theirs), read off /proc."""
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = Path(f"/proc/{parent}/task").iterdir()
+            children = [int(c) for t in tasks for c in (t / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        found += children
+        todo += children
+    return found
+
+
 def _kill_a_worker_node_running(cluster, trials: dict[str, int]) -> str:
-    """SIGKILL the raylet (and so the node) of one of ``cluster``'s worker nodes, never the head, that runs a
+    """SIGKILL the raylet and every process under it (the node) of one of ``cluster``'s worker nodes, never the head, that runs a
     trial still well short of its budget (``trials``: node id -> that trial's newest step); returns its node id."""
     for pid in _pids(str(cluster["root"] / "r")):
         try:
@@ -155,7 +170,11 @@ def _kill_a_worker_node_running(cluster, trials: dict[str, int]) -> str:
             continue
         node = next((n for n, step in trials.items() if f"--node_id={n}" in args and step < MAX_STEPS - 50), None)
         if node is not None:
-            os.kill(pid, signal.SIGKILL)
+            # the node's processes too, as a lost machine takes them: a worker outlives its raylet for seconds
+            # and, reporting to the driver directly, could finish its trial in them
+            for victim in [pid, *_descendants(pid)]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(victim, signal.SIGKILL)
             return node
     raise AssertionError(f"no live worker node runs an unfinished trial: {trials}")
 
