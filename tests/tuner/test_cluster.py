@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -27,7 +26,7 @@ from tests.tuner.conftest import search_in_subprocess, sequential_search_args, w
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 RAY = str(Path(sys.executable).parent / "ray")
-MAX_STEPS = 400  # the lost-node searches' budget
+MAX_STEPS = 250  # the lost-node searches' budget (the kill comes at step 20 to 200)
 
 
 def _free_port() -> int:
@@ -102,28 +101,17 @@ def _search(tmp_path, args, timeout=600) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout)  # fmt: skip
 
 
-def _imports_take(tmp_path) -> float:
-    """Seconds the two fresh interpreters of a refusal take here, now, to import what they import before one
-    of them talks to the cluster: the driver (torch among its imports) and its handshake child (Ray). The part
-    of a refusal's time that is not the refusal, and that a loaded machine stretches."""
-    started = time.monotonic()
-    for imports in ("import tuner.search", "import ray"):
-        subprocess.run([sys.executable, "-c", imports], env=_driver_env(tmp_path), check=True, timeout=600)
-    return time.monotonic() - started
-
-
 @pytest.mark.parametrize("token", ["wrong", "missing"])
-def test_a_wrong_or_missing_token_is_one_line_in_seconds(cluster, tmp_path, token):
+def test_a_wrong_or_missing_token_is_one_line_as_soon_as_the_cluster_refuses_it(cluster, tmp_path, token):
     args = ["--address", cluster["address"], "--skip-preflight", "--storage-path", str(tmp_path / "r"), "--name", "x"]
     if token == "wrong":
         (tmp_path / "token").write_text("0" * 32)
         args += ["--auth-token-file", str(tmp_path / "token")]
-    imports = _imports_take(tmp_path)
-    started = time.monotonic()
-    done = _search(tmp_path, args)
-    # Seconds, not Ray's retries (20 s and more, on the clock): what a loaded machine stretches, the imports and
-    # the handshake's own work, is allowed twice what the imports took just now (a few seconds when idle)
-    assert done.returncode == 2 and time.monotonic() - started < 2 * imports + 10
+    done = _search(tmp_path, args)  # the timeout is a hang guard only
+    # No clock: the refusal is read off the handshake child's stderr as Ray prints it, and the child is killed
+    # then (tuner.cluster.check_handshake); waiting Ray's retries out would end in the other message ("did not
+    # accept a connection within 30 s"), so the message below is the evidence that it came at the event
+    assert done.returncode == 2, done.stderr[-2000:]
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "refused this driver's token" in lines[0] and "--auth-token-file" in lines[0]
     assert not (tmp_path / "r" / "x").exists()
