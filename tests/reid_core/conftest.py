@@ -35,7 +35,7 @@ def run_python(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
     """``run_python(*args)`` runs ``python ARGS`` in a fresh interpreter in ``tmp_path``: the real
     command line, with its real stderr and exit code. Each start pays torch's import (~7 s here)."""
 
-    def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    def run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:  # a hang guard, not a time limit
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         return subprocess.run(
             [sys.executable, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import io
 
+import pytest
 import torch
 
 from reid_core.config import TrainConfig
 from reid_core.train import train
+
+pytestmark = pytest.mark.slow  # three short runs, ~10 s
 
 CFG = TrainConfig(synthetic_identities=40, batch_size=16, grad_accum_steps=2, max_steps=24, ce_only_steps=6, sdm_ramp_steps=4, threads=1)
 

@@ -152,6 +152,7 @@ def test_diverged_run_exits_1_and_says_why(tmp_path: Path, capsys):
     assert "diverged" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_stop_when_stuck_ends_the_run_at_the_verdict_with_its_diagnosis(tmp_path: Path, capsys):
     out = tmp_path / "run"
     args = ["--set", "head_lr=1e-6", "max_steps=200", "ce_only_steps=200", "--grace-steps", "20", "--log-every", "60"]

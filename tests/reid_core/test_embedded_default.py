@@ -13,6 +13,8 @@ import pytest
 from reid_core.config import TrainConfig
 from reid_core.train import main as train_main, train
 
+pytestmark = pytest.mark.slow  # the default job's 300 steps, twice
+
 
 @pytest.fixture(scope="module")
 def default_job(tmp_path_factory):

@@ -31,6 +31,7 @@ def below_go_line(row: dict) -> bool:
     return row["ce_ema"] <= go_line(row["chance_ce"])
 
 
+@pytest.mark.slow
 def test_the_guard_catches_the_head_lr_30_runaway_and_the_run_ends_below_the_go_line():
     _, unguarded = curve(60, head_lr=30.0)  # the runaway (benchmarks/head_lr.py: it ends far above the line)
     assert unguarded[-1]["ce_ema"] > 1000 and unguarded[-1][GUARD_FIRINGS] == 0
@@ -45,6 +46,7 @@ def test_the_guard_catches_the_head_lr_30_runaway_and_the_run_ends_below_the_go_
     assert max(r["head_lr_applied"] for r in rows[last.step :]) <= last.lr_after * (1 + 1e-6)
 
 
+@pytest.mark.slow  # two runs
 def test_the_guard_leaves_a_healthy_run_alone_step_for_step():
     _, plain = curve(60, head_lr=1e-2)  # benchmarks/head_lr.py: no firing in 14 healthy runs of 120-300 steps
     trainer, guarded = curve(60, head_lr=1e-2, head_guard=True)
@@ -52,6 +54,7 @@ def test_the_guard_leaves_a_healthy_run_alone_step_for_step():
     assert [r["ce"] for r in guarded] == [r["ce"] for r in plain]  # an observer until it fires
 
 
+@pytest.mark.slow
 def test_the_raise_takes_a_too_low_head_lr_below_the_go_line_within_the_default_budget():
     trainer, rows = curve(head_lr=1e-5, **RAISE)
     assert below_go_line(rows[-1]), rows[-1]["ce_ema"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import time
 
 import pytest
 import torch
@@ -149,7 +148,6 @@ def test_offline_tag_is_one_line_naming_a_local_file(monkeypatch, tmp_path, caps
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr("reid_core.pretrained._cached_weights", lambda tag: None)  # whatever this machine has cached
     out = tmp_path / "run"
-    started = time.perf_counter()
     code = run_main(["--model", "ViT-B-16", "--pretrained", "openai", "--set", "device=cpu", "--out", str(out)])
     fragment = (
         r"weights 'openai' of model 'ViT-B-16' are not in the local cache and huggingface.co cannot be reached "
@@ -157,4 +155,3 @@ def test_offline_tag_is_one_line_naming_a_local_file(monkeypatch, tmp_path, caps
         r"open_clip_pytorch_model.bin where there is internet and pass the file with --pretrained PATH"
     )
     check_one_line_error(code, capsys.readouterr().err, fragment, out)
-    assert time.perf_counter() - started < 5

@@ -65,6 +65,7 @@ def test_labels_out_of_range():
         preflight(TrainConfig(num_classes=300))
 
 
+@pytest.mark.slow  # the pre-flight, then the run
 def test_plain_job_runs_the_same_checks_with_a_flag(tmp_path, capsys):
     out = tmp_path / "run"
     code = train_main(["--preflight", "--set", "head_lr=1e-6", "max_steps=5", "--out", str(out)])

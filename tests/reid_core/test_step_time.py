@@ -16,7 +16,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "step_time.py"
 
 def test_step_time_runs_and_ends_with_the_fused_speedup(run_python):
     """The real script in a fresh interpreter, 3 timed steps (not a timing: the numbers are not checked)."""
-    proc = run_python(str(SCRIPT), "--steps", "3", "--warmup", "1", "--set", "synthetic_identities=20", timeout=300)
+    proc = run_python(str(SCRIPT), "--steps", "3", "--warmup", "1", "--set", "synthetic_identities=20", timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     lines = proc.stdout.strip().splitlines()

@@ -30,6 +30,7 @@ def text_tower(trainer: Trainer) -> dict[str, torch.nn.Parameter]:
 # --- acceptance: the head LR decides whether CE leaves chance ------------------------------------
 
 
+@pytest.mark.slow  # 300 steps each
 @pytest.mark.parametrize(
     "head_lr, check",
     [

@@ -112,8 +112,9 @@ def search_in_subprocess(args, **popen):
         shutil.rmtree(ray_home, ignore_errors=True)
 
 
-def wait_for(condition, driver, what: str, timeout_s: float = 240) -> None:
-    """Poll ``condition()`` until true; fail if the search ends first or ``timeout_s`` passes."""
+def wait_for(condition, driver, what: str, timeout_s: float = 600) -> None:
+    """Poll ``condition()`` until true; fail if the search ends first or ``timeout_s`` passes (a hang guard:
+    the search's own progress is the event waited on, however slow a loaded machine makes it)."""
     deadline = time.monotonic() + timeout_s
     while not condition():
         assert driver.poll() is None, f"the search ended before {what}"

@@ -8,13 +8,15 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # each runs the installed reid-tune command in a fresh interpreter
+
 SCRIPT = Path(sys.executable).parent / "reid-tune"
 
 
 def reid_tune(*args: str) -> subprocess.CompletedProcess:
     if not SCRIPT.is_file():
         pytest.fail(f"{SCRIPT} is missing: install the project with pip install -e .")
-    return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, timeout=600)  # a hang guard
 
 
 @pytest.mark.parametrize("command, flag", [("search", "--grace-steps"), ("report", "--compare"), ("train", "--preflight")])

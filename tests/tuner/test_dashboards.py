@@ -32,6 +32,7 @@ def test_a_search_logs_one_mlflow_run_per_trial_with_every_steps_ce_ema(ray_sess
     assert 0 < len(steps[1e-6]) < MAX_STEPS  # the stuck trial's run ends where the chance-level rule stopped it
 
 
+@pytest.mark.slow
 def test_the_plain_job_logs_the_same_way(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     out = tmp_path / "run"

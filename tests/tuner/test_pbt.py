@@ -46,12 +46,21 @@ def test_the_stuck_trial_is_still_stopped_at_the_grace_window_and_named(pbt_sear
     assert (table.end_reason == "completed").sum() == 3
 
 
+def _copied_head_lrs(exp, exploits: list[dict]) -> list[float]:
+    """The head_lr of each exploit's copy, the value PBT perturbed: from Ray's own log of the same exploits in the
+    same order (pbt_global.txt; per line: both trials, their iterations, the copy's config, the new config).
+    Not the trial's own old value: a trial copied twice from the same top trial may draw the same value again."""
+    logged = [json.loads(line) for line in (exp / "pbt_global.txt").read_text().splitlines() if line.strip()]
+    assert [line[5]["head_lr"] for line in logged] == [e["new"]["head_lr"] for e in exploits]
+    return [line[4]["head_lr"] for line in logged]
+
+
 def test_at_least_one_trial_continued_from_a_copy_with_a_perturbed_head_lr(pbt_search):
     _, exp, table, lineage = pbt_search
     exploits = lineage["exploits"]
     assert exploits and table.perturbations.sum() == len(exploits)
-    for e in exploits:
-        assert e["new"]["head_lr"] != e["old"]["head_lr"]
+    for e, copied in zip(exploits, _copied_head_lrs(exp, exploits)):
+        assert e["new"]["head_lr"] != copied
         assert (e["step"] - GRACE_STEPS) % INTERVAL == 0  # a round's first step: where trials checkpoint
     assert (exp / "pbt_global.txt").is_file()  # Ray's own log of the same exploits
     perturbed = table[table.perturbations > 0].iloc[0]
@@ -64,7 +73,7 @@ def test_after_an_exploit_the_optimizer_applies_the_new_head_lr_times_the_schedu
     # must already apply the new config's head_lr x warm-up/cosine factor, and every step after it.
     _, exp, _, lineage = pbt_search
     dirs = {p.name.split("_")[2] + "_" + p.name.split("_")[3]: p for p in exp.glob("train_trial_*")}
-    for e in lineage["exploits"]:
+    for e, copied in zip(lineage["exploits"], _copied_head_lrs(exp, lineage["exploits"])):
         reports = read_reports(dirs[e["trial"]] / "result.json")[0]
         start = next(
             i for i, r in enumerate(reports)
@@ -74,7 +83,7 @@ def test_after_an_exploit_the_optimizer_applies_the_new_head_lr_times_the_schedu
         for row in after:
             factor = lr_factor(row["step"] - 1, WARMUP, MAX_STEPS)
             assert row["head_lr_applied"] == pytest.approx(e["new"]["head_lr"] * factor, rel=1e-9), (e, row["step"])
-            assert row["head_lr_applied"] != pytest.approx(e["old"]["head_lr"] * factor, rel=1e-3)
+            assert row["head_lr_applied"] != pytest.approx(copied * factor, rel=1e-3)  # not the copy's own
 
 
 def test_a_perturbed_trial_reruns_as_a_plain_job_following_its_schedule_step_for_step(pbt_search, tmp_path):

@@ -66,10 +66,11 @@ def test_an_existing_experiment_is_not_overwritten(tmp_path, capsys):
     assert (exp / "results.csv").read_text() == "precious\n"
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_real_command_line_prints_no_traceback(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "tuner.search", "--space", "nope", "--storage-path", str(tmp_path / "r")],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,  # a hang guard
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
@@ -78,6 +79,7 @@ def test_real_command_line_prints_no_traceback(tmp_path):
     ]
 
 
+@pytest.mark.slow  # the pre-flight's two overfit runs
 def test_a_space_whose_top_head_lr_is_1e_6_is_refused_in_seconds_naming_head_lr(tmp_path, capsys, monkeypatch):
     import time
 
