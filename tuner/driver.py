@@ -148,7 +148,8 @@ def _fit(exp: Experiment, resources: Resources, space, points, resume: bool, qui
     import torch
     from ray import tune
 
-    from tuner.pbt import CHECKPOINTS_KEPT
+    from tuner.checkpoints import CheckpointJanitor
+    from tuner.disk import KEPT_ASHA, KEPT_PBT
     from tuner.progress import EndReasonRecorder, ProgressPrinter, summarise
     from tuner.schedulers import rung_milestones
     from tuner.stoppers import ChanceLevelStopper
@@ -182,18 +183,17 @@ def _fit(exp: Experiment, resources: Resources, space, points, resume: bool, qui
     )
     stopper = ChanceLevelStopper(settings.grace_samples, settings.chance_margin)
     recorder = EndReasonRecorder(stopper, exp)
+    kept = KEPT_PBT if settings.scheduler == PBT else KEPT_ASHA  # checkpoints of a running trial: why in tuner.disk
+    janitor = CheckpointJanitor(recorder, exp, kept, keep=settings.keep_checkpoints)  # after the recorder: it reads why a trial ended
     progress = ProgressPrinter(recorder, settings, quiet=quiet)
     run_config = tune.RunConfig(
         name=exp_dir.name,
         storage_path=str(exp_dir.parent),
         stop=stopper,
-        callbacks=[recorder, progress, *loggers.callbacks(exp_dir)],
+        callbacks=[recorder, janitor, progress, *loggers.callbacks(exp_dir)],
         verbose=0,
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-        # the newest two: a retry restores the newest the driver registered, which a trial's next checkpoint
-        # could delete before the retry starts (seen once: "does not exist on storage anymore" after a lost
-        # node); under PBT other trials copy them (tuner.pbt.CHECKPOINTS_KEPT)
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT if settings.scheduler == PBT else 2),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=kept),
     )
     t0 = time.perf_counter()
     if resume:
@@ -233,7 +233,7 @@ def _fit(exp: Experiment, resources: Resources, space, points, resume: bool, qui
 
             print(wandb_note(loggers.wandb_mode, loggers.wandb, wandb_folder(exp_dir)), flush=True)
     tuner.fit()
-    return summarise(exp, time.perf_counter() - t0)
+    return summarise(exp, time.perf_counter() - t0, janitor)
 
 
 def _search_and_scheduler(

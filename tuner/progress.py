@@ -7,13 +7,14 @@ import math
 import shlex
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from ray.tune import Callback
 
 from reid_core.ending import end_reason
 from reid_core.errors import INTERRUPTED
 from reid_core.schema import COMPLETED, DIVERGED, ERROR, STUCK, UNFINISHED
+from tuner.checkpoints import CheckpointJanitor, disk_line
 from tuner.experiment import Experiment
 from tuner.lineage import PERTURBABLE
 from tuner.plots import curves_png
@@ -114,12 +115,14 @@ def resume_line(exp_dir: Location) -> str:
     return f"resume with: reid-tune search --resume --name {exp_dir.name} --storage-path {storage}"
 
 
-def summarise(exp: Experiment, wall_s: float) -> int:
+def summarise(exp: Experiment, wall_s: float, janitor: Optional[CheckpointJanitor] = None) -> int:
     """Write the exports, print the summary; exit code 130 when the search was interrupted before every
-    trial ended (Ctrl-C), else 1 when some trials failed, else 0."""
+    trial ended (Ctrl-C), else 1 when some trials failed, else 0. ``janitor``: the search's, told the winner
+    (its other kept checkpoints go) and asked the disk in use."""
     exp_dir = exp.path
     exports = write_exports(exp)
     frame, settings, best = exports["frame"], exports["settings"], exports["best"]
+    disk = janitor.finish(None if best is None else best["trial_dir"]) if janitor is not None else None
     reasons = dict(zip(frame["trial_id"], frame["end_reason"])) if not frame.empty else {}
     curves_png(exports["trials"], reasons, settings, exp_dir / "curves.png")
 
@@ -154,6 +157,8 @@ def summarise(exp: Experiment, wall_s: float) -> int:
     errors = frame[frame["end_reason"] == ERROR] if not frame.empty else frame
     for _, row in errors.iterrows():
         print(f"trial {row['trial_id']} failed: {row['error']}")
+    if disk is not None:
+        print(disk_line(disk, exp_dir))
     written = [exp_dir / "results.csv", exp_dir / "curves.png"]
     if exports["best_config"] is not None:
         written.append(exports["best_config"])

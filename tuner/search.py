@@ -29,6 +29,7 @@ from reid_core.job import Job, job_for
 from reid_core.schema import EVAL_METRICS
 from search_spaces import Domain, load_space
 from tuner.cluster import check_reachable, use_token
+from tuner.disk import DiskPlan, check as check_disk, concurrency, plan
 from tuner.driver import Loggers, Resources, run
 from tuner.experiment import Experiment
 from tuner.lineage import check_pbt_flags, perturbed_fields
@@ -118,6 +119,11 @@ def build_parser() -> ArgumentParser:
         type=int,
         default=None,
         help=f"steps between trial checkpoints (default {DEFAULT_CHECKPOINT_EVERY} with --max-failures, else none)",
+    )
+    r.add_argument(
+        "--keep-checkpoints",
+        action="store_true",
+        help="keep every ended trial's checkpoints (default: deleted when the trial ends, but the winner's last)",
     )
     r.add_argument("--address", help="connect to an existing Ray cluster (e.g. ray://head:10001 or auto)")
     r.add_argument("--auth-token-file", metavar="FILE", help="token file for a cluster with RAY_AUTH_MODE=token")
@@ -254,6 +260,27 @@ def _top(space: dict[str, Domain], key: str) -> Optional[float]:
     return float(max(domain.args) if domain.kind == "choice" else domain.args[1])
 
 
+def _disk_plan(settings: SearchSettings, resources: Resources, job: Job) -> Optional[DiskPlan]:
+    """What the search's checkpoints will take at their peak (`tuner.disk`); None when no trial checkpoints."""
+    from reid_core.data import available_cpus
+
+    pbt = settings.scheduler == PBT
+    if not (settings.checkpoint_every or pbt):
+        return None
+    import torch
+
+    gpus = resources.gpus_per_trial if resources.gpus_per_trial is not None else float(torch.cuda.is_available())
+    concurrent, note = concurrency(
+        settings.num_trials, resources.max_concurrent, resources.cpus_per_trial, gpus, available_cpus(),
+        torch.cuda.device_count(), cluster=resources.address is not None,
+    )  # fmt: skip
+    return plan(
+        job.checkpoint_bytes(settings.base, settings.threads), checkpointing=True, pbt=pbt,
+        steps=round(settings.max_samples / settings.images_per_step), checkpoint_every=settings.checkpoint_every,
+        concurrent=concurrent, num_trials=settings.num_trials, keep_checkpoints=settings.keep_checkpoints, concurrency_note=note,
+    )  # fmt: skip
+
+
 def run_search(args, job: Job) -> int:
     log = (lambda s: None) if args.quiet else print
     resources = Resources(
@@ -292,8 +319,6 @@ def run_search(args, job: Job) -> int:
     path = _experiment_path(args)
     job.check(base, log)
     per_step = job.images_per_step(base, threads)  # the budget's unit: images per optimizer step at the base config
-    if not args.skip_preflight:
-        job.preflight(base, head_lr=_top(space, "head_lr"), threads=threads, log=log)
     settings = SearchSettings(
         base=base,
         space={k: d.describe() for k, d in space.items()},
@@ -314,8 +339,12 @@ def run_search(args, job: Job) -> int:
         searcher=args.searcher or ("random" if args.scheduler == PBT else "optuna"),
         perturbation_interval=round(args.perturbation_interval * per_step) if args.scheduler == PBT else 0,
         images_per_step=per_step,
+        keep_checkpoints=args.keep_checkpoints,
         **job.located(),
     )
+    check_disk(_disk_plan(settings, resources, job), path, log=log)  # before minutes of pre-flight, before Ray starts
+    if not args.skip_preflight:
+        job.preflight(base, head_lr=_top(space, "head_lr"), threads=threads, log=log)
     return run(Experiment(path, settings), resources, space=space, points=points, quiet=args.quiet, loggers=loggers)
 
 
