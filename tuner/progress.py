@@ -13,6 +13,7 @@ from ray.tune import Callback
 
 from reid_core.ending import end_reason
 from reid_core.errors import INTERRUPTED
+from reid_core.pace import LoaderWatch
 from reid_core.schema import COMPLETED, DIVERGED, ERROR, STUCK, UNFINISHED
 from tuner.checkpoints import CheckpointJanitor, disk_line
 from tuner.experiment import Experiment
@@ -74,12 +75,18 @@ class ProgressPrinter(Callback):
         self._quiet = quiet
         self._every_s = every_s
         self._last_status = time.monotonic()
+        self._loader: Optional[dict[str, LoaderWatch]] = {}  # per trial, until one says the loader is the bottleneck
 
     def _say(self, text: str) -> None:
         if not self._quiet:
             print(text, flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if self._loader is not None:  # the first trial whose steps wait for their images says so, once a search
+            slow = self._loader.setdefault(trial.trial_id, LoaderWatch())(result)
+            if slow:
+                self._loader = None
+                print(f"trial {trial.trial_id}: {slow}", flush=True)  # also with --quiet: it costs GPU hours
         now = time.monotonic()
         if now - self._last_status >= self._every_s:
             self._last_status = now
