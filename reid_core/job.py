@@ -218,9 +218,16 @@ class ReIDJob(Job):
 
     def preflight(self, config: Mapping[str, Any], *, head_lr: Optional[float] = None, threads: int = 1, log: Log = print) -> None:
         """Data, wiring and an overfit run at ``head_lr`` (the most favourable one the search will try)."""
+        from reid_core.contract import OutOfMemory, out_of_memory
         from reid_core.preflight import preflight
 
-        preflight(TrainConfig.from_dict(config), overfit_head_lr=head_lr, log=log)
+        try:
+            preflight(TrainConfig.from_dict(config), overfit_head_lr=head_lr, log=log)
+        except (RuntimeError, MemoryError) as err:  # a model too large for this machine: one line, as in a trial
+            where = out_of_memory(err)
+            if where is None:
+                raise
+            raise OutOfMemory(where, None, err, config, "the pre-flight") from None
 
     def checkpoint_bytes(self, config: Mapping[str, Any], threads: int = 1) -> Optional[int]:
         """Bytes of one trial checkpoint (`reid_core.trainer.Trainer.state_dict`), counted, not written: the weights and

@@ -57,6 +57,26 @@ def connect(resources: Resources) -> bool:
     return True
 
 
+PREFLIGHT_PLACES = ("auto", "driver", "trial")  # --preflight-on
+
+
+def preflight_on_trial(settings: SearchSettings, resources: Resources, head_lr: Optional[float], log) -> None:
+    """The job's pre-flight as one Ray task holding what one trial holds (its GPU, which this driver may lack)."""
+    import ray
+    import torch
+
+    from tuner.trainable import run_preflight
+
+    gpus = resources.gpus_per_trial if resources.gpus_per_trial is not None else float(torch.cuda.is_available())
+    log(f"pre-flight on a trial's resources ({resources.cpus_per_trial:g} CPU, {gpus:g} GPU)")
+    task = ray.remote(run_preflight).options(num_cpus=resources.cpus_per_trial, num_gpus=gpus)
+    lines, error = ray.get(task.remote(settings.trainable, settings.trainable_root, settings.base, head_lr, settings.threads))
+    for line in lines:
+        log(line)
+    if error is not None:
+        raise UserError(error)
+
+
 def fast_reporting() -> None:
     """Every optimizer step is reported to Ray; keep that from slowing the trial down.
 
@@ -116,8 +136,12 @@ def run(
     resume: bool = False,
     quiet: bool = False,
     loggers: Loggers = Loggers(),
+    preflight: Optional[dict[str, Any]] = None,
 ) -> int:
     """Run (or, with ``resume``, continue) the search; returns the exit code of its summary.
+
+    ``preflight``: ``{"head_lr": ...}`` to run the pre-flight on one trial's resources (`preflight_on_trial`) once
+    Ray has started, before the experiment is saved; a failure is the search's one-line error, nothing written.
 
     Ctrl-C: Ray Tune takes the first, stops the trials and saves what a resume needs; the summary
     then says how to resume and the code is 130. Ray puts Python's own handler back after the first,
@@ -130,6 +154,8 @@ def run(
     check_ray_version()  # one note line when the installed Ray is outside the tested range
     started_ray = connect(resources)
     try:
+        if preflight is not None:
+            preflight_on_trial(exp.settings, resources, preflight["head_lr"], (lambda s: None) if quiet else print)
         return _fit(exp, resources, space, points or [], resume, quiet, loggers)
     except KeyboardInterrupt:  # the second Ctrl-C: out at once, Ray's own state as it was last saved
         from tuner.progress import resume_line

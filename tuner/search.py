@@ -30,7 +30,7 @@ from reid_core.schema import EVAL_METRICS
 from search_spaces import Domain, load_space
 from tuner.cluster import check_reachable, use_token
 from tuner.disk import DiskPlan, check as check_disk, concurrency, plan
-from tuner.driver import Loggers, Resources, run
+from tuner.driver import PREFLIGHT_PLACES, Loggers, Resources, run
 from tuner.experiment import Experiment
 from tuner.lineage import check_pbt_flags, perturbed_fields
 from tuner.settings import PBT, SCHEDULERS, SEARCHERS, SETTINGS_FILE, SearchSettings
@@ -141,6 +141,13 @@ def build_parser() -> ArgumentParser:
     )
     o.add_argument("--inject-fault", metavar="STEP:KEY=VALUE", help=argparse.SUPPRESS)  # reliability tests only
     o.add_argument("--skip-preflight", action="store_true", help="skip the pre-flight checks (data, wiring, overfit)")
+    o.add_argument(
+        "--preflight-on",
+        choices=PREFLIGHT_PLACES,
+        default="auto",
+        help="where the pre-flight runs: this driver, or one trial's resources (a Ray task before the first trial); auto "
+        "(default): a trial's when this driver has no GPU and trials get one (--gpus-per-trial > 0), else the driver",
+    )
     return p
 
 
@@ -260,6 +267,16 @@ def _top(space: dict[str, Domain], key: str) -> Optional[float]:
     return float(max(domain.args) if domain.kind == "choice" else domain.args[1])
 
 
+def _preflight_on_trial(where: str, resources: Resources) -> bool:
+    """``--preflight-on``: whether the pre-flight runs on a trial's resources. A ViT-B/16 pre-flight on a CPU driver
+    takes most of an hour (BENCHMARKS.md "real scale"); on the trial's GPU, seconds."""
+    if where != "auto":
+        return where == "trial"
+    import torch
+
+    return bool(resources.gpus_per_trial) and not torch.cuda.is_available()
+
+
 def _disk_plan(settings: SearchSettings, resources: Resources, job: Job) -> Optional[DiskPlan]:
     """What the search's checkpoints will take at their peak (`tuner.disk`); None when no trial checkpoints."""
     from reid_core.data import available_cpus
@@ -343,9 +360,11 @@ def run_search(args, job: Job) -> int:
         **job.located(),
     )
     check_disk(_disk_plan(settings, resources, job), path, log=log)  # before minutes of pre-flight, before Ray starts
-    if not args.skip_preflight:
+    on_trial = not args.skip_preflight and _preflight_on_trial(args.preflight_on, resources)
+    if not args.skip_preflight and not on_trial:
         job.preflight(base, head_lr=_top(space, "head_lr"), threads=threads, log=log)
-    return run(Experiment(path, settings), resources, space=space, points=points, quiet=args.quiet, loggers=loggers)
+    preflight = {"head_lr": _top(space, "head_lr")} if on_trial else None
+    return run(Experiment(path, settings), resources, space=space, points=points, quiet=args.quiet, loggers=loggers, preflight=preflight)
 
 
 def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> int:

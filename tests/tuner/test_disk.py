@@ -113,3 +113,4 @@ def test_the_plan_is_printed_before_the_trials_and_the_disk_used_after(ray_sessi
     folder, kept = float(used.group(1)) * mb[used.group(2)], float(used.group(3)) * mb[used.group(4)]
     # the plan is an upper bound: a CE-only trial's checkpoint holds no text-tower moments (15 MB here against 41.6)
     assert 0 < kept <= min(folder, 4 * float(plan_line.group(1)))
+
