@@ -102,17 +102,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     for name in ("observe", "after_backward", "after_step"):
         setattr(monitor, name, timed(getattr(monitor, name)))
-    steps = []
+    steps, cpu = [], []
     for i in range(1 + args.steps):
         monitor.measuring = i <= 1  # the warm-up and the first timed step measure, the others are between
         kind = "measuring" if monitor.measuring else "between"
         inside[0] = 0.0
         sync()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         trainer.train_step()
         sync()
         if i:  # the first step warms up
             steps.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
             spent[kind].append(inside[0])
         print(f"  step {i + 1}: {time.perf_counter() - t:.2f} s ({kind}; monitor {1000 * inside[0]:.1f} ms)", flush=True)
     step_s = statistics.median(steps)
@@ -120,7 +121,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     measuring = statistics.median(spent["measuring"]) if spent["measuring"] else 0.0
     between = statistics.median(spent["between"]) if spent["between"] else 0.0
     monitor_share = (measuring + (every - 1) * between) / every / step_s
-    print(f"step: {step_s:.3f} s median of {len(steps)} ({cfg.batch_size / step_s:.1f} images/s); peak memory {peak_gib():.1f} GiB")
+    print(
+        f"step: {step_s:.3f} s median of {len(steps)} ({cfg.batch_size / step_s:.1f} images/s), {statistics.median(cpu):.1f} s of CPU "
+        f"(a loaded machine: wall / CPU x threads shows it); peak memory {peak_gib():.1f} GiB"
+    )
     print(
         f"monitor: {1000 * measuring:.2f} ms on a measuring step, {1000 * between:.2f} ms between (1 in {every} measures): "
         f"{monitor_share:.3%} of a step"
