@@ -247,33 +247,37 @@ def call(fn: Callable[..., Any], config: dict[str, Any], report: Reporter, threa
         where = out_of_memory(err)
         if where is None:
             raise
-        raise OutOfMemory(where, report.last.get("step"), err, config) from None
+        raise out_of_memory_error(where, report.last.get("step"), err, config) from None
     if report.calls == 0:
         raise UserError(f"the training function returned without calling report(); {CONTRACT_HINT}")
     return dict(result) if isinstance(result, Mapping) else {}
 
 
 class OutOfMemory(UserError):
-    """The training function ran out of GPU or host memory; one line naming which, where, and the fixes."""
+    """The training function ran out of GPU or host memory; one line naming which, where, and the fixes
+    (`out_of_memory_error` writes it). Only the message is its state: Ray ships a trial's error by pickling it."""
 
-    def __init__(self, where: str, step: Optional[int], err: BaseException, config: Mapping[str, Any], what: str = "the run"):
-        self.where = where  # 'GPU' or 'host'
-        detail = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        asked = re.search(r"tried to allocate (\d+) bytes", detail)  # the CPU allocator's words, after its C++ assertion
-        if asked:
-            detail = f"an allocation of {int(asked.group(1)) / 2**30:,.2f} GiB failed"
-        detail = detail if len(detail) <= 160 else detail[:157] + "..."
-        when = f"at step {step + 1}" if step is not None else f"in {what}, before its first step"
-        batch, accumulation = config.get("batch_size"), config.get("grad_accum_steps", 1)
-        smaller = "a smaller batch with more gradient accumulation (the same images per step)"
-        if isinstance(batch, int) and isinstance(accumulation, int) and batch >= 2:  # our config's names (TrainConfig)
-            smaller += f": --set batch_size={batch // 2} grad_accum_steps={accumulation * 2} instead of {batch} and {accumulation}"
+
+def out_of_memory_error(
+    where: str, step: Optional[int], err: BaseException, config: Mapping[str, Any], what: str = "the run"
+) -> OutOfMemory:
+    """The `OutOfMemory` for ``err`` ('GPU' or 'host', `out_of_memory`) after ``step`` reported steps of ``what``."""
+    detail = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    asked = re.search(r"tried to allocate (\d+) bytes", detail)  # the CPU allocator's words, after its C++ assertion
+    if asked:
+        detail = f"an allocation of {int(asked.group(1)) / 2**30:,.2f} GiB failed"
+    detail = detail if len(detail) <= 160 else detail[:157] + "..."
+    when = f"at step {step + 1}" if step is not None else f"in {what}, before its first step"
+    batch, accumulation = config.get("batch_size"), config.get("grad_accum_steps", 1)
+    smaller = "a smaller batch with more gradient accumulation (the same images per step)"
+    if isinstance(batch, int) and isinstance(accumulation, int) and batch >= 2:  # our config's names (TrainConfig)
+        smaller += f": --set batch_size={batch // 2} grad_accum_steps={accumulation * 2} instead of {batch} and {accumulation}"
+    if what == "the pre-flight":  # in the search's driver, before any trial
+        fix = f"{smaller}, or run it where a trial runs (--preflight-on trial) or not at all (--skip-preflight)"
+    else:
         share = "GPU (--gpus-per-trial 1)" if where == "GPU" else "machine (--max-concurrent, or more --cpus-per-trial each)"
-        if what == "the pre-flight":  # in the search's driver, before any trial
-            fix = f"{smaller}, or run it where a trial runs (--preflight-on trial) or not at all (--skip-preflight)"
-        else:
-            fix = f"{smaller}, or fewer trials per {share}"
-        super().__init__(f"out of {where} memory {when} ({detail}); fix: {fix}")
+        fix = f"{smaller}, or fewer trials per {share}"
+    return OutOfMemory(f"out of {where} memory {when} ({detail}); fix: {fix}")
 
 
 # What torch says when an allocation fails: CUDA (torch.OutOfMemoryError, and the library errors that are one),

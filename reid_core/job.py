@@ -218,7 +218,7 @@ class ReIDJob(Job):
 
     def preflight(self, config: Mapping[str, Any], *, head_lr: Optional[float] = None, threads: int = 1, log: Log = print) -> None:
         """Data, wiring and an overfit run at ``head_lr`` (the most favourable one the search will try)."""
-        from reid_core.contract import OutOfMemory, out_of_memory
+        from reid_core.contract import out_of_memory, out_of_memory_error
         from reid_core.preflight import preflight
 
         try:
@@ -227,7 +227,7 @@ class ReIDJob(Job):
             where = out_of_memory(err)
             if where is None:
                 raise
-            raise OutOfMemory(where, None, err, config, "the pre-flight") from None
+            raise out_of_memory_error(where, None, err, config, "the pre-flight") from None
 
     def checkpoint_bytes(self, config: Mapping[str, Any], threads: int = 1) -> Optional[int]:
         """Bytes of one trial checkpoint (`reid_core.trainer.Trainer.state_dict`), counted, not written: the weights and
