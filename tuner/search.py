@@ -123,7 +123,8 @@ def build_parser() -> ArgumentParser:
     r.add_argument(
         "--keep-checkpoints",
         action="store_true",
-        help="keep every ended trial's checkpoints (default: deleted when the trial ends, but the winner's last)",
+        help="keep every ended trial's newest 2 checkpoints (4 under PBT); default: deleted when the trial ends, but the "
+        "winner's last and an errored trial's newest",
     )
     r.add_argument("--address", help="connect to an existing Ray cluster (e.g. ray://head:10001 or auto)")
     r.add_argument("--auth-token-file", metavar="FILE", help="token file for a cluster with RAY_AUTH_MODE=token")
