@@ -14,7 +14,6 @@ The last line says what was written: images, bytes on disk and seconds.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path

@@ -13,6 +13,7 @@ from reid_core.train import main as train_main
 from tests.reid_core.tiny_datasets import write_cuhk
 from tuner.report import main as report_main
 from tuner.search import main as search_main
+from tuner.settings import SearchSettings
 
 
 def cuhk(tmp: Path, damage: Callable[[Path], None] | None = None) -> str:
@@ -34,6 +35,23 @@ def text(tmp: Path, name: str, content: str) -> str:
 def experiment(tmp: Path) -> str:
     (tmp / "exp").mkdir()
     return str(tmp / "exp")
+
+
+def searched(tmp: Path) -> str:
+    """An experiment folder as a search starts it (its settings, no trial yet)."""
+    (tmp / "searched").mkdir()
+    SearchSettings(base={}, space={"head_lr": "loguniform[1e-06, 0.1]"}, metric="ce_ema", mode="min", grace_samples=1920,
+                   chance_margin=0.39, max_samples=4800, num_trials=2, reduction_factor=2.0).save(tmp / "searched")  # fmt: skip
+    return str(tmp / "searched")
+
+
+def study_named_exp(tmp: Path) -> str:
+    """A SQLite Optuna storage already holding a study named as the table's searches are (exp)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.create_study(storage=f"sqlite:///{tmp / 'studies.db'}", study_name="exp")
+    return f"sqlite:///{tmp / 'studies.db'}"
 
 
 # (command, argv builder, words the message must contain)
@@ -64,9 +82,18 @@ CASES: dict[str, tuple[Callable, Callable[[Path], list[str]], str]] = {
     "unreachable cluster": (search_main, lambda t: ["--address", "127.0.0.1:1"], "cannot reach the Ray cluster"),
     "resume of a non-experiment": (search_main, lambda t: ["--resume", "--name", "nothing"], "holds no reid-tune experiment"),
     "missing data set": (search_main, lambda t: ["--data", str(t / "no-data")], "data"),
+    "bad Optuna storage URL": (search_main, lambda t: ["--optuna-storage", "nosuchdb://x"], "not a database URL Optuna accepts"),
+    "Optuna storage in a missing folder": (search_main, lambda t: ["--optuna-storage", f"sqlite:///{t}/none/optuna.db"], "none' does not exist"),
+    "Optuna storage without its driver": (search_main, lambda t: ["--optuna-storage", "mysql://me@127.0.0.1:1/db"], "driver is not installed"),
+    "Optuna study name taken": (search_main, lambda t: ["--optuna-storage", study_named_exp(t)], "already holds a study named 'exp'"),
+    "Optuna storage with random draws": (search_main, lambda t: ["--searcher", "random", "--optuna-storage"], "there is no study"),
+    "Optuna storage under PBT": (search_main, lambda t: ["--scheduler", "pbt", "--optuna-storage"], "there is no study"),
     # python -m tuner.report
     "report of a non-experiment": (report_main, lambda t: [experiment(t)], "is not a reid-tune experiment"),
     "report of a missing folder": (report_main, lambda t: [str(t / "none")], "does not exist"),
+    "HTML page in a missing folder": (report_main, lambda t: [searched(t), "--html", str(t / "no" / "r.html")], "no' does not exist"),
+    "HTML page onto a folder": (report_main, lambda t: [searched(t), "--html", str(t)], "is a folder"),
+    "HTML page and --compare": (report_main, lambda t: [searched(t), "--html", "--compare", str(t)], "pass one of them"),
 }
 
 

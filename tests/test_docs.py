@@ -47,6 +47,8 @@ OTHER_NAMES = {
     # contract's fn(config, report), torch and Ray words the docs quote
     "auto", "online", "offline", "disabled", "silent", "base_lr", "config", "report", "no_grad", "detach",
     "log_batch", "runtime_env",
+    # reid_tune.json's record of --optuna-storage (tuner/settings.py)
+    "optuna_study",
 }
 # Flags of other programs that the docs name in backticks (the benchmark scripts)
 FOREIGN_FLAGS = {"--rediagnose": "benchmarks/diagnosis.py", "--save-rows": "benchmarks/diagnosis.py"}

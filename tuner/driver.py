@@ -137,11 +137,14 @@ def run(
     quiet: bool = False,
     loggers: Loggers = Loggers(),
     preflight: Optional[dict[str, Any]] = None,
+    optuna_storage: Optional[str] = None,
 ) -> int:
     """Run (or, with ``resume``, continue) the search; returns the exit code of its summary.
 
     ``preflight``: ``{"head_lr": ...}`` to run the pre-flight on one trial's resources (`preflight_on_trial`) once
     Ray has started, before the experiment is saved; a failure is the search's one-line error, nothing written.
+    ``optuna_storage``: the database URL the Optuna study is kept in (`tuner.optuna_storage`), checked
+    already; on ``resume`` Ray's restored searcher holds its own.
 
     Ctrl-C: Ray Tune takes the first, stops the trials and saves what a resume needs; the summary
     then says how to resume and the code is 130. Ray puts Python's own handler back after the first,
@@ -156,7 +159,7 @@ def run(
     try:
         if preflight is not None:
             preflight_on_trial(exp.settings, resources, preflight["head_lr"], (lambda s: None) if quiet else print)
-        return _fit(exp, resources, space, points or [], resume, quiet, loggers)
+        return _fit(exp, resources, space, points or [], resume, quiet, loggers, optuna_storage)
     except KeyboardInterrupt:  # the second Ctrl-C: out at once, Ray's own state as it was last saved
         from tuner.progress import resume_line
 
@@ -169,7 +172,8 @@ def run(
             ray.shutdown()
 
 
-def _fit(exp: Experiment, resources: Resources, space, points, resume: bool, quiet: bool, loggers: Loggers) -> int:
+def _fit(exp: Experiment, resources: Resources, space, points, resume: bool, quiet: bool, loggers: Loggers,
+         optuna_storage: Optional[str]) -> int:  # fmt: skip
     import optuna
     import torch
     from ray import tune
@@ -226,7 +230,7 @@ def _fit(exp: Experiment, resources: Resources, space, points, resume: bool, qui
         tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         exp.save()
-        searcher, scheduler = _search_and_scheduler(settings, exp_dir, space, points, resources.max_concurrent)
+        searcher, scheduler = _search_and_scheduler(settings, exp_dir, space, points, resources.max_concurrent, optuna_storage)
         tuner = tune.Tuner(
             trainable,
             param_space=to_tune(space),
@@ -254,6 +258,10 @@ def _fit(exp: Experiment, resources: Resources, space, points, resume: bool, qui
             ),
             flush=True,
         )
+        if settings.optuna_study:
+            from tuner.optuna_storage import dashboard_command
+
+            print(f"Optuna study '{exp_dir.name}' in {settings.optuna_study}; watch it: {dashboard_command(settings.optuna_study)}", flush=True)
         if loggers.wandb:
             from reid_core.dashboards import wandb_folder, wandb_note
 
@@ -263,10 +271,12 @@ def _fit(exp: Experiment, resources: Resources, space, points, resume: bool, qui
 
 
 def _search_and_scheduler(
-    settings: SearchSettings, exp_dir: Path, space: dict[str, Domain], points: list, max_concurrent: Optional[int]
-) -> tuple[Any, Any]:
-    """Optuna (early stops told as pruned; or random draws, ``--searcher random``) and `RecheckingASHA`; or, for
-    ``--scheduler pbt``, random starts (Ray 2.60's PBT refuses a search algorithm) and `tuner.pbt.LineagePBT`."""
+    settings: SearchSettings, exp_dir: Path, space: dict[str, Domain], points: list, max_concurrent: Optional[int],
+    optuna_storage: Optional[str] = None,
+) -> tuple[Any, Any]:  # fmt: skip
+    """Optuna (early stops told as pruned; its study in ``optuna_storage`` when given; or random draws,
+    ``--searcher random``) and `RecheckingASHA`; or, for ``--scheduler pbt``, random starts (Ray 2.60's PBT
+    refuses a search algorithm) and `tuner.pbt.LineagePBT`."""
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     random_draws = BasicVariantGenerator(points_to_evaluate=points or None, max_concurrent=max_concurrent or 0, random_state=settings.seed)
@@ -285,6 +295,12 @@ def _search_and_scheduler(
     if settings.searcher == "random":
         searcher = random_draws
     else:
+        kept: dict[str, Any] = {}
+        if optuna_storage:  # the study in a database, named after the experiment, its curves thinned
+            from tuner.optuna_storage import INTERMEDIATE_EVERY_STEPS, open_storage
+
+            every = INTERMEDIATE_EVERY_STEPS * settings.images_per_step
+            kept = {"storage": open_storage(optuna_storage), "study_name": exp_dir.name, "report_every": every}
         searcher = PruningOptunaSearch(  # early-stopped trials reach TPE as pruned, not as completed
             metric=settings.metric,
             mode=settings.mode,
@@ -292,6 +308,7 @@ def _search_and_scheduler(
             seed=settings.seed,
             budget_attr="samples",
             max_budget=settings.max_samples,
+            **kept,
         )
     scheduler = RecheckingASHA(
         time_attr="samples",  # images seen: trials with different accumulation compare at equal compute

@@ -27,7 +27,12 @@ REASON_STYLE = {
 
 
 def curves_png(trials: list[TrialFiles], reasons: dict[str, str], settings: SearchSettings, path: str | Location) -> None:
-    """``ce_ema`` against samples per trial, with the log(C) and Go lines; written atomically."""
+    """`curves_figure`, written atomically."""
+    save_figure(curves_figure(trials, reasons, settings), path)
+
+
+def curves_figure(trials: list[TrialFiles], reasons: dict[str, str], settings: SearchSettings):
+    """``ce_ema`` against samples per trial, with the log(C) and Go lines."""
     fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
     chance = None
     for trial in trials:
@@ -53,13 +58,18 @@ def curves_png(trials: list[TrialFiles], reasons: dict[str, str], settings: Sear
     ax.set_title(f"{len(trials)} trials: identity CE against compute")
     ax.legend(loc="lower left", fontsize=8)
     ax.grid(alpha=0.3)
-    save_figure(fig, path)
+    return fig
 
 
-def save_figure(fig, path: str | Location) -> None:
-    """Write ``fig`` as a PNG atomically (a crash never leaves half a picture; also on an object store) and close it."""
+def png_bytes(fig) -> bytes:
+    """``fig`` as PNG bytes (the HTML report embeds them); the figure is closed."""
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    write_bytes_atomic(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def save_figure(fig, path: str | Location) -> None:
+    """Write ``fig`` as a PNG atomically (a crash never leaves half a picture; also on an object store) and close it."""
+    write_bytes_atomic(path, png_bytes(fig))

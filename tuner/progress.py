@@ -14,14 +14,16 @@ from ray.tune import Callback
 from reid_core.ending import end_reason
 from reid_core.errors import INTERRUPTED
 from reid_core.pace import LoaderWatch
-from reid_core.schema import COMPLETED, DIVERGED, ERROR, STUCK, UNFINISHED
+from reid_core.schema import ERROR, UNFINISHED
 from tuner.checkpoints import CheckpointJanitor, disk_line
 from tuner.experiment import Experiment
-from tuner.lineage import PERTURBABLE
+from tuner.importance import FILE as IMPORTANCE_FILE
+from tuner.importance import importance_png, param_importances
 from tuner.plots import curves_png
 from tuner.ray_files import END_REASON_FILE
-from tuner.results import compute_account, write_exports
-from tuner.settings import PBT, SCHEDULERS, SearchSettings
+from tuner.results import write_exports
+from tuner.settings import SearchSettings
+from tuner.summary import fmt, summary_lines
 from tuner.storage import Location, StoragePath, write_json_atomic
 
 
@@ -100,7 +102,7 @@ class ProgressPrinter(Callback):
     def _ended_line(self, trial) -> None:
         reason = self._recorder.reasons.get(trial.trial_id, UNFINISHED)
         last = self._recorder.latest.get(trial.trial_id, {})
-        params = ", ".join(f"{k}={_fmt(trial.config.get(k))}" for k in self._settings.space)
+        params = ", ".join(f"{k}={fmt(trial.config.get(k))}" for k in self._settings.space)
         where = f"step {last.get('step', 0)}, ce_ema {last.get('ce_ema', math.nan):.3f}" if last else "no step"
         self._say(f"trial {trial.trial_id} {reason:<15} {where}  ({params})")
 
@@ -109,12 +111,6 @@ class ProgressPrinter(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._ended_line(trial)
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return str(value)
 
 
 def resume_line(exp_dir: Location) -> str:
@@ -132,41 +128,17 @@ def summarise(exp: Experiment, wall_s: float, janitor: Optional[CheckpointJanito
     disk = janitor.finish(None if best is None else best["trial_dir"]) if janitor is not None else None
     reasons = dict(zip(frame["trial_id"], frame["end_reason"])) if not frame.empty else {}
     curves_png(exports["trials"], reasons, settings, exp_dir / "curves.png")
+    importance = param_importances(frame, settings)
 
-    counts = frame["end_reason"].value_counts().to_dict() if not frame.empty else {}
-    print(
-        f"\n{len(frame)} trials in {wall_s:.0f}s: {counts.get(COMPLETED, 0)} completed, "
-        + "".join(f"{counts.get(s, 0)} cut by {s.upper()}, " for s in SCHEDULERS if counts.get(s) or s == settings.scheduler)
-        + f"{counts.get(STUCK, 0)} stuck at chance, "
-        f"{counts.get(DIVERGED, 0)} diverged, {counts.get(ERROR, 0)} errored"
-        + (f", {counts[UNFINISHED]} unfinished" if counts.get(UNFINISHED) else "")
-    )
-    causes = frame["stuck_cause"].dropna().value_counts().to_dict() if not frame.empty else {}
-    if causes:
-        print("stuck at chance because: " + ", ".join(f"{cause} x{n}" for cause, n in causes.items()))
-    if best is not None:
-        params = ", ".join(f"{k}={_fmt(best[k])}" for k in settings.space)
-        metric = settings.metric
-        print(f"best: trial {best['trial_id']} ({params}): {metric} {best[f'final_{metric}']:.3f}, {best['end_reason']}")
-    else:
-        print("best: none yet (no trial completed or was cut by the scheduler), so no best_config.json")
-    if settings.scheduler == PBT and not frame.empty:
-        line = f"PBT: {int(frame['perturbations'].sum())} exploits (a trial continued from a copy of a better one's checkpoint)"
-        if best is not None:
-            line += "; the winner's " + "; ".join(f"{PERTURBABLE[k]} {best[PERTURBABLE[k]]}" for k in settings.perturbed)
+    print()
+    for line in summary_lines(frame, settings, best, importance, wall_s):
         print(line)
-    if not frame.empty:
-        account = compute_account(frame, settings)
-        print(
-            f"compute: {account['spent']:,} of {account['budget']:,} trial-images "
-            f"({account['saved_fraction']:.0%} saved by early stops)"
-        )
     errors = frame[frame["end_reason"] == ERROR] if not frame.empty else frame
-    for _, row in errors.iterrows():
-        print(f"trial {row['trial_id']} failed: {row['error']}")
     if disk is not None:
         print(disk_line(disk, exp_dir))
     written = [exp_dir / "results.csv", exp_dir / "curves.png"]
+    if importance_png(importance, exp_dir / IMPORTANCE_FILE):
+        written.append(exp_dir / IMPORTANCE_FILE)
     if exports["best_config"] is not None:
         written.append(exports["best_config"])
     print("wrote " + ", ".join(str(p) for p in written))

@@ -24,16 +24,28 @@ import pandas as pd
 
 from reid_core.errors import UserError, cli_exit
 from reid_core.flags import ArgumentParser, parse_args
-from reid_core.io import write_text_atomic
 from reid_core.schema import END_REASONS, HEAD_LR_COUNTS
 from tuner.experiment import Experiment
+from tuner.html_report import report_html
+from tuner.importance import FILE as IMPORTANCE_FILE
+from tuner.importance import Importance, importance_figure, param_importances
 from tuner.lineage import lineage_rows
-from tuner.results import compute_account, export_config, objective_column, opened, read_experiment, results_frame, stuck_diagnoses
+from tuner.results import (
+    best_trial,
+    compute_account,
+    export_config,
+    objective_column,
+    opened,
+    read_experiment,
+    results_frame,
+    stuck_diagnoses,
+)
 from tuner.settings import SearchSettings
-from tuner.storage import Location
+from tuner.storage import Location, write_bytes_atomic, write_text_atomic
 
 PROG = "python -m tuner.report"
 TABLE_FORMATS = ("table", "csv", "json", "markdown")  # how the per-trial table is printed
+HTML_FILE = "report.html"  # --html with no FILE: in the experiment folder
 
 # On CPU the trial and its plain re-run execute the same float operations in the same order
 # (same seed, threads, data order and fused AdamW), so their CE curves are bit-identical; the
@@ -54,12 +66,10 @@ def filtered(frame: pd.DataFrame, reason: Optional[str], top: Optional[int]) -> 
     return frame.reset_index(drop=True)
 
 
-def render(frame: pd.DataFrame, fmt: str) -> str:
+def shown_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """The table as shown (printed or in the HTML page): no folder and chance columns, node ids shortened,
+    no column that says nothing (no error, no damage, no head-LR change in any trial)."""
     shown = frame.drop(columns=["trial_dir", "chance_ce"], errors="ignore")
-    if fmt == "csv":
-        return shown.to_csv(index=False)
-    if fmt == "json":
-        return shown.to_json(orient="records", indent=2) + "\n"
     if "node_ids" in shown:  # 56 hex digits each: one node says nothing, several are told apart by 8
         ids = shown["node_ids"].dropna()
         if ids.nunique() <= 1:
@@ -73,6 +83,15 @@ def render(frame: pd.DataFrame, fmt: str) -> str:
     for column in HEAD_LR_COUNTS:  # no trial changed its own head LR: no column of zeros
         if column in shown and not shown[column].fillna(0).astype(bool).any():
             shown = shown.drop(columns=[column])
+    return shown
+
+
+def render(frame: pd.DataFrame, fmt: str) -> str:
+    if fmt == "csv":
+        return frame.drop(columns=["trial_dir", "chance_ce"], errors="ignore").to_csv(index=False)
+    if fmt == "json":
+        return frame.drop(columns=["trial_dir", "chance_ce"], errors="ignore").to_json(orient="records", indent=2) + "\n"
+    shown = shown_table(frame)
     if fmt == "markdown":
         cells = [[_cell(v) for v in row] for row in shown.itertuples(index=False)]
         lines = ["| " + " | ".join(shown.columns) + " |", "|" + "---|" * len(shown.columns)]
@@ -111,10 +130,17 @@ def account_text(frame: pd.DataFrame, settings: SearchSettings) -> str:
 
 
 def hyperparams_png(frame: pd.DataFrame, settings: SearchSettings, path: Location) -> None:
+    """`hyperparams_figure`, written atomically."""
+    from tuner.plots import save_figure
+
+    save_figure(hyperparams_figure(frame, settings), path)
+
+
+def hyperparams_figure(frame: pd.DataFrame, settings: SearchSettings):
     """Each searched hyperparameter against the final objective, coloured by end reason."""
     import matplotlib.pyplot as plt
 
-    from tuner.plots import REASON_STYLE, save_figure
+    from tuner.plots import REASON_STYLE
 
     keys = list(settings.space)
     col = objective_column(settings)
@@ -134,7 +160,20 @@ def hyperparams_png(frame: pd.DataFrame, settings: SearchSettings, path: Locatio
             ax.axhline(go, color="tab:blue", linestyle=":", linewidth=1.2, label="Go line")
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"where the learnable region starts ({len(frame)} trials)")
-    save_figure(fig, path)
+    return fig
+
+
+def pictures(trials, frame: pd.DataFrame, settings: SearchSettings, importance: Importance) -> dict[str, bytes]:
+    """The report's pictures, file name -> PNG bytes: the curves, what mattered (when it was computed), the
+    hyperparameters against the objective."""
+    from tuner.plots import curves_figure, png_bytes
+
+    reasons = dict(zip(frame["trial_id"], frame["end_reason"]))
+    out = {"curves.png": png_bytes(curves_figure(trials, reasons, settings))}
+    if importance.values:
+        out[IMPORTANCE_FILE] = png_bytes(importance_figure(importance))
+    out["hyperparams.png"] = png_bytes(hyperparams_figure(frame, settings))
+    return out
 
 
 def _go_line(frame: pd.DataFrame, settings: SearchSettings) -> Optional[float]:
@@ -203,7 +242,26 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--out", metavar="FILE", help="write the table there instead of printing it")
     p.add_argument("--no-plots", action="store_true", help="skip curves.png and hyperparams.png")
     p.add_argument("--compare", metavar="RUN_DIR", help="a reid-tune train --out folder re-running a trial")
+    p.add_argument(
+        "--html",
+        nargs="?",
+        const="",
+        metavar="FILE",
+        help="also write the whole report as one self-contained HTML page to send (default: report.html in the experiment folder)",
+    )
     return p
+
+
+def html_path(exp: Experiment, given: str) -> Location:
+    """Where ``--html`` writes: ``given``, else report.html in the experiment; checked before anything is written."""
+    if not given:
+        return exp / HTML_FILE
+    path = Path(given).expanduser()
+    if path.is_dir():
+        raise UserError(f"--html '{given}' is a folder; pass a file name, e.g. {path / HTML_FILE}")
+    if not path.parent.is_dir():
+        raise UserError(f"--html '{given}': folder '{path.parent}' does not exist; create it or pass another path")
+    return path
 
 
 def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> int:
@@ -218,6 +276,9 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
             raise UserError(f"--top is {args.top}, but must be >= 1")
         if args.out and not Path(args.out).parent.is_dir():
             raise UserError(f"--out '{args.out}': folder '{Path(args.out).parent}' does not exist")
+        if args.html is not None and args.compare:
+            raise UserError("--html writes the experiment's report and --compare checks a re-run; pass one of them")
+        page = html_path(exp, args.html) if args.html is not None else None
         if args.compare:
             diff, steps, trial_id, png = compare(exp, Path(args.compare))
             same = steps > 0 and diff <= COMPARE_TOLERANCE
@@ -234,24 +295,32 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
     for note in notes:  # what a crash left unreadable: said, skipped, never fatal
         print(f"note: {note}", file=sys.stderr)
 
-    text = render(filtered(frame, args.reason, args.top), args.format)
+    shown = filtered(frame, args.reason, args.top)
+    text = render(shown, args.format)
     if args.out:
         write_text_atomic(args.out, text)
     else:
         sys.stdout.write(text)
     if args.format == "table" and not args.out:
-        print(healthy_head_text(filtered(frame, args.reason, args.top), trials, settings), end="")
-    if args.format == "table" or args.out:
-        print(account_text(frame, settings))
-        if not args.no_plots and not frame.empty:
-            from tuner.plots import curves_png
-
-            reasons = dict(zip(frame["trial_id"], frame["end_reason"]))
-            curves_png(trials, reasons, settings, exp_dir / "curves.png")
-            hyperparams_png(frame, settings, exp_dir / "hyperparams.png")
-            print(f"wrote {exp_dir / 'curves.png'}, {exp_dir / 'hyperparams.png'}")
-        if args.out:
-            print(f"wrote {args.out}")
+        print(healthy_head_text(shown, trials, settings), end="")
+    importance = param_importances(frame, settings)
+    account = account_text(frame, settings)
+    chatty = args.format == "table" or args.out  # a csv/json/markdown table on stdout stays alone there
+    plots = chatty and not args.no_plots and not frame.empty
+    drawn = pictures(trials, frame, settings, importance) if not frame.empty and (plots or page is not None) else {}
+    if chatty:
+        print(account)
+        print("\n".join(importance.lines()))
+    if plots:
+        for name, png in drawn.items():
+            write_bytes_atomic(exp_dir / name, png)
+        print("wrote " + ", ".join(str(exp_dir / name) for name in drawn))
+    if args.out:
+        print(f"wrote {args.out}")
+    if page is not None:
+        best = best_trial(frame, settings) if not frame.empty else None
+        write_text_atomic(page, report_html(exp, frame, shown_table(shown), trials, best, importance, drawn, account, notes))
+        print(f"wrote {page}", file=sys.stdout if chatty else sys.stderr)
     return 0
 
 

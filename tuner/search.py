@@ -33,6 +33,7 @@ from tuner.disk import DiskPlan, check as check_disk, concurrency, plan
 from tuner.driver import PREFLIGHT_PLACES, Loggers, Resources, run
 from tuner.experiment import Experiment
 from tuner.lineage import check_pbt_flags, perturbed_fields
+from tuner.optuna_storage import check_storage, shown, storage_url
 from tuner.settings import PBT, SCHEDULERS, SEARCHERS, SETTINGS_FILE, SearchSettings
 from tuner.storage import Location, check_writable, location
 
@@ -136,6 +137,15 @@ def build_parser() -> ArgumentParser:
     add_mlflow_argument(o, "log every trial's per-step metrics to MLflow, one run per trial")
     add_wandb_argument(o, "every trial's per-step metrics, one run per trial grouped by --name (its files in the experiment folder)")
     o.add_argument(
+        "--optuna-storage",
+        nargs="?",
+        const="",
+        metavar="URL",
+        help="keep the search's Optuna study in a database, named after --name, for optuna-dashboard URL (live) and "
+        "optuna.load_study: any RDB URL Optuna accepts (sqlite:///path.db, postgresql://...); with no URL, optuna.db "
+        "in the experiment folder (--searcher optuna only)",
+    )
+    o.add_argument(
         "--tensorboard",
         action="store_true",
         help="also write TensorBoard event files per trial (off by default: every result costs the driver time)",
@@ -190,6 +200,9 @@ def _check_args(args, job: Job) -> None:
     positive("--perturbation-interval", args.perturbation_interval)
     if args.scheduler == PBT:
         check_pbt_flags(args, job.perturbable)
+    if args.optuna_storage is not None and not args.resume and (args.scheduler == PBT or args.searcher == "random"):
+        why = "--scheduler pbt draws its trials at random" if args.scheduler == PBT else "--searcher random draws the trials"
+        raise UserError(f"--optuna-storage keeps the Optuna study the trials are proposed from, and {why}: there is no study; drop --optuna-storage")
     if args.reduction_factor <= 1:
         raise UserError(f"--reduction-factor is {args.reduction_factor}, but must be > 1")
     if args.grace_steps > args.max_steps:
@@ -317,6 +330,8 @@ def run_search(args, job: Job) -> int:
     if args.resume:
         # Continue with the settings the experiment was started with, whatever the flags say now.
         exp = Experiment.open(_experiment_path(args))
+        if args.optuna_storage is not None and not exp.settings.optuna_study:
+            raise UserError(f"--resume continues '{exp.name}' as it started, with no Optuna storage; drop --optuna-storage")
         exp.settings.job.check(exp.settings.base, log)  # still importable, its data still there, before Ray starts
         return run(exp, resources, resume=True, quiet=args.quiet, loggers=loggers)
 
@@ -335,6 +350,10 @@ def run_search(args, job: Job) -> int:
     if args.scheduler == PBT:
         perturbed_fields(space, name)  # none: one line, exit 2
     path = _experiment_path(args)
+    study_url = None
+    if args.optuna_storage is not None:  # checked before the minutes of checks below; nothing written yet
+        study_url = storage_url(args.optuna_storage, path)
+        check_storage(study_url, path.name, in_experiment=not args.optuna_storage)
     job.check(base, log)
     per_step = job.images_per_step(base, threads)  # the budget's unit: images per optimizer step at the base config
     settings = SearchSettings(
@@ -358,6 +377,7 @@ def run_search(args, job: Job) -> int:
         perturbation_interval=round(args.perturbation_interval * per_step) if args.scheduler == PBT else 0,
         images_per_step=per_step,
         keep_checkpoints=args.keep_checkpoints,
+        optuna_study=shown(study_url) if study_url else None,
         **job.located(),
     )
     check_disk(_disk_plan(settings, resources, job), path, log=log)  # before minutes of pre-flight, before Ray starts
@@ -365,7 +385,10 @@ def run_search(args, job: Job) -> int:
     if not args.skip_preflight and not on_trial:
         job.preflight(base, head_lr=_top(space, "head_lr"), threads=threads, log=log)
     preflight = {"head_lr": _top(space, "head_lr")} if on_trial else None
-    return run(Experiment(path, settings), resources, space=space, points=points, quiet=args.quiet, loggers=loggers, preflight=preflight)
+    return run(
+        Experiment(path, settings), resources, space=space, points=points, quiet=args.quiet, loggers=loggers,
+        preflight=preflight, optuna_storage=study_url,
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> int:

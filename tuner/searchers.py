@@ -19,6 +19,11 @@ TPE reads only a pruned trial's last intermediate value. Here the value is
 reported once, when the trial ends, at the trial's budget in images, so trials
 with different accumulation are ranked at equal compute.
 
+With ``report_every`` (``--optuna-storage``: the study is in a database that ``optuna-dashboard``
+watches, `tuner.optuna_storage`), a trial's metric is also reported as it trains, against the images
+seen, once per ``report_every`` images: each report is a database write in the driver, so they are
+thinned, and the dashboard still draws the curves.
+
 The optuna study and trials behind Ray's searcher come from `tuner._ray_compat.optuna_search`
 (Ray's private attributes; where they differ, trials are told as Ray tells them).
 """
@@ -42,15 +47,21 @@ class PruningOptunaSearch(OptunaSearch):
     Args:
         budget_attr: the results' time axis, as the scheduler's (here ``samples``: images seen).
         max_budget: a trial whose last result reached it completed; one short of it was stopped early.
-        *args, **kwargs: as ``OptunaSearch``.
+        report_every: report the metric as an intermediate value every that many of ``budget_attr`` (0: only
+            when a trial stopped early ends, as TPE needs).
+        *args, **kwargs: as ``OptunaSearch`` (``storage``, ``study_name``: where the study is kept).
     """
 
-    def __init__(self, *args: Any, budget_attr: str = "samples", max_budget: float, **kwargs: Any):
+    def __init__(self, *args: Any, budget_attr: str = "samples", max_budget: float, report_every: float = 0, **kwargs: Any):
         if not max_budget > 0:
             raise ValueError(f"The value of `max_budget` is {max_budget}, but must be `max_budget > 0`.")
+        if report_every < 0:
+            raise ValueError(f"The value of `report_every` is {report_every}, but must be `report_every >= 0`.")
         super().__init__(*args, **kwargs)
         self._budget_attr = budget_attr
         self._max_budget = max_budget
+        self._report_every = report_every
+        self.reported: dict[str, float] = {}  # trial id -> the budget of its last intermediate value
         self.pruned: set[str] = set()  # trials told as pruned
 
     @property
@@ -59,12 +70,31 @@ class PruningOptunaSearch(OptunaSearch):
         return optuna_study(self)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        """Nothing: the value Optuna needs is reported when the trial ends (see the module's docstring)."""
+        """Every ``report_every`` images, the metric as an intermediate value (with none, nothing: the value
+        TPE needs is reported when the trial ends; see the module's docstring)."""
+        if not self._report_every:
+            return
+        budget, value = result.get(self._budget_attr), result.get(self.metric) if isinstance(self.metric, str) else None
+        last = self.reported.get(trial_id)
+        if budget is None or value is None or (last is not None and budget < last + self._report_every):
+            return  # a restarted trial (a retry, --resume) reports again from where its curve was left
+        self._report(trial_id, value, budget)
+
+    def _report(self, trial_id: str, value: Any, budget: float) -> None:
+        handles = optuna_handles(self, trial_id)
+        if handles is None or trial_id in handles[2] or self.reported.get(trial_id) == budget:
+            return  # Ray's internals differ, the trial was told, or this budget is reported already
+        value = float(value)
+        # A non-finite value (a diverged trial) is reported as NaN: TPE ranks it last among trials as far.
+        handles[1].report(value if math.isfinite(value) else math.nan, step=int(budget))
+        self.reported[trial_id] = budget
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict[str, Any]] = None, error: bool = False) -> None:
         budget = (result or {}).get(self._budget_attr)
         value = (result or {}).get(self.metric) if isinstance(self.metric, str) else None
         if error or budget is None or value is None or budget >= self._max_budget:
+            if self._report_every and budget is not None and value is not None:
+                self._report(trial_id, value, budget)  # the curve ends where the trial did
             super().on_trial_complete(trial_id, result=result, error=error)
             return
         handles = optuna_handles(self, trial_id)
@@ -76,8 +106,7 @@ class PruningOptunaSearch(OptunaSearch):
             return
         import optuna
 
-        # A non-finite value (a diverged trial) is reported as NaN: TPE ranks it last among trials as far.
-        ot_trial.report(float(value) if math.isfinite(float(value)) else math.nan, step=int(budget))
+        self._report(trial_id, value, budget)
         try:
             study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
         except Exception as err:  # as Ray does: a tell that fails must not end the search

@@ -7,6 +7,7 @@ files under its temp dir: both point into a folder the session fixture removes.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
@@ -118,3 +119,24 @@ def wait_for(condition, driver, what: str, timeout_s: float = 240) -> None:
         assert driver.poll() is None, f"the search ended before {what}"
         assert time.monotonic() < deadline, f"{what} did not happen in time"
         time.sleep(0.3)
+
+
+# A search where one knob decides: head_lr spread over 1e-7..1e-1 on a log grid, and ce_only_steps, which does
+# not matter here (every value is longer than the run: the runs are CE-only whatever it is), shuffled against it.
+# Its Optuna study is kept in SQLite. Shared by the importance, --optuna-storage and --html tests.
+KNOB_POINTS = [
+    {"head_lr": lr, "ce_only_steps": steps}
+    for lr, steps in zip([1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 3e-3, 1e-2, 1e-1], [1700, 1100, 1900, 1300, 1500, 1200, 1800, 1400])
+]
+KNOB_SPACE = "head_lr: {loguniform: [1.0e-7, 1.0e-1]}\nce_only_steps: {randint: [1000, 2000]}\n"
+
+
+@pytest.fixture(scope="session")
+def knob_search(ray_session, tmp_path_factory):
+    """``(exit code, experiment folder, printed output, the study's storage URL)``."""
+    tmp = tmp_path_factory.mktemp("knobs")
+    url = f"sqlite:///{tmp / 'study.db'}"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code, exp = run_search(tmp, "knobs", KNOB_POINTS, extra=["--optuna-storage", url, "--skip-preflight"], space=KNOB_SPACE)
+    return code, exp, out.getvalue(), url
