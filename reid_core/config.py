@@ -40,7 +40,7 @@ class TrainConfig:
     data: str = "synthetic"  # 'synthetic' (built-in, generated in memory) or a data set folder/annotation file
     data_format: Optional[str] = None  # format of `data` (cuhk-pedes, icfg-pedes, rstpreid, market1501); None = detected from what is there
     eval_split: str = "test"  # split retrieval is evaluated on: 'test', or 'val' where the data set has one
-    loader_workers: Optional[int] = None  # DataLoader processes decoding images of a data set on disk; None = up to 8 on CUDA, 0 on CPU
+    loader_workers: Optional[int] = None  # DataLoader processes decoding images of a data set on disk; None = up to 4 on CUDA (reid_core.pace.CUDA_WORKERS), 0 on CPU
     num_classes: Optional[int] = None  # identity classes of the head; None = number of training identities
     synthetic_identities: int = 400  # synthetic only: training identities (= classes); test identities are a quarter more
     synthetic_images_per_identity: int = 8  # synthetic only: images rendered per identity

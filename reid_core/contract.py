@@ -60,6 +60,7 @@ import importlib
 import math
 import numbers
 import random
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -242,21 +243,88 @@ def call(fn: Callable[..., Any], config: dict[str, Any], report: Reporter, threa
         result = fn(dict(config), report)
     except BudgetSpent:
         result = None
+    except (RuntimeError, MemoryError) as err:  # torch.OutOfMemoryError is a RuntimeError
+        where = out_of_memory(err)
+        if where is None:
+            raise
+        raise out_of_memory_error(where, report.last.get("step"), err, config) from None
     if report.calls == 0:
         raise UserError(f"the training function returned without calling report(); {CONTRACT_HINT}")
     return dict(result) if isinstance(result, Mapping) else {}
 
 
-def first_report(fn: Callable[..., Any], config: dict[str, Any], threads: int = 0) -> dict[str, Any]:
-    """Run ``fn`` up to its first report and return that report (checked and completed); nothing is kept."""
+class OutOfMemory(UserError):
+    """The training function ran out of GPU or host memory; one line naming which, where, and the fixes
+    (`out_of_memory_error` writes it). Only the message is its state: Ray ships a trial's error by pickling it."""
+
+
+def out_of_memory_error(
+    where: str, step: Optional[int], err: BaseException, config: Mapping[str, Any], what: str = "the run"
+) -> OutOfMemory:
+    """The `OutOfMemory` for ``err`` ('GPU' or 'host', `out_of_memory`) after ``step`` reported steps of ``what``."""
+    detail = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    asked = re.search(r"tried to allocate (\d+) bytes", detail)  # the CPU allocator's words, after its C++ assertion
+    if asked:
+        detail = f"an allocation of {int(asked.group(1)) / 2**30:,.2f} GiB failed"
+    detail = detail if len(detail) <= 160 else detail[:157] + "..."
+    when = f"at step {step + 1}" if step is not None else f"in {what}, before its first step"
+    batch, accumulation = config.get("batch_size"), config.get("grad_accum_steps", 1)
+    smaller = "a smaller batch with more gradient accumulation (the same images per step)"
+    if isinstance(batch, int) and isinstance(accumulation, int) and batch >= 2:  # our config's names (TrainConfig)
+        smaller += f": --set batch_size={batch // 2} grad_accum_steps={accumulation * 2} instead of {batch} and {accumulation}"
+    if what == "the pre-flight":  # in the search's driver, before any trial
+        fix = f"{smaller}, or run it where a trial runs (--preflight-on trial) or not at all (--skip-preflight)"
+    else:
+        share = "GPU (--gpus-per-trial 1)" if where == "GPU" else "machine (--max-concurrent, or more --cpus-per-trial each)"
+        fix = f"{smaller}, or fewer trials per {share}"
+    return OutOfMemory(f"out of {where} memory {when} ({detail}); fix: {fix}")
+
+
+# What torch says when an allocation fails: CUDA (torch.OutOfMemoryError, and the library errors that are one),
+# the CPU allocator (a RuntimeError), or Python itself (MemoryError).
+GPU_OOM = ("CUDA out of memory", "CUDA error: out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "HIP out of memory")
+HOST_OOM = ("DefaultCPUAllocator: can't allocate memory", "DefaultCPUAllocator: not enough memory")
+
+
+def out_of_memory(err: BaseException) -> Optional[str]:
+    """'GPU' or 'host' when ``err`` is an allocation failure, else None."""
+    import torch
+
+    text = str(err)
+    if isinstance(err, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)) or any(s in text for s in GPU_OOM):
+        return "GPU"
+    if isinstance(err, MemoryError) or any(s in text for s in HOST_OOM):
+        return "host"
+    return None
+
+
+def first_report(
+    fn: Callable[..., Any], config: dict[str, Any], threads: int = 0, on_checkpoint: Optional[Callable[[Any], None]] = None
+) -> dict[str, Any]:
+    """Run ``fn`` up to its first report and return that report (checked and completed); nothing is kept.
+
+    ``on_checkpoint``: called with the checkpoint state the first report offers (``report(..., checkpoint=...)``),
+    if it offers one: the search sizes its checkpoints' disk from it (`state_bytes`)."""
     first: dict[str, Any] = {}
 
     def keep(metrics: dict[str, Any], state: Any) -> None:
         first.update(metrics)
+        if state is not None and on_checkpoint is not None:
+            on_checkpoint(state["user"])
         raise BudgetSpent()
 
-    call(fn, config, Reporter(keep), threads)
+    call(fn, config, Reporter(keep, checkpoint_every=1 if on_checkpoint else 0), threads)
     return first
+
+
+def state_bytes(state: Any) -> int:
+    """Bytes of the tensors in a checkpoint state (nested dicts, lists and tuples): about its size on disk."""
+    if isinstance(state, Mapping):
+        return sum(state_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(state_bytes(v) for v in state)
+    numel, size = getattr(state, "numel", None), getattr(state, "element_size", None)
+    return numel() * size() if callable(numel) and callable(size) else 0
 
 
 def preflight_checks(first: Mapping[str, Any], log: Callable[[str], None] = print) -> None:

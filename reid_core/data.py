@@ -29,6 +29,7 @@ from PIL import Image
 from reid_core import formats
 from reid_core.config import TrainConfig
 from reid_core.errors import UserError
+from reid_core.pace import CUDA_WORKERS
 from reid_core.synthetic import make_synthetic
 
 SYNTHETIC_DATA_SEED = 0  # the synthetic data set is one fixed data set; `seed` varies training only
@@ -256,12 +257,12 @@ def read_image(path: str, size: tuple[int, int]) -> torch.Tensor:
 
 
 def loader_workers(cfg: TrainConfig, device: torch.device) -> int:
-    """DataLoader worker processes: ``cfg.loader_workers``, else up to 8 spare CPUs on CUDA, 0 on CPU."""
+    """DataLoader worker processes: ``cfg.loader_workers``, else up to `CUDA_WORKERS` spare CPUs on CUDA, 0 on CPU."""
     if cfg.loader_workers is not None:
         return cfg.loader_workers
     if device.type != "cuda":
         return 0  # on CPU the training step needs the cores; decode between steps
-    return max(1, min(8, available_cpus() - 1))
+    return max(1, min(CUDA_WORKERS, available_cpus() - 1))
 
 
 def available_cpus() -> int:

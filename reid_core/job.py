@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import yaml
 
 from reid_core.config import TrainConfig, canonical_key, coerce_value, read_config_file
-from reid_core.contract import first_report, load_trainable, preflight_checks, trainable_root
+from reid_core.contract import first_report, load_trainable, preflight_checks, state_bytes, trainable_root
 from reid_core.errors import UserError
 from reid_core.schema import EVAL_METRICS
 
@@ -48,6 +48,7 @@ class Job:
         self.spec = spec  # 'package.module:function'
         self.root = root  # the folder holding its top-level package (for the workers' sys.path)
         self._first: Optional[dict[str, Any]] = None  # its first report at the base config, once run
+        self._checkpoint_bytes: Optional[int] = None  # the checkpoint its first report offered, in bytes (None: none offered)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.spec!r})"
@@ -119,7 +120,7 @@ class Job:
         """Images per optimizer step at ``config``: the unit of the search's budgets. The function is run in
         this process up to its first report to learn it (kept for `preflight`)."""
         if self._first is None:
-            self._first = first_report(self.function(), dict(config), threads)
+            self._first = first_report(self.function(), dict(config), threads, on_checkpoint=self._measure_checkpoint)
         first = self._first
         per_step = first["samples"] / max(first["step"], 1)
         if not per_step > 0 or not math.isfinite(per_step):
@@ -130,6 +131,15 @@ class Job:
         """The checks one step allows, on the function's first report (`reid_core.contract.preflight_checks`)."""
         self.images_per_step(config, threads)
         preflight_checks(self._first, log)
+
+    def _measure_checkpoint(self, state: Any) -> None:
+        self._checkpoint_bytes = state_bytes(state)
+
+    def checkpoint_bytes(self, config: Mapping[str, Any], threads: int = 1) -> Optional[int]:
+        """Bytes of one trial checkpoint: the state the function's first report offers (`images_per_step` runs it up to
+        there); None when it offers none (it is never checkpointed)."""
+        self.images_per_step(config, threads)
+        return self._checkpoint_bytes
 
 
 class ReIDJob(Job):
@@ -208,9 +218,28 @@ class ReIDJob(Job):
 
     def preflight(self, config: Mapping[str, Any], *, head_lr: Optional[float] = None, threads: int = 1, log: Log = print) -> None:
         """Data, wiring and an overfit run at ``head_lr`` (the most favourable one the search will try)."""
+        from reid_core.contract import out_of_memory, out_of_memory_error
         from reid_core.preflight import preflight
 
-        preflight(TrainConfig.from_dict(config), overfit_head_lr=head_lr, log=log)
+        try:
+            preflight(TrainConfig.from_dict(config), overfit_head_lr=head_lr, log=log)
+        except (RuntimeError, MemoryError) as err:  # a model too large for this machine: one line, as in a trial
+            where = out_of_memory(err)
+            if where is None:
+                raise
+            raise out_of_memory_error(where, None, err, config, "the pre-flight") from None
+
+    def checkpoint_bytes(self, config: Mapping[str, Any], threads: int = 1) -> Optional[int]:
+        """Bytes of one trial checkpoint (`reid_core.trainer.Trainer.state_dict`), counted, not written: the weights and
+        buffers, AdamW's two moments of every trainable parameter, the monitor's copy of the classifier at step 0, and
+        with ``head_guard`` its best head and that head's moments. The data set is read for its identities (cached).
+        An upper bound: until the text tower trains (the CE-only phase) it has no moments (tiny model: 15 MB against 42)."""
+        from reid_core.data import load_data
+        from reid_core.model import context_length, state_bytes as model_state_bytes
+
+        cfg = TrainConfig.from_dict(config)
+        sizes = model_state_bytes(cfg, load_data(cfg, context_length(cfg)).num_classes)
+        return sizes["model"] + 2 * sizes["trainable"] + sizes["classifier"] + (3 * sizes["head"] if cfg.head_guard else 0)
 
 
 def job_for(spec: Optional[str] = None, root: Optional[str] = None) -> Job:

@@ -97,6 +97,26 @@ def build_model(cfg: TrainConfig, num_classes: int) -> ReIDModel:
     return ReIDModel(clip, num_classes)
 
 
+def state_bytes(cfg: TrainConfig, num_classes: int) -> dict[str, int]:
+    """Bytes of the model's state, counted on PyTorch's meta device (no memory taken, no weights read): ``model``
+    (parameters and buffers), ``trainable`` (the parameters the optimizer keeps moments of), ``classifier`` and
+    ``head`` (BNNeck and classifier, their buffers included): what a checkpoint weighs before one is written."""
+    kwargs = {"force_context_length": cfg.context_length} if cfg.context_length is not None else {}
+    with torch.device("meta"), quiet_random_init():
+        model = ReIDModel(open_clip.create_model(cfg.model, device="meta", force_image_size=tuple(cfg.image_size), **kwargs), num_classes)
+
+    def size(tensors) -> int:
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    head = [t for m in model.head_modules() for t in (*m.parameters(), *m.buffers())]
+    return {
+        "model": size([*model.parameters(), *model.buffers()]),
+        "trainable": size(p for p in model.parameters() if p.requires_grad),
+        "classifier": size([model.classifier.weight]),
+        "head": size(head),
+    }
+
+
 class _DropRandomInitNotice(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith("No pretrained weights loaded for model")

@@ -36,6 +36,7 @@ from reid_core.errors import UserError, cli_exit
 from reid_core.flags import ArgumentParser, add_config_arguments, add_shortcut_arguments, parse_args, shortcut_values
 from reid_core.io import write_json_atomic
 from reid_core.job import Job, job_for
+from reid_core.pace import LoaderWatch
 from reid_core.schema import COMPLETED, DIVERGED, METRIC_COLUMNS, STEP_METRICS, STUCK
 
 
@@ -70,6 +71,7 @@ class RunWriter:
         self.verdict_step: Optional[int] = None
         self.dashboard = dashboard
         self.rows: list[dict[str, Any]] = []  # kept for the diagnosis of a run stuck at chance
+        self.loader = LoaderWatch()  # says once when the steps wait for their images
         self._file = None
         self._writer: Optional[csv.DictWriter] = None
         self._started = time.perf_counter()
@@ -88,6 +90,9 @@ class RunWriter:
         if self.dashboard is not None:
             self.dashboard(metrics)
         self.rows.append({k: metrics[k] for k in STEP_METRICS if k in metrics})
+        slow_loader = self.loader(metrics)
+        if slow_loader:
+            print(slow_loader, file=self.stream, flush=True)
         verdict = self.rule(metrics) if self.verdict is None else None
         if verdict is not None:
             self.verdict, self.verdict_step = verdict, metrics["step"]

@@ -52,6 +52,7 @@ STEP_METRIC_TERMS = (
     Term(GUARD_FIRINGS, "times so far the head_guard lowered the head LR (CE ran away; reid_core.head_lr)"),
     Term(LR_RAISES, "times so far the progressive schedule (head_lr_raise) raised the head LR"),
     Term("images_per_s", "training throughput of this step"),
+    Term("data_wait_share", "share of the step's time spent waiting for its batches of images (above 0.1: the loader sets the pace)"),
 )
 STEP_METRICS = names(STEP_METRIC_TERMS)
 # Retrieval on the evaluated split's unseen identities (text-to-image; image-to-image for Market-1501), at the

@@ -16,6 +16,7 @@ gives the same images, captions and ids in every process.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
@@ -210,14 +211,24 @@ def make_split(
     images = np.empty((n, 3, size[0], size[1]), np.uint8)
     pids = np.empty(n, np.int64)
     captions = []
-    k = 0
-    for person, raw in zip(people, raw_ids):
-        for _ in range(per_identity):
-            images[k] = _render(person, size, rng).transpose(2, 0, 1).astype(np.uint8)
-            pids[k] = raw
-            captions.append(_caption(person, rng))
-            k += 1
+    for k, (image, raw, (caption,)) in enumerate(render_people(people, raw_ids, [per_identity] * len(people), size, rng)):
+        images[k] = image.transpose(2, 0, 1)
+        pids[k] = raw
+        captions.append(caption)
     return SyntheticSplit(images, pids, captions, list(people))
+
+
+def render_people(
+    people: list[Person], raw_ids: list[int], counts: list[int], size: tuple[int, int], rng: np.random.Generator, captions: int = 1
+) -> Iterator[tuple[np.ndarray, int, tuple[str, ...]]]:
+    """``counts[i]`` images of ``people[i]``, one at a time: ``(image (H, W, 3) uint8, raw id, captions)``.
+
+    One image in memory at a time, so a data set of any size can be written to disk as it is drawn
+    (``benchmarks/scale_data.py``: 34,054 images at 384x128 would be ~5 GB rendered at once)."""
+    for person, raw, count in zip(people, raw_ids, counts):
+        for _ in range(count):
+            image = _render(person, size, rng).astype(np.uint8)
+            yield image, raw, tuple(_caption(person, rng) for _ in range(captions))
 
 
 def make_synthetic(

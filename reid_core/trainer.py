@@ -130,6 +130,7 @@ class Trainer:
         # fault may compute them without the classifier module), optimizer and scaler set each step
         self.monitor = HeadMonitor(self.model.classifier, capture=False, every=cfg.monitor_every)
         self.step = 0  # optimizer steps taken
+        self.data_wait_s = 0.0  # seconds the step in progress has waited for its batches
         self.ce_ema: Optional[float] = None
         # the step at which the CE-only phase ended and the SDM ramp began (known in advance for sdm_start=steps)
         self.sdm_start_step: Optional[int] = cfg.ce_only_steps if cfg.sdm_start == "steps" else None
@@ -212,7 +213,9 @@ class Trainer:
         cfg, model = self.cfg, self.model
         sums = torch.zeros(3)
         for _ in range(cfg.grad_accum_steps):
+            waited = time.perf_counter()
             images, labels, tokens = next(self.stream)
+            self.data_wait_s += time.perf_counter() - waited  # the loader's pace: data_wait_share
             with self._autocast():
                 features = model.encode_image(images)  # raw features: the BNNeck needs them unnormalised
                 logits = model.identity_logits(features)
@@ -232,6 +235,7 @@ class Trainer:
         """One optimizer step; returns its metrics (``reid_core.schema.STEP_METRICS``)."""
         cfg, optimizer, scaler = self.cfg, self.optimizer, self.scaler
         started = time.perf_counter()
+        self.data_wait_s = 0.0  # seconds this step waited for its batches (`backward`)
         for part, schedule in (("head", cfg.head_lr_schedule), ("backbone", cfg.backbone_lr_schedule)):
             if any(start == self.step for start, _ in schedule or ()):  # a schedule entry starts at this step
                 self._set_base_lr(part, self.base_lr(part))
@@ -280,6 +284,7 @@ class Trainer:
             **{key: head[key] for key in HEAD_METRICS},
             "chance_ce": self.chance_ce,
             "images_per_s": cfg.images_per_step / max(time.perf_counter() - started, 1e-9),
+            "data_wait_share": self.data_wait_s / max(time.perf_counter() - started, 1e-9),
         }
         # the guard (CE ran away: head restored, LR lowered) and the raise (lr_too_low after a watch window)
         change = self.head_lr_changes.judge(metrics, previous_ce_ema, self.configured_lr("head"), head_before)

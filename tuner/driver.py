@@ -57,6 +57,26 @@ def connect(resources: Resources) -> bool:
     return True
 
 
+PREFLIGHT_PLACES = ("auto", "driver", "trial")  # --preflight-on
+
+
+def preflight_on_trial(settings: SearchSettings, resources: Resources, head_lr: Optional[float], log) -> None:
+    """The job's pre-flight as one Ray task holding what one trial holds (its GPU, which this driver may lack)."""
+    import ray
+    import torch
+
+    from tuner.trainable import run_preflight
+
+    gpus = resources.gpus_per_trial if resources.gpus_per_trial is not None else float(torch.cuda.is_available())
+    log(f"pre-flight on a trial's resources ({resources.cpus_per_trial:g} CPU, {gpus:g} GPU)")
+    task = ray.remote(run_preflight).options(num_cpus=resources.cpus_per_trial, num_gpus=gpus)
+    lines, error = ray.get(task.remote(settings.trainable, settings.trainable_root, settings.base, head_lr, settings.threads))
+    for line in lines:
+        log(line)
+    if error is not None:
+        raise UserError(error)
+
+
 def fast_reporting() -> None:
     """Every optimizer step is reported to Ray; keep that from slowing the trial down.
 
@@ -116,10 +136,13 @@ def run(
     resume: bool = False,
     quiet: bool = False,
     loggers: Loggers = Loggers(),
+    preflight: Optional[dict[str, Any]] = None,
     optuna_storage: Optional[str] = None,
 ) -> int:
     """Run (or, with ``resume``, continue) the search; returns the exit code of its summary.
 
+    ``preflight``: ``{"head_lr": ...}`` to run the pre-flight on one trial's resources (`preflight_on_trial`) once
+    Ray has started, before the experiment is saved; a failure is the search's one-line error, nothing written.
     ``optuna_storage``: the database URL the Optuna study is kept in (`tuner.optuna_storage`), checked
     already; on ``resume`` Ray's restored searcher holds its own.
 
@@ -134,6 +157,8 @@ def run(
     check_ray_version()  # one note line when the installed Ray is outside the tested range
     started_ray = connect(resources)
     try:
+        if preflight is not None:
+            preflight_on_trial(exp.settings, resources, preflight["head_lr"], (lambda s: None) if quiet else print)
         return _fit(exp, resources, space, points or [], resume, quiet, loggers, optuna_storage)
     except KeyboardInterrupt:  # the second Ctrl-C: out at once, Ray's own state as it was last saved
         from tuner.progress import resume_line
@@ -153,7 +178,8 @@ def _fit(exp: Experiment, resources: Resources, space, points, resume: bool, qui
     import torch
     from ray import tune
 
-    from tuner.pbt import CHECKPOINTS_KEPT
+    from tuner.checkpoints import CheckpointJanitor
+    from tuner.disk import KEPT_ASHA, KEPT_PBT
     from tuner.progress import EndReasonRecorder, ProgressPrinter, summarise
     from tuner.schedulers import rung_milestones
     from tuner.stoppers import ChanceLevelStopper
@@ -187,18 +213,17 @@ def _fit(exp: Experiment, resources: Resources, space, points, resume: bool, qui
     )
     stopper = ChanceLevelStopper(settings.grace_samples, settings.chance_margin)
     recorder = EndReasonRecorder(stopper, exp)
+    kept = KEPT_PBT if settings.scheduler == PBT else KEPT_ASHA  # checkpoints of a running trial: why in tuner.disk
+    janitor = CheckpointJanitor(recorder, exp, kept, keep=settings.keep_checkpoints)  # after the recorder: it reads why a trial ended
     progress = ProgressPrinter(recorder, settings, quiet=quiet)
     run_config = tune.RunConfig(
         name=exp_dir.name,
         storage_path=str(exp_dir.parent),
         stop=stopper,
-        callbacks=[recorder, progress, *loggers.callbacks(exp_dir)],
+        callbacks=[recorder, janitor, progress, *loggers.callbacks(exp_dir)],
         verbose=0,
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
-        # the newest two: a retry restores the newest the driver registered, which a trial's next checkpoint
-        # could delete before the retry starts (seen once: "does not exist on storage anymore" after a lost
-        # node); under PBT other trials copy them (tuner.pbt.CHECKPOINTS_KEPT)
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT if settings.scheduler == PBT else 2),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=kept),
     )
     t0 = time.perf_counter()
     if resume:
@@ -242,7 +267,7 @@ def _fit(exp: Experiment, resources: Resources, space, points, resume: bool, qui
 
             print(wandb_note(loggers.wandb_mode, loggers.wandb, wandb_folder(exp_dir)), flush=True)
     tuner.fit()
-    return summarise(exp, time.perf_counter() - t0)
+    return summarise(exp, time.perf_counter() - t0, janitor)
 
 
 def _search_and_scheduler(

@@ -32,6 +32,7 @@ from ray.tune.schedulers import TrialScheduler
 
 from search_spaces import Domain, to_tune
 from tuner._ray_compat import PBTWithExploitHook
+from tuner.disk import KEPT_PBT
 from tuner.lineage import LINEAGE_FILE, empty_record, pbt_round, read_lineage
 from tuner.storage import Location, write_json_atomic
 
@@ -42,8 +43,7 @@ ROUND = "pbt_round"  # PBT's time attribute, added to the results it looks at
 PERTURBATION_FACTORS = (2.0, 0.5)
 QUANTILE_FRACTION = 0.25  # Ray's default: the bottom quarter copies the top quarter
 RESAMPLE_PROBABILITY = 0.25  # Ray's default: a quarter of perturbations draw afresh from the domain
-CHECKPOINTS_KEPT = 4  # per trial. Ray registers a checkpoint up to twice per perturbation point; a copied one must
-# outlive one more point of its trial (the copying trial, paused with less progress, restarts first)
+CHECKPOINTS_KEPT = KEPT_PBT  # per trial (why: tuner.disk, which plans the disk with it)
 
 
 class _ClipToSpace:

@@ -7,13 +7,15 @@ import math
 import shlex
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from ray.tune import Callback
 
 from reid_core.ending import end_reason
 from reid_core.errors import INTERRUPTED
+from reid_core.pace import LoaderWatch
 from reid_core.schema import ERROR, UNFINISHED
+from tuner.checkpoints import CheckpointJanitor, disk_line
 from tuner.experiment import Experiment
 from tuner.importance import FILE as IMPORTANCE_FILE
 from tuner.importance import importance_png, param_importances
@@ -75,12 +77,18 @@ class ProgressPrinter(Callback):
         self._quiet = quiet
         self._every_s = every_s
         self._last_status = time.monotonic()
+        self._loader: Optional[dict[str, LoaderWatch]] = {}  # per trial, until one says the loader is the bottleneck
 
     def _say(self, text: str) -> None:
         if not self._quiet:
             print(text, flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if self._loader is not None:  # the first trial whose steps wait for their images says so, once a search
+            slow = self._loader.setdefault(trial.trial_id, LoaderWatch())(result)
+            if slow:
+                self._loader = None
+                print(f"trial {trial.trial_id}: {slow}", flush=True)  # also with --quiet: it costs GPU hours
         now = time.monotonic()
         if now - self._last_status >= self._every_s:
             self._last_status = now
@@ -110,12 +118,14 @@ def resume_line(exp_dir: Location) -> str:
     return f"resume with: reid-tune search --resume --name {exp_dir.name} --storage-path {storage}"
 
 
-def summarise(exp: Experiment, wall_s: float) -> int:
+def summarise(exp: Experiment, wall_s: float, janitor: Optional[CheckpointJanitor] = None) -> int:
     """Write the exports, print the summary; exit code 130 when the search was interrupted before every
-    trial ended (Ctrl-C), else 1 when some trials failed, else 0."""
+    trial ended (Ctrl-C), else 1 when some trials failed, else 0. ``janitor``: the search's, told the winner
+    (its other kept checkpoints go) and asked the disk in use."""
     exp_dir = exp.path
     exports = write_exports(exp)
     frame, settings, best = exports["frame"], exports["settings"], exports["best"]
+    disk = janitor.finish(None if best is None else best["trial_dir"]) if janitor is not None else None
     reasons = dict(zip(frame["trial_id"], frame["end_reason"])) if not frame.empty else {}
     curves_png(exports["trials"], reasons, settings, exp_dir / "curves.png")
     importance = param_importances(frame, settings)
@@ -124,6 +134,8 @@ def summarise(exp: Experiment, wall_s: float) -> int:
     for line in summary_lines(frame, settings, best, importance, wall_s):
         print(line)
     errors = frame[frame["end_reason"] == ERROR] if not frame.empty else frame
+    if disk is not None:
+        print(disk_line(disk, exp_dir))
     written = [exp_dir / "results.csv", exp_dir / "curves.png"]
     if importance_png(importance, exp_dir / IMPORTANCE_FILE):
         written.append(exp_dir / IMPORTANCE_FILE)

@@ -29,7 +29,8 @@ from reid_core.job import Job, job_for
 from reid_core.schema import EVAL_METRICS
 from search_spaces import Domain, load_space
 from tuner.cluster import check_reachable, use_token
-from tuner.driver import Loggers, Resources, run
+from tuner.disk import DiskPlan, check as check_disk, concurrency, plan
+from tuner.driver import PREFLIGHT_PLACES, Loggers, Resources, run
 from tuner.experiment import Experiment
 from tuner.lineage import check_pbt_flags, perturbed_fields
 from tuner.optuna_storage import check_storage, shown, storage_url
@@ -120,6 +121,12 @@ def build_parser() -> ArgumentParser:
         default=None,
         help=f"steps between trial checkpoints (default {DEFAULT_CHECKPOINT_EVERY} with --max-failures, else none)",
     )
+    r.add_argument(
+        "--keep-checkpoints",
+        action="store_true",
+        help="keep every ended trial's newest 2 checkpoints (4 under PBT); default: deleted when the trial ends, but the "
+        "winner's last and an errored trial's newest",
+    )
     r.add_argument("--address", help="connect to an existing Ray cluster (e.g. ray://head:10001 or auto)")
     r.add_argument("--auth-token-file", metavar="FILE", help="token file for a cluster with RAY_AUTH_MODE=token")
     o = p.add_argument_group("where results go")
@@ -145,6 +152,13 @@ def build_parser() -> ArgumentParser:
     )
     o.add_argument("--inject-fault", metavar="STEP:KEY=VALUE", help=argparse.SUPPRESS)  # reliability tests only
     o.add_argument("--skip-preflight", action="store_true", help="skip the pre-flight checks (data, wiring, overfit)")
+    o.add_argument(
+        "--preflight-on",
+        choices=PREFLIGHT_PLACES,
+        default="auto",
+        help="where the pre-flight runs: this driver, or one trial's resources (a Ray task before the first trial); auto "
+        "(default): a trial's when this driver has no GPU and trials get one (--gpus-per-trial > 0), else the driver",
+    )
     return p
 
 
@@ -267,6 +281,37 @@ def _top(space: dict[str, Domain], key: str) -> Optional[float]:
     return float(max(domain.args) if domain.kind == "choice" else domain.args[1])
 
 
+def _preflight_on_trial(where: str, resources: Resources) -> bool:
+    """``--preflight-on``: whether the pre-flight runs on a trial's resources. A ViT-B/16 pre-flight on a CPU driver
+    takes most of an hour (BENCHMARKS.md "real scale"); on the trial's GPU, seconds."""
+    if where != "auto":
+        return where == "trial"
+    import torch
+
+    return bool(resources.gpus_per_trial) and not torch.cuda.is_available()
+
+
+def _disk_plan(settings: SearchSettings, resources: Resources, job: Job) -> Optional[DiskPlan]:
+    """What the search's checkpoints will take at their peak (`tuner.disk`); None when no trial checkpoints."""
+    from reid_core.data import available_cpus
+
+    pbt = settings.scheduler == PBT
+    if not (settings.checkpoint_every or pbt):
+        return None
+    import torch
+
+    gpus = resources.gpus_per_trial if resources.gpus_per_trial is not None else float(torch.cuda.is_available())
+    concurrent, note = concurrency(
+        settings.num_trials, resources.max_concurrent, resources.cpus_per_trial, gpus, available_cpus(),
+        torch.cuda.device_count(), cluster=resources.address is not None,
+    )  # fmt: skip
+    return plan(
+        job.checkpoint_bytes(settings.base, settings.threads), checkpointing=True, pbt=pbt,
+        steps=round(settings.max_samples / settings.images_per_step), checkpoint_every=settings.checkpoint_every,
+        concurrent=concurrent, num_trials=settings.num_trials, keep_checkpoints=settings.keep_checkpoints, concurrency_note=note,
+    )  # fmt: skip
+
+
 def run_search(args, job: Job) -> int:
     log = (lambda s: None) if args.quiet else print
     resources = Resources(
@@ -311,8 +356,6 @@ def run_search(args, job: Job) -> int:
         check_storage(study_url, path.name, in_experiment=not args.optuna_storage)
     job.check(base, log)
     per_step = job.images_per_step(base, threads)  # the budget's unit: images per optimizer step at the base config
-    if not args.skip_preflight:
-        job.preflight(base, head_lr=_top(space, "head_lr"), threads=threads, log=log)
     settings = SearchSettings(
         base=base,
         space={k: d.describe() for k, d in space.items()},
@@ -333,11 +376,18 @@ def run_search(args, job: Job) -> int:
         searcher=args.searcher or ("random" if args.scheduler == PBT else "optuna"),
         perturbation_interval=round(args.perturbation_interval * per_step) if args.scheduler == PBT else 0,
         images_per_step=per_step,
+        keep_checkpoints=args.keep_checkpoints,
         optuna_study=shown(study_url) if study_url else None,
         **job.located(),
     )
+    check_disk(_disk_plan(settings, resources, job), path, log=log)  # before minutes of pre-flight, before Ray starts
+    on_trial = not args.skip_preflight and _preflight_on_trial(args.preflight_on, resources)
+    if not args.skip_preflight and not on_trial:
+        job.preflight(base, head_lr=_top(space, "head_lr"), threads=threads, log=log)
+    preflight = {"head_lr": _top(space, "head_lr")} if on_trial else None
     return run(
-        Experiment(path, settings), resources, space=space, points=points, quiet=args.quiet, loggers=loggers, optuna_storage=study_url
+        Experiment(path, settings), resources, space=space, points=points, quiet=args.quiet, loggers=loggers,
+        preflight=preflight, optuna_storage=study_url,
     )
 
 

@@ -55,6 +55,7 @@ class SearchSettings:
     # images per optimizer step at the base config: the unit --max-steps, --grace-steps and --perturbation-interval
     # count in (0: not recorded, in experiments from before 0.3)
     images_per_step: float = 0.0
+    keep_checkpoints: bool = False  # keep every ended trial's checkpoints (default: the winner's last; tuner.checkpoints)
     # --optuna-storage: the database URL (password hidden) holding the search's Optuna study, named after the
     # experiment (tuner.optuna_storage); None: the study lived in the driver's memory only
     optuna_study: Optional[str] = None

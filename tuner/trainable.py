@@ -22,6 +22,7 @@ from ray import tune
 from ray.tune import Checkpoint
 
 from reid_core.contract import Reporter, call
+from reid_core.errors import UserError
 from reid_core.job import job_for
 from reid_core.schema import EVAL_METRICS
 from tuner._ray_compat import with_fast_reporting
@@ -84,6 +85,15 @@ def train_trial(
     call(fn, config, reporter, threads)
 
 
+def run_preflight(spec: Optional[str], root: Optional[str], config: dict[str, Any], head_lr: Optional[float],
+                  threads: int) -> tuple[list[str], Optional[str]]:  # fmt: skip
+    """The job's pre-flight where a trial runs (``--preflight-on trial``): ``(lines it said, its error or None)``."""
+    lines: list[str] = []
+    try:
+        job_for(spec, root).preflight(config, head_lr=head_lr, threads=threads, log=lines.append)
+    except UserError as err:  # a PreflightError too: its one line, for the driver to raise
+        return lines, str(err)
+    return lines, None
 
 
 def _pbt_due(metrics: Mapping[str, Any], burn_in: float, interval: float, max_samples: Optional[float]) -> bool:

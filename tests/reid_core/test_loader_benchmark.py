@@ -21,8 +21,9 @@ def test_prints_loader_and_step_rates_and_the_ratio_last(loader_benchmark, capsy
     argv = ["--images", "48", "--file-size", "64x32", "--workers", "0", "--batches", "2", "--steps", "2", "--warmup", "0"]
     assert loader_benchmark.main([*argv, "--set", "batch_size=8", "device=cpu"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert re.match(r"loader, 0 worker\(s\) +\d+$", lines[-3])
-    assert re.match(r"training step \(CE\+SDM\), no loading +\d+$", lines[-2])
+    assert re.match(r"loader, 0 worker\(s\) +\d+$", lines[-4])
+    assert re.match(r"training step \(CE\+SDM\), no loading +\d+$", lines[-3])
+    assert re.match(r"workers needed for \d+ images/s at \d+ images/s per worker: \d+$", lines[-2])
     assert re.match(r"loader / step at loader_workers=0 \(what training on cpu uses\): \d+\.\d\dx, (keeps up|starves the step)$", lines[-1])
 
 

@@ -155,3 +155,35 @@ def test_offline_tag_is_one_line_naming_a_local_file(monkeypatch, tmp_path, caps
         r"open_clip_pytorch_model.bin where there is internet and pass the file with --pretrained PATH"
     )
     check_one_line_error(code, capsys.readouterr().err, fragment, out)
+
+
+# --- the scale users train at: ViT-B/16 (issue 27) ------------------------------------------------
+
+
+@pytest.mark.slow
+def test_vit_b16_weights_file_round_trip_and_another_architectures_file_is_one_line(tmp_path):
+    """A ViT-B/16 state dict (random init, ~600 MB fp32) saved as a file loads back to identical outputs at
+    384x128; the tiny model's file into ViT-B/16, and ViT-B/16's into the tiny model, are each one line."""
+    cfg = TrainConfig(model="ViT-B-16", pretrained=None, image_size=(384, 128), device="cpu")
+    torch.manual_seed(5)
+    saved = build_model(cfg, num_classes=10).eval()
+    path = tmp_path / "vit-b-16.pt"
+    torch.save(saved.clip.state_dict(), path)
+    assert path.stat().st_size > 500e6
+    torch.manual_seed(99)  # a different seed: only the file can make the weights equal
+    loaded = build_model(dataclasses.replace(cfg, pretrained=str(path)), num_classes=10).eval()
+    images, tokens = torch.randn(1, 3, 384, 128), torch.randint(0, 49408, (1, 77))
+    with torch.no_grad():
+        assert torch.equal(loaded.encode_image(images), saved.encode_image(images))
+        assert torch.equal(loaded.encode_text(tokens), saved.encode_text(tokens))
+    del saved, loaded
+    tiny = tmp_path / "reid-tiny.pt"
+    torch.save(build_model(TrainConfig(pretrained=None), num_classes=10).clip.state_dict(), tiny)
+    for model, weights in (("ViT-B-16", tiny), ("reid-tiny", path)):
+        size = (384, 128) if model == "ViT-B-16" else (64, 32)
+        with pytest.raises(UserError) as raised:
+            build_model(TrainConfig(model=model, pretrained=str(weights), image_size=size), num_classes=10)
+        message = str(raised.value)
+        assert "\n" not in message and message.startswith(f"cannot load pretrained weights '{weights}' into model '{model}'")
+        assert message.endswith("pass weights saved from this model")
+    path.unlink()  # 600 MB: not left for the end of the session

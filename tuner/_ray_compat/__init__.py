@@ -24,6 +24,8 @@ module             what it gives the rest of tuner                    without Ra
                    actors, ``on_logging_failed``
 ``mlflow_logger``  `mlflow_batching`, `mlflow_run`: the run Ray       one MLflow call per metric (slower)
                    opened for a trial, and its client
+``checkpoints``    `registered_checkpoints`: the checkpoints Ray      a running trial's unregistered
+                   tracks (the janitor leaves them to Ray)            checkpoints stay until it ends
 ``version``        `check_ray_version`, `RAY_CHECKED`, `TESTED_RAY`   (no Ray internals)
 =================  =================================================  ==========================================
 
@@ -34,6 +36,7 @@ process would pay if this package imported it.
 
 from __future__ import annotations
 
+from tuner._ray_compat.checkpoints import registered_checkpoints
 from tuner._ray_compat.logs import JsonLogger, quiet_ray_logs
 from tuner._ray_compat.mlflow_logger import mlflow_batching, mlflow_run
 from tuner._ray_compat.optuna_search import optuna_handles, optuna_study
@@ -55,5 +58,6 @@ __all__ = [
     "optuna_handles",
     "optuna_study",
     "quiet_ray_logs",
+    "registered_checkpoints",
     "with_fast_reporting",
 ]
