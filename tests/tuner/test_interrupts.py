@@ -10,10 +10,12 @@ import signal
 import subprocess
 from pathlib import Path
 
+import optuna
 import pandas as pd
 import pytest
 
 from tests.tuner.conftest import search_in_subprocess, sequential_search_args, wait_for
+from tuner.optuna_storage import DEFAULT_FILE
 from tuner.report import main as report_main
 from tuner.search import main as search_main
 
@@ -98,13 +100,14 @@ def _ended_trials(exp: Path) -> int:
     return len(list(exp.glob("*/end_reason.json")))
 
 
-def test_ctrl_c_stops_the_search_exits_130_and_resume_finishes_it(ray_session, tmp_path):
+def test_ctrl_c_stops_the_search_exits_130_and_resume_finishes_it_in_the_same_optuna_study(ray_session, tmp_path):
     points = [{"head_lr": 3e-3}, {"head_lr": 4e-3}, {"head_lr": 2e-3}]
     name = "interrupted"
     args, storage = sequential_search_args(
-        tmp_path, name, points, extra=["--max-steps", "120", "--grace-steps", "120", "--chance-margin", "0.02"]
+        tmp_path, name, points, extra=["--max-steps", "120", "--grace-steps", "120", "--chance-margin", "0.02", "--optuna-storage"]
     )
     exp = storage / name
+    url = f"sqlite:///{exp / DEFAULT_FILE}"  # its Optuna study, kept beside it (tuner.optuna_storage)
     with search_in_subprocess(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as driver:
         wait_for(lambda: _ended_trials(exp) >= 1, driver, "a trial ended")
         driver.send_signal(signal.SIGINT)  # what Ctrl-C sends
@@ -120,8 +123,14 @@ def test_ctrl_c_stops_the_search_exits_130_and_resume_finishes_it(ray_session, t
         best = json.loads((exp / "best_config.json").read_text())
         assert table.set_index("trial_id").loc[best["trial_id"]].end_reason in ("completed", "asha")
 
+    assert len(optuna.load_study(study_name=name, storage=url).trials) >= 1
+
     assert search_main(["--resume", "--name", name, "--storage-path", str(storage)]) == 0
     table = pd.read_csv(exp / "results.csv")
     assert len(table) == 3 and table.trial_id.is_unique
     assert sorted(table.head_lr) == sorted(p["head_lr"] for p in points)
     assert set(table.end_reason) == {"completed"}
+    assert optuna.get_all_study_names(url) == [name]  # the resume continued the same study, no second one
+    study = optuna.load_study(study_name=name, storage=url)
+    assert sorted(t.params["head_lr"] for t in study.trials) == sorted(p["head_lr"] for p in points)
+    assert {t.state for t in study.trials} == {optuna.trial.TrialState.COMPLETE}  # none left RUNNING

@@ -23,7 +23,7 @@ from tuner.optuna_storage import DEFAULT_FILE, INTERMEDIATE_EVERY_STEPS, check_s
 from tuner.search import main as search_main
 from tuner.storage import StoragePath
 
-from .conftest import BATCH, search_in_subprocess, sequential_search_args, wait_for
+from .conftest import BATCH
 
 
 def test_no_url_is_a_sqlite_file_in_the_experiment_folder_and_a_relative_one_is_made_absolute(tmp_path, monkeypatch):
@@ -121,10 +121,10 @@ def test_optuna_dashboard_serves_the_study_and_its_curves(knob_search, tmp_path)
     server = subprocess.Popen([str(dashboard), url, "--host", "127.0.0.1", "--port", str(port), "--quiet"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        studies, deadline = None, time.monotonic() + 120
+        studies, deadline = None, time.monotonic() + 600  # a hang guard
         while studies is None:  # until the server answers: no fixed sleep
             assert server.poll() is None, f"optuna-dashboard exited: {server.stderr.read()}"
-            assert time.monotonic() < deadline, "optuna-dashboard did not answer in 120 s"
+            assert time.monotonic() < deadline, "optuna-dashboard did not answer in 600 s"
             try:
                 studies = get_json(f"http://127.0.0.1:{port}/api/studies")["study_summaries"]
             except OSError:
@@ -137,28 +137,4 @@ def test_optuna_dashboard_serves_the_study_and_its_curves(knob_search, tmp_path)
         server.wait(timeout=30)
 
 
-def _ended(exp: Path) -> int:
-    return len(list(exp.glob("*/end_reason.json")))
-
-
-@pytest.mark.slow
-@pytest.mark.ray
-def test_resume_continues_the_same_study(ray_session, tmp_path):
-    points = [{"head_lr": 3e-3}, {"head_lr": 4e-3}, {"head_lr": 2e-3}]
-    args, storage = sequential_search_args(
-        tmp_path, "resumed", points, extra=["--max-steps", "120", "--grace-steps", "120", "--optuna-storage"]
-    )
-    exp = storage / "resumed"
-    url = f"sqlite:///{exp / DEFAULT_FILE}"
-    with search_in_subprocess(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as driver:
-        wait_for(lambda: _ended(exp) >= 1, driver, "a trial ended")
-        driver.send_signal(2)  # Ctrl-C
-        out, _ = driver.communicate(timeout=60)
-    assert driver.returncode == 130, out
-    assert len(optuna.load_study(study_name="resumed", storage=url).trials) >= 1
-
-    assert search_main(["--resume", "--name", "resumed", "--storage-path", str(storage)]) == 0
-    assert optuna.get_all_study_names(url) == ["resumed"]  # the same study, no second one
-    study = optuna.load_study(study_name="resumed", storage=url)
-    assert sorted(t.params["head_lr"] for t in study.trials) == sorted(p["head_lr"] for p in points)
-    assert {t.state for t in study.trials} == {optuna.trial.TrialState.COMPLETE}  # none left RUNNING
+# A resumed search continues the same study: tests/tuner/test_interrupts.py's Ctrl-C test runs with --optuna-storage

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -63,15 +62,25 @@ def _finished_trials(exp: Path, steps: int) -> int:
     return done
 
 
+def _saved_terminated(exp: Path) -> int:
+    """Trials Ray's newest experiment state (what a resume reads) holds as TERMINATED; 0 while it is unwritten
+    or half-written."""
+    states = sorted(exp.glob("experiment_state-*.json"))
+    try:
+        trials = json.loads(states[-1].read_text())["trial_data"] if states else []
+        return sum(json.loads(t[0]).get("status") == "TERMINATED" for t in trials)
+    except (ValueError, KeyError, IndexError, TypeError, FileNotFoundError):
+        return 0
+
+
 def test_driver_killed_with_sigkill_resumes_without_losing_or_repeating_trials(ray_session, tmp_path):
     points = [{"head_lr": 3e-3}, {"head_lr": 4e-3}, {"head_lr": 2e-3}]
     name = "killed"
     args, storage = sequential_search_args(tmp_path, name, points, extra=SHORT)
     exp = storage / name
     with search_in_subprocess(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as driver:
-        ready = lambda: _finished_trials(exp, 40) >= 1 and list(exp.glob("experiment_state-*.json"))  # noqa: E731
-        wait_for(ready, driver, "a trial finished")
-        time.sleep(1.0)  # let Ray write its experiment state after the first trial
+        ready = lambda: _finished_trials(exp, 40) >= 1 and _saved_terminated(exp) >= 1  # noqa: E731
+        wait_for(ready, driver, "a finished trial saved in Ray's experiment state")
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
 
