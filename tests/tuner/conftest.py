@@ -78,7 +78,7 @@ def learner_and_stuck(ray_session, tmp_path_factory):
     """One small real search shared by the search and report tests: head LR 1e-2 learns, 1e-6 is stuck."""
     tmp = tmp_path_factory.mktemp("search")
     code, exp = run_search(tmp, "mixed", [{"head_lr": 1e-2}, {"head_lr": 1e-6}])
-    return code, exp, pd.read_csv(exp / "results.csv")
+    return code, exp, pd.read_csv(exp / "results.csv", dtype={"trial_id": str})
 
 
 def sequential_search_args(tmp_path, name, points, extra=()) -> tuple[list[str], "os.PathLike"]:

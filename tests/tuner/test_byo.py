@@ -62,7 +62,7 @@ def seed_search(ray_session, tmp_path_factory):
 def test_seed_style_search_stops_the_low_head_lr_trial_with_a_named_cause(seed_search):
     code, exp, _ = seed_search
     assert code == 0
-    table = pd.read_csv(exp / "results.csv")
+    table = pd.read_csv(exp / "results.csv", dtype={"trial_id": str})
     stuck = table[table["lr_head"] == 1e-6].iloc[0]
     assert stuck["end_reason"] == "stuck_at_chance" and stuck["stuck_cause"] == "lr_too_low"
     assert stuck["samples"] < 60 * 16  # stopped early, at the grace window (20 steps x 16 images)
@@ -92,7 +92,7 @@ def minimal_search(ray_session, tmp_path_factory):
 def test_a_function_reporting_only_the_minimum_is_tuned_stopped_and_tabulated(minimal_search, capsys):
     code, exp, _ = minimal_search
     assert code == 0
-    table = pd.read_csv(exp / "results.csv")
+    table = pd.read_csv(exp / "results.csv", dtype={"trial_id": str})
     assert set(table.columns) >= {"lr_head", "accum", "end_reason", "stuck_cause", "final_ce_ema"}  # the user's keys
     stuck = table[table["lr_head"] == 1e-5].iloc[0]
     assert stuck["end_reason"] == "stuck_at_chance" and stuck["stuck_cause"] == "unknown"  # no evidence, no guess

@@ -197,7 +197,7 @@ def test_a_search_joins_with_its_token_spreads_over_nodes_and_a_lost_nodes_trial
     driver, out, exp, lost = _search_losing_a_node(own_cluster, tmp_path, "lost", points, extra)
     assert driver.returncode == 0, out[-3000:]
     assert [ln for ln in out.splitlines() if "gcs_client" in ln or "refused" in ln] == []  # the token was accepted
-    table = pd.read_csv(exp / "results.csv")
+    table = pd.read_csv(exp / "results.csv", dtype={"trial_id": str})
     assert len(table) == 3 and table.trial_id.is_unique  # none lost, none twice
     assert set(table.end_reason) == {"completed"}
     # the lost node's trial, finished elsewhere (on a loaded machine Ray may also declare another node dead by
@@ -214,7 +214,7 @@ def test_without_retries_a_lost_nodes_trial_is_an_error_row_naming_the_node(own_
     points = [{"head_lr": 3e-3}, {"head_lr": 4e-3}]
     driver, out, exp, lost = _search_losing_a_node(own_cluster, tmp_path, "noretry", points, [])
     assert driver.returncode == 1, out[-3000:]  # a trial failed: the exit code says so
-    table = pd.read_csv(exp / "results.csv")
+    table = pd.read_csv(exp / "results.csv", dtype={"trial_id": str})
     assert len(table) == 2 and set(table.end_reason) == {"error", "completed"}
     failed = table[table.end_reason == "error"].iloc[0]
     assert failed.node_ids == lost and f"(on node {lost[:8]})" in failed.error

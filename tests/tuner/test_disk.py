@@ -94,7 +94,7 @@ def test_ended_trials_keep_no_checkpoint_but_the_winners_last(janitor_search, ca
     assert code == 0
     import pandas as pd
 
-    frame = pd.read_csv(exp / "results.csv")
+    frame = pd.read_csv(exp / "results.csv", dtype={"trial_id": str})
     winner = frame.iloc[0]["trial_dir"]
     held = checkpoints_of(exp)
     assert held.pop(winner) == 1 and set(held.values()) == {0}, checkpoints_of(exp)

@@ -28,7 +28,7 @@ def page(knob_search):
     assert code == 0, printed
     assert report_main([str(exp), "--html", "--no-plots"]) == 0
     best = json.loads((exp / "best_config.json").read_text())["trial_id"]
-    return exp / "report.html", pd.read_csv(exp / "results.csv"), best
+    return exp / "report.html", pd.read_csv(exp / "results.csv", dtype={"trial_id": str}), best
 
 
 def test_the_page_holds_everything_and_fetches_nothing(page):

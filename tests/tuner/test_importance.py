@@ -143,7 +143,7 @@ def test_each_domain_becomes_the_optuna_distribution_that_holds_every_value_draw
 def test_a_real_search_where_head_lr_decides_ranks_it_first_in_the_summary_and_the_report(knob_search, capsys):
     code, exp, printed, _ = knob_search
     assert code == 0, printed
-    results = pd.read_csv(exp / "results.csv")
+    results = pd.read_csv(exp / "results.csv", dtype={"trial_id": str})
     assert {"stuck_at_chance", "completed"} <= set(results.end_reason)  # stopped trials are among those valued
     summary = printed[printed.index("importance for ce_ema") :].splitlines()
     assert "best 3 of 8 trials" in summary[0]

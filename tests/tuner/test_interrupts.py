@@ -40,7 +40,7 @@ def damaged(learner_and_stuck, tmp_path) -> Path:
 
 
 def stuck_trial_dir(exp: Path) -> Path:
-    table = pd.read_csv(exp / "results.csv")
+    table = pd.read_csv(exp / "results.csv", dtype={"trial_id": str})
     return exp / table.loc[table.end_reason == "stuck_at_chance", "trial_dir"].iloc[0]
 
 
@@ -70,7 +70,7 @@ def test_a_truncated_result_line_is_skipped_with_a_note_and_the_recorded_reason_
     captured = capsys.readouterr()
     notes = captured.err.strip().splitlines()
     assert len(notes) == 1 and f"line {len(lines)} is unreadable" in notes[0]
-    table = pd.read_csv(pd.io.common.StringIO(captured.out))
+    table = pd.read_csv(pd.io.common.StringIO(captured.out), dtype={"trial_id": str})
     stuck = table[table.head_lr == 1e-6].iloc[0]
     assert stuck.end_reason == "stuck_at_chance"  # as recorded when the stopper decided, not re-derived
     assert stuck.steps == len(lines) - 1 and "the curve ends at step" in stuck.damage
@@ -84,7 +84,7 @@ def test_an_unreadable_ray_state_file_marks_the_table_without_failing_it(damaged
     assert report_main([str(damaged), "--format", "csv", "--no-plots"]) == 0
     captured = capsys.readouterr()
     assert "experiment_state" in captured.err and "statuses unknown" in captured.err
-    table = pd.read_csv(pd.io.common.StringIO(captured.out))
+    table = pd.read_csv(pd.io.common.StringIO(captured.out), dtype={"trial_id": str})
     assert sorted(table.end_reason) == ["completed", "stuck_at_chance"]  # the trials' own records still say
 
 
@@ -117,7 +117,7 @@ def test_ctrl_c_stops_the_search_exits_130_and_resume_finishes_it_in_the_same_op
     assert "Traceback" not in out and "FileNotFoundError" not in out
     assert [line for line in out.splitlines() if "WARNING" in line] == []  # Ray's start and stop notices kept off
     assert f"resume with: reid-tune search --resume --name {name} --storage-path {storage}" in out.strip().splitlines()[-1]
-    table = pd.read_csv(exp / "results.csv")
+    table = pd.read_csv(exp / "results.csv", dtype={"trial_id": str})
     assert "unfinished" in set(table.end_reason) or len(table) < 3
     if (exp / "best_config.json").is_file():  # only a trial that ended can be the winner
         best = json.loads((exp / "best_config.json").read_text())
@@ -126,7 +126,7 @@ def test_ctrl_c_stops_the_search_exits_130_and_resume_finishes_it_in_the_same_op
     assert len(optuna.load_study(study_name=name, storage=url).trials) >= 1
 
     assert search_main(["--resume", "--name", name, "--storage-path", str(storage)]) == 0
-    table = pd.read_csv(exp / "results.csv")
+    table = pd.read_csv(exp / "results.csv", dtype={"trial_id": str})
     assert len(table) == 3 and table.trial_id.is_unique
     assert sorted(table.head_lr) == sorted(p["head_lr"] for p in points)
     assert set(table.end_reason) == {"completed"}

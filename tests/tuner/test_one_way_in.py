@@ -42,7 +42,7 @@ def _ce(run) -> list[float]:
 
 def _curves(exp) -> dict[float, list[float]]:
     """head_lr -> the ce of every step its trial reported."""
-    table = pd.read_csv(exp / "results.csv")
+    table = pd.read_csv(exp / "results.csv", dtype={"trial_id": str})
     out = {}
     for _, row in table.iterrows():
         lines = (exp / row["trial_dir"] / "result.json").read_text().splitlines()
@@ -74,7 +74,7 @@ def both(ray_session, tmp_path_factory):
 def test_ours_and_ours_wrapped_as_a_user_function_run_the_same_trials_on_the_same_curves(both):
     ours, wrapped, tmp = both
     assert ours == 0 and wrapped == 0
-    a, b = (pd.read_csv(tmp / "results" / name / "results.csv").set_index("head_lr") for name in ("ours", "wrapped"))
+    a, b = (pd.read_csv(tmp / "results" / name / "results.csv", dtype={"trial_id": str}).set_index("head_lr") for name in ("ours", "wrapped"))
     assert sorted(a.index) == sorted(b.index) == sorted(p["head_lr"] for p in POINTS)
     columns = ["end_reason", "stuck_cause", "steps", "samples"]
     assert a.loc[sorted(a.index), columns].equals(b.loc[sorted(b.index), columns])

@@ -83,7 +83,7 @@ def test_the_study_reads_back_with_load_study_every_trial_its_state_and_its_curv
     code, exp, printed, url = knob_search
     assert code == 0, printed
     assert f"watch it: {dashboard_command(url)}" in printed
-    table = pd.read_csv(exp / "results.csv").set_index("head_lr")
+    table = pd.read_csv(exp / "results.csv", dtype={"trial_id": str}).set_index("head_lr")
     study = optuna.load_study(study_name="knobs", storage=url)
     assert study.direction == optuna.study.StudyDirection.MINIMIZE and len(study.trials) == len(table) == 8
     every = INTERMEDIATE_EVERY_STEPS * BATCH

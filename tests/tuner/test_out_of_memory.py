@@ -20,7 +20,7 @@ def test_a_trial_out_of_memory_is_an_error_naming_it_and_the_fix(ray_session, tm
     ])  # fmt: skip
     out = capsys.readouterr().out
     assert code == 1  # some trials failed
-    row = pd.read_csv(tmp_path / "results" / "oom" / "results.csv").iloc[0]
+    row = pd.read_csv(tmp_path / "results" / "oom" / "results.csv", dtype={"trial_id": str}).iloc[0]
     assert row["end_reason"] == "error" and row["steps"] == 2
     line = next(ln for ln in out.splitlines() if ln.startswith(f"trial {row['trial_id']} failed: "))
     assert "out of host memory at step 3 (an allocation of 1,048,576.00 GiB failed); fix: a smaller batch with more " in line

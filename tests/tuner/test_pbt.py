@@ -31,7 +31,7 @@ POINTS = [{"head_lr": 1e-2}, {"head_lr": 3e-3}, {"head_lr": 1e-3}, {"head_lr": 1
 def pbt_search(ray_session, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pbt")
     code, exp = run_search(tmp, "pbt", POINTS, extra=PBT)
-    return code, exp, pd.read_csv(exp / "results.csv"), read_lineage(exp)
+    return code, exp, pd.read_csv(exp / "results.csv", dtype={"trial_id": str}), read_lineage(exp)
 
 
 pytestmark = pytest.mark.ray
@@ -125,7 +125,7 @@ def test_report_and_resume_read_the_pbt_setting(pbt_search, capsys):
     # A resumed finished search restores its PBT scheduler, trains nothing more and keeps the lineage.
     code = search_main(["--resume", "--name", exp.name, "--storage-path", str(exp.parent), "--quiet"])
     assert code == 0 and read_lineage(exp) == lineage
-    assert pd.read_csv(exp / "results.csv").set_index("trial_id").steps.to_dict() == table.set_index("trial_id").steps.to_dict()
+    assert pd.read_csv(exp / "results.csv", dtype={"trial_id": str}).set_index("trial_id").steps.to_dict() == table.set_index("trial_id").steps.to_dict()
 
 
 def _space(tmp_path, text):

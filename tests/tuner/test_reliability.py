@@ -27,7 +27,7 @@ def test_a_failing_trial_and_a_nan_trial_leave_rows_and_the_others_finish(ray_se
     points = [{"head_lr": 3e-3}, {"head_lr": 2e-3}, {"head_lr": 1e30}]
     code, exp = run_search(tmp_path, "faults", points, extra=[*SHORT, "--inject-fault", "20:head_lr=0.002"])
     out = capsys.readouterr().out
-    table = pd.read_csv(exp / "results.csv").set_index("head_lr")
+    table = pd.read_csv(exp / "results.csv", dtype={"trial_id": str}).set_index("head_lr")
     assert code == 1  # some trials failed: the exit code says so
     assert "1 errored" in out and "injected fault at step 20" in out
     failed = table.loc[2e-3]
@@ -42,7 +42,7 @@ def test_a_retried_trial_resumes_from_its_checkpoint_on_the_same_curve(ray_sessi
     extra = [*SHORT, "--inject-fault", "30:head_lr=0.003", "--max-failures", "1", "--checkpoint-every", "10"]
     code, exp = run_search(tmp_path, "retry", points, extra=extra)
     assert code == 0
-    row = pd.read_csv(exp / "results.csv").iloc[0]
+    row = pd.read_csv(exp / "results.csv", dtype={"trial_id": str}).iloc[0]
     assert row.end_reason == "completed" and row.steps == 40
     (trial,) = read_trials(exp)
     assert [r["step"] for r in trial.rows] == list(range(1, 41))  # no gap, no duplicate step
@@ -88,7 +88,7 @@ def test_driver_killed_with_sigkill_resumes_without_losing_or_repeating_trials(r
     assert before, "a trial had finished before the kill"
 
     assert search_main(["--resume", "--name", name, "--storage-path", str(storage)]) == 0
-    table = pd.read_csv(exp / "results.csv")
+    table = pd.read_csv(exp / "results.csv", dtype={"trial_id": str})
     assert len(table) == 3 and table.trial_id.is_unique
     assert sorted(table.head_lr) == sorted(p["head_lr"] for p in points)
     for trial_id, last in before.items():  # what finished before the kill kept its result

@@ -27,8 +27,8 @@ def exp(learner_and_stuck):
 
 def test_table_has_one_row_per_trial_and_matches_results_csv(exp, capsys):
     assert main([str(exp), "--format", "csv", "--no-plots"]) == 0
-    printed = pd.read_csv(io.StringIO(capsys.readouterr().out))
-    on_disk = pd.read_csv(exp / "results.csv").drop(columns=["trial_dir", "chance_ce"])
+    printed = pd.read_csv(io.StringIO(capsys.readouterr().out), dtype={"trial_id": str})
+    on_disk = pd.read_csv(exp / "results.csv", dtype={"trial_id": str}).drop(columns=["trial_dir", "chance_ce"])
     pd.testing.assert_frame_equal(printed, on_disk)
     assert len(printed) == 2
 

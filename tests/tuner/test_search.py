@@ -82,7 +82,7 @@ def test_when_every_trial_is_stuck_every_trial_is_stopped_at_chance(ray_session,
     # ASHA alone would promote the first trial to reach its rung and keep the best of the stuck.
     points = [{"head_lr": 1e-6}, {"head_lr": 2e-6}, {"head_lr": 4e-6}]
     code, exp = run_search(tmp_path, "all-stuck", points, extra=["--max-concurrent", "2"])
-    table = pd.read_csv(exp / "results.csv")
+    table = pd.read_csv(exp / "results.csv", dtype={"trial_id": str})
     assert code == 0
     assert list(table.end_reason) == ["stuck_at_chance"] * 3
     assert (table.samples <= GRACE_STEPS * BATCH + BATCH).all()

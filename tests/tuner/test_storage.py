@@ -119,7 +119,7 @@ def test_a_search_on_s3_resumes_from_there_and_reports_without_ray(ray_session, 
     assert f"--storage-path '{uri}'" in out.strip().splitlines()[-1]  # the resume line names the URI, quoted
 
     assert search_main(["--resume", "--name", "shared", "--storage-path", uri]) == 0
-    table = pd.read_csv(io.StringIO((exp / "results.csv").read_text()))
+    table = pd.read_csv(io.StringIO((exp / "results.csv").read_text()), dtype={"trial_id": str})
     assert len(table) == 2 and table.trial_id.is_unique  # the interrupted trial ran again, once
     assert sorted(table.head_lr) == [2e-3, 3e-3] and set(table.end_reason) == {"completed"}
     best = json.loads((exp / "best_config.json").read_text())
@@ -130,6 +130,6 @@ def test_a_search_on_s3_resumes_from_there_and_reports_without_ray(ray_session, 
     code = f"import sys, tuner.report; sys.exit(tuner.report.main({argv!r}) or ('ray' in sys.modules) * 10 + ('torch' in sys.modules) * 20)"
     report = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert report.returncode == 0, report.stdout + report.stderr  # read the bucket, imported neither Ray nor torch
-    assert sorted(pd.read_csv(local).head_lr) == sorted(table.head_lr)
+    assert sorted(pd.read_csv(local, dtype={"trial_id": str}).head_lr) == sorted(table.head_lr)
     assert (exp / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (exp / "hyperparams.png").is_file()
