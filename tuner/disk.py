@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from reid_core.errors import UserError
+from tuner.settings import PBT, SearchSettings
 from tuner.storage import Location, StoragePath
 
 # Ray's num_to_keep, checkpoints kept of a running trial. Outside PBT 2: a retry restores the newest the driver
@@ -152,3 +153,25 @@ def folder_bytes(folder: Location) -> int:
         infos = folder.fs.get_file_info(pafs.FileSelector(folder.path, recursive=True, allow_not_found=True))
         return sum(i.size or 0 for i in infos if i.type == pafs.FileType.File)
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+
+
+def search_plan(settings: SearchSettings, checkpoint_bytes: Callable[[], Optional[int]], max_concurrent: Optional[int],
+                cpus_per_trial: float, gpus_per_trial: Optional[float], on_cluster: bool) -> Optional[DiskPlan]:  # fmt: skip
+    """What a search's checkpoints will take at their peak; None when no trial checkpoints. ``checkpoint_bytes``
+    is asked only then (the job's estimate of one checkpoint); ``gpus_per_trial`` None: one when CUDA is here."""
+    from reid_core.data import available_cpus
+
+    pbt = settings.scheduler == PBT
+    if not (settings.checkpoint_every or pbt):
+        return None
+    import torch
+
+    gpus = gpus_per_trial if gpus_per_trial is not None else float(torch.cuda.is_available())
+    concurrent, note = concurrency(
+        settings.num_trials, max_concurrent, cpus_per_trial, gpus, available_cpus(), torch.cuda.device_count(), cluster=on_cluster
+    )
+    return plan(
+        checkpoint_bytes(), checkpointing=True, pbt=pbt, steps=round(settings.max_samples / settings.images_per_step),
+        checkpoint_every=settings.checkpoint_every, concurrent=concurrent, num_trials=settings.num_trials,
+        keep_checkpoints=settings.keep_checkpoints, concurrency_note=note,
+    )  # fmt: skip

@@ -29,7 +29,7 @@ from reid_core.job import Job, job_for
 from reid_core.schema import EVAL_METRICS
 from search_spaces import Domain, load_space
 from tuner.cluster import check_reachable, use_token
-from tuner.disk import DiskPlan, check as check_disk, concurrency, plan
+from tuner.disk import check as check_disk, search_plan
 from tuner.driver import PREFLIGHT_PLACES, Loggers, Resources, run
 from tuner.experiment import Experiment
 from tuner.lineage import check_pbt_flags, perturbed_fields
@@ -291,27 +291,6 @@ def _preflight_on_trial(where: str, resources: Resources) -> bool:
     return bool(resources.gpus_per_trial) and not torch.cuda.is_available()
 
 
-def _disk_plan(settings: SearchSettings, resources: Resources, job: Job) -> Optional[DiskPlan]:
-    """What the search's checkpoints will take at their peak (`tuner.disk`); None when no trial checkpoints."""
-    from reid_core.data import available_cpus
-
-    pbt = settings.scheduler == PBT
-    if not (settings.checkpoint_every or pbt):
-        return None
-    import torch
-
-    gpus = resources.gpus_per_trial if resources.gpus_per_trial is not None else float(torch.cuda.is_available())
-    concurrent, note = concurrency(
-        settings.num_trials, resources.max_concurrent, resources.cpus_per_trial, gpus, available_cpus(),
-        torch.cuda.device_count(), cluster=resources.address is not None,
-    )  # fmt: skip
-    return plan(
-        job.checkpoint_bytes(settings.base, settings.threads), checkpointing=True, pbt=pbt,
-        steps=round(settings.max_samples / settings.images_per_step), checkpoint_every=settings.checkpoint_every,
-        concurrent=concurrent, num_trials=settings.num_trials, keep_checkpoints=settings.keep_checkpoints, concurrency_note=note,
-    )  # fmt: skip
-
-
 def run_search(args, job: Job) -> int:
     log = (lambda s: None) if args.quiet else print
     resources = Resources(
@@ -380,7 +359,9 @@ def run_search(args, job: Job) -> int:
         optuna_study=shown(study_url) if study_url else None,
         **job.located(),
     )
-    check_disk(_disk_plan(settings, resources, job), path, log=log)  # before minutes of pre-flight, before Ray starts
+    disk = search_plan(settings, lambda: job.checkpoint_bytes(settings.base, settings.threads), resources.max_concurrent,
+                       resources.cpus_per_trial, resources.gpus_per_trial, on_cluster=resources.address is not None)  # fmt: skip
+    check_disk(disk, path, log=log)  # before minutes of pre-flight, before Ray starts
     on_trial = not args.skip_preflight and _preflight_on_trial(args.preflight_on, resources)
     if not args.skip_preflight and not on_trial:
         job.preflight(base, head_lr=_top(space, "head_lr"), threads=threads, log=log)
