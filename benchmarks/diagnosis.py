@@ -25,8 +25,8 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import json
+import math
 import multiprocessing
-import statistics
 import sys
 import time
 from collections import Counter
@@ -34,7 +34,8 @@ from typing import Optional, Sequence
 
 import planted
 from planted import HEALTHY, KINDS, PREFLIGHT_ONLY, WIRING, Case, all_kinds, fault_cases, healthy_cases
-from reid_core.chance import DEFAULT_CHANCE_MARGIN, DEFAULT_GRACE_STEPS, ChanceLevelRule, go_line
+from reid_core.chance import DEFAULT_CHANCE_MARGIN, DEFAULT_GRACE_STEPS, EARLY, VERDICTS, ChanceLevelRule, go_line
+from reid_core.early import WIRING as EARLY_WIRING, scope
 from reid_core.config import TrainConfig
 from reid_core.diagnostics import CAUSES, UNKNOWN, diagnose
 from reid_core.errors import UserError, cli_exit
@@ -56,13 +57,30 @@ class Outcome:
     rows: tuple = ()  # the rows the diagnosis read (kept for --save-rows)
 
 
-def judge(case: Case, base: dict) -> Outcome:
-    """Train ``case`` under the chance-level rule; a fault run stops at the first verdict, a healthy one goes on."""
+def rule_for(case: Case, verdict: str) -> ChanceLevelRule:
+    """The search's rule for this case's trial: its grace window, its budget in images, the early verdict's scope."""
+    cfg = case.config()
+    return ChanceLevelRule(
+        case.grace_samples, DEFAULT_CHANCE_MARGIN, verdict=verdict, budget_samples=cfg.max_steps * cfg.images_per_step,
+        **scope(cfg.to_dict()),
+    )  # fmt: skip
+
+
+def named_at(case: Case, rows: list[dict]) -> tuple[str, str]:
+    """The cause the search prints for a trial stopped after ``rows``, and its line."""
+    cfg = case.config()
+    found = diagnose(rows, head_lr=cfg.head_lr, backbone_lr=cfg.backbone_lr, label_smoothing=cfg.label_smoothing)
+    return found.cause, found.line()
+
+
+def judge(case: Case, base: dict, verdict: str = EARLY) -> Outcome:
+    """Train ``case`` under the chance-level rule; a fault run stops at the first verdict, a healthy one goes on
+    (its rows kept to its budget, for --rejudge)."""
     started = time.perf_counter()
     case = dataclasses.replace(case, overrides={**case.overrides, **base})
     cfg = case.config()
     trainer = case.trainer()
-    rule = ChanceLevelRule(case.grace_samples, DEFAULT_CHANCE_MARGIN)
+    rule = rule_for(case, verdict)
     rows: list[dict] = []
     named, at, go, evidence = NOT_STOPPED, None, None, ""
     for _ in range(cfg.max_steps):
@@ -70,25 +88,30 @@ def judge(case: Case, base: dict) -> Outcome:
         row = rows[-1]
         if go is None and row["ce_ema"] <= go_line(row["chance_ce"]):
             go = row["step"]
-        verdict = rule(row) if at is None else None
-        if verdict == DIVERGED:
+        said = rule(row) if at is None else None
+        if said == DIVERGED:
             named, at = DIVERGED, row["step"]
-        elif verdict == STUCK:
-            found = diagnose(rows, head_lr=cfg.head_lr, backbone_lr=cfg.backbone_lr, label_smoothing=cfg.label_smoothing)
-            named, at, evidence = (found.cause if found else UNKNOWN), row["step"], (found.line() if found else "")
+        elif said == STUCK:
+            (named, evidence), at = named_at(case, rows), row["step"]
         if at is not None and case.kind != HEALTHY:
             break
-    kept = tuple(rows[:at]) if at is not None else ()
-    return Outcome(case, named, at, go, evidence, time.perf_counter() - started, kept)
+    return Outcome(case, named, at, go, evidence, time.perf_counter() - started, tuple(rows))
 
 
-def rediagnose(outcome: Outcome) -> Outcome:
-    """The outcome with its cause named again from its saved rows (the thresholds may have changed)."""
-    if outcome.step is None or outcome.named == DIVERGED:
-        return outcome
-    cfg = outcome.case.config()
-    found = diagnose(list(outcome.rows), head_lr=cfg.head_lr, backbone_lr=cfg.backbone_lr, label_smoothing=cfg.label_smoothing)
-    return dataclasses.replace(outcome, named=found.cause if found else UNKNOWN, evidence=found.line() if found else "")
+def rejudge(outcome: Outcome, verdict: str = EARLY) -> Outcome:
+    """The outcome judged again from its saved rows by today's rule (thresholds or the early verdict changed; the
+    training did not). A fault run's rows end at the verdict it was saved with: today's rule can stop it there
+    or earlier, and a rule that would go on past them reads as not stopped."""
+    case, rows = outcome.case, list(outcome.rows)
+    rule = rule_for(case, verdict)
+    for i, row in enumerate(rows):
+        said = rule(row)
+        if said == DIVERGED:
+            return dataclasses.replace(outcome, named=DIVERGED, step=row["step"], evidence="")
+        if said == STUCK:
+            named, evidence = named_at(case, rows[: i + 1])
+            return dataclasses.replace(outcome, named=named, step=row["step"], evidence=evidence)
+    return dataclasses.replace(outcome, named=NOT_STOPPED, step=None, evidence="")
 
 
 def save(outcomes: list[Outcome], path: str) -> None:
@@ -125,9 +148,9 @@ def preflight_catch(case: Case, base: dict) -> str:
     return PASSED
 
 
-def _work(task: tuple[str, Case, dict]):
-    what, case, base = task
-    return (what, judge(case, base)) if what == "judge" else (what, (case, preflight_catch(case, base)))
+def _work(task: tuple[str, Case, dict, str]):
+    what, case, base, verdict = task
+    return (what, judge(case, base, verdict)) if what == "judge" else (what, (case, preflight_catch(case, base)))
 
 
 def show_outcome(o: Outcome, verbose: bool) -> None:
@@ -164,7 +187,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = ArgumentParser(prog="python benchmarks/diagnosis.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=list(planted.REPORTED_SEEDS), help="seeds (0-2 calibrated the thresholds)")
     p.add_argument("--kinds", nargs="+", default=list(KINDS), help=f"fault kinds (default: {', '.join(KINDS)})")
-    p.add_argument("--configs", nargs="+", default=list(planted.FAULT_CONFIGS), help=f"configs (default: {', '.join(planted.CONFIGS)})")
+    p.add_argument("--configs", nargs="+", help=f"configs (default: {', '.join(planted.FAULT_CONFIGS)} for faults, and {', '.join(planted.HEALTHY_CONFIGS)} for healthy runs)")
     p.add_argument("--healthy-only", action="store_true", help="only the healthy runs")
     p.add_argument("--no-healthy", action="store_true", help="no healthy runs")
     p.add_argument("--no-preflight", action="store_true", help="skip the pre-flight on each plant")
@@ -173,13 +196,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--grace-steps", type=int, default=DEFAULT_GRACE_STEPS, help="the default grace window, steps x batch_size images")
     p.add_argument("--max-steps", type=int, default=planted.MAX_STEPS, help="the budget, steps at accumulation 1")
     p.add_argument("--verbose", action="store_true", help="print each verdict's evidence")
-    p.add_argument("--save-rows", metavar="FILE", help="keep each run's outcome and rows (JSON lines), for --rediagnose")
-    p.add_argument("--rediagnose", metavar="FILE", help="no training: name the causes again from a --save-rows file")
+    p.add_argument("--verdict", choices=VERDICTS, default=EARLY, help="the rule's verdict: early (default) or at the window only")
+    p.add_argument("--save-rows", metavar="FILE", help="keep each run's outcome and rows (JSON lines), for --rejudge")
+    p.add_argument("--rejudge", "--rediagnose", dest="rejudge", metavar="FILE", help="no training: judge the runs of a --save-rows file again with today's rule and causes")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every run")
     args = p.parse_args(argv)
     try:
         for name, known in (("kind", all_kinds()), ("config", planted.CONFIGS)):
-            bad = [k for k in getattr(args, f"{name}s") if k not in known]
+            bad = [k for k in getattr(args, f"{name}s") or () if k not in known]
             if bad:
                 raise UserError(f"unknown {name} '{bad[0]}'; known: {', '.join(known)}")
         if not 0 < args.grace_steps < args.max_steps or args.processes < 1:
@@ -191,8 +215,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except UserError as err:
         return cli_exit(err, p.prog)
     base = {k: v for k, v in chosen.items() if v != default[k]}  # what --set changed, applied to every run
-    if args.rediagnose:  # calibration: a threshold changed, the runs did not
-        outcomes = [rediagnose(o) for o in load(args.rediagnose)]
+    if args.rejudge:  # calibration: a threshold changed, the runs did not
+        outcomes = [rejudge(o, args.verdict) for o in load(args.rejudge)]
         args.seeds = sorted({o.case.seed for o in outcomes})
         for o in outcomes:
             show_outcome(o, args.verbose)
@@ -204,8 +228,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return dataclasses.replace(case, grace_steps=grace, max_steps=args.max_steps)
 
     scored = [k for k in args.kinds if k not in PREFLIGHT_ONLY]
-    faults = [] if args.healthy_only else fault_cases(scored, args.configs, args.seeds)
-    healthy = [] if args.no_healthy else healthy_cases([c for c in planted.HEALTHY_CONFIGS if c in args.configs], args.seeds)
+    faults = [] if args.healthy_only else fault_cases(scored, args.configs or planted.FAULT_CONFIGS, args.seeds)
+    healthy = [] if args.no_healthy else healthy_cases([c for c in planted.HEALTHY_CONFIGS if c in (args.configs or planted.CONFIGS)], args.seeds)
     runs = [scaled(c) for c in faults + healthy]
     if args.list:
         for case in runs:
@@ -214,10 +238,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     checks = []
     if not (args.no_preflight or args.healthy_only):
         kinds = args.kinds + [k for k in PREFLIGHT_ONLY if k not in args.kinds]
-        checks = fault_cases(kinds, [args.configs[0]], args.seeds[:1])
+        checks = fault_cases(kinds, [(args.configs or planted.FAULT_CONFIGS)[0]], args.seeds[:1])
     started = time.perf_counter()
     # the slowest first: the two workers end together
-    tasks = [("preflight", c, base) for c in checks] + [("judge", c, base) for c in sorted(runs, key=_cost, reverse=True)]
+    tasks = [("preflight", c, base, args.verdict) for c in checks] + [("judge", c, base, args.verdict) for c in sorted(runs, key=_cost, reverse=True)]
     results = run_all(tasks, args.processes, args.verbose)
     wall = time.perf_counter() - started
     outcomes = [r for what, r in results if what == "judge"]
@@ -259,22 +283,62 @@ def summarise(outcomes: list[Outcome], catches: list, args, wall: float) -> None
     missed = sum(o.named == NOT_STOPPED for o in faults)
     bad_healthy = [o for o in healthy if o.named != NOT_STOPPED]
     never = sum(o.go_step is None for o in healthy)
-    steps = [o.step for o in faults if o.step is not None]
-    windows = [o.step * o.case.config().images_per_step / o.case.grace_samples for o in faults if o.step is not None]
     n = max(len(faults), 1)
+    print(f"\nverdict step per kind ({args.verdict} verdict), in grace windows and steps: median, 90th percentile")
+    for kind in kinds:
+        if kind != HEALTHY:
+            print(f"  {kind:22s} " + _spread([o for o in faults if o.case.kind == kind]))
+    print(f"  {'all fault runs':22s} " + _spread(faults))
+    print(f"  {'wiring kinds':22s} " + _spread([o for o in faults if o.case.expected in EARLY_WIRING]))
     print(f"\n{len(faults)} fault runs ({len({o.case.kind for o in faults})} kinds), {len(healthy)} healthy runs, seeds {args.seeds}")
-    print(f"fault runs not stopped: {missed}; detection at {statistics.median(windows) if windows else float('nan'):.2f} grace windows (median)")
+    print(f"fault runs not stopped: {missed}; detection at {_quantile(_windows(faults), 0.5):.2f} grace windows (median)")
     print(f"healthy runs that never crossed the Go line within the budget: {never}")
     for o in bad_healthy:
         print(f"  healthy run stopped: {o.case.way} {o.case.config_name} seed {o.case.seed} at step {o.step} ({o.named}); Go line at {o.go_step}")
+    learners = len(healthy) - never
+    print(f"false kills: {len(bad_healthy)} of {learners} healthy runs that cross the Go line (95% upper bound {_upper95(len(bad_healthy), learners):.3f})")
     if catches:
         print(f"wiring faults caught by the pre-flight: {wiring_caught} of {wiring_total}")
     print(f"wall time: {wall:.0f} s with {args.processes} processes")
     print(
         f"top-1 {right / n:.3f}, wrong-cause {wrong / n:.3f}, unknown {unknown / n:.3f}, "
         f"healthy stopped or named {len(bad_healthy)} of {len(healthy)}, pre-flight wiring {wiring_caught} of {wiring_total}, "
-        f"median detection step {statistics.median(steps) if steps else float('nan'):.0f}, wall {wall:.0f} s"
+        f"verdict at {_quantile(_windows(faults), 0.5):.2f} / {_quantile(_windows(faults), 0.9):.2f} grace windows "
+        f"(median / p90), wall {wall:.0f} s"
     )
+
+
+def _windows(outcomes: list[Outcome]) -> list[float]:
+    """Each stopped run's verdict in grace windows (images seen / the window)."""
+    return [o.step * o.case.config().images_per_step / o.case.grace_samples for o in outcomes if o.step is not None]
+
+
+def _quantile(values: list[float], q: float) -> float:
+    """The q-quantile, the nearest rank (no interpolation): a step some run was actually stopped at."""
+    return sorted(values)[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+def _spread(outcomes: list[Outcome]) -> str:
+    steps = [o.step for o in outcomes if o.step is not None]
+    missed = len(outcomes) - len(steps)
+    return (
+        f"{_quantile(_windows(outcomes), 0.5):.2f} / {_quantile(_windows(outcomes), 0.9):.2f} windows, "
+        f"step {_quantile(steps, 0.5):.0f} / {_quantile(steps, 0.9):.0f}" + (f" ({missed} not stopped)" if missed else "")
+    )
+
+
+def _upper95(failures: int, n: int) -> float:
+    """The one-sided 95% upper bound on a rate seen as failures of n (Clopper-Pearson; 0 of n: about 3/n)."""
+    if n == 0:
+        return float("nan")
+    if failures == 0:
+        return 1 - 0.05 ** (1 / n)
+    lo, hi = failures / n, 1.0  # bisect the binomial tail P(X <= failures; p) = 0.05
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        tail = sum(math.comb(n, k) * mid**k * (1 - mid) ** (n - k) for k in range(failures + 1))
+        lo, hi = (mid, hi) if tail > 0.05 else (lo, mid)
+    return hi
 
 
 if __name__ == "__main__":

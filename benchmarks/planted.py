@@ -240,6 +240,9 @@ CONFIGS: dict[str, dict] = {
     # thousands of classes (CUHK-PEDES trains 11,003): chance 8.01, Go line 7.62
     "ids3000": {"batch_size": 32, "grad_accum_steps": 1, "ce_only_steps": 10_000, "synthetic_identities": 3000,
                 "synthetic_images_per_identity": 4},
+    # healthy runs only: small batches (batch 8) and accumulation 8 (batch 4 x 8)
+    "b8": {"batch_size": 8, "grad_accum_steps": 1, "ce_only_steps": 100},
+    "b4x8": {"batch_size": 4, "grad_accum_steps": 8, "ce_only_steps": 10},
 }  # fmt: skip
 FAULT_CONFIGS = ("b32", "b16x4", "b16", "ids3000")
 LARGE_CONFIGS = ("ids3000",)  # fault runs on the first seed only
@@ -255,9 +258,15 @@ HEALTHY_WAYS: tuple[tuple[str, dict, int], ...] = (
     ("edge of learnable", {"head_lr": EDGE}, DEFAULT_GRACE_STEPS),
     ("late: random init, go_line", {"pretrained": None, "sdm_start": "go_line"}, DEFAULT_GRACE_STEPS),
     ("judged early (grace 30) 7.8e-3", {"head_lr": 7.8e-3}, 30),
+    ("mid head_lr=1e-3", {"head_lr": 1e-3}, DEFAULT_GRACE_STEPS),
+    ("head_lr=3e-3", {"head_lr": 3e-3}, DEFAULT_GRACE_STEPS),
+    ("label smoothing 0.1", {"label_smoothing": 0.1}, DEFAULT_GRACE_STEPS),
+    # an LR warm-up longer than the early verdict's reach (IRRA warms up for 5 epochs), at a slow head LR
+    ("warm-up 150 steps, head_lr=3e-4", {"head_lr": 3e-4, "lr_warmup_steps": 150}, DEFAULT_GRACE_STEPS),
 )
-HEALTHY_CONFIGS = ("b32", "b16x4", "b16", "ids3000")
+HEALTHY_CONFIGS = ("b32", "b16x4", "b16", "ids3000", "b8", "b4x8")
 HEALTHY_LARGE_WAYS = (("fast head_lr=1e-2", {"head_lr": 1e-2}, DEFAULT_GRACE_STEPS),)  # the ways on ids3000
+HEALTHY_SMALL_WAYS = HEALTHY_WAYS[:2] + HEALTHY_WAYS[5:6]  # fast, slow, mid: the ways on b8 and b4x8 (no edge measured there)
 
 
 @dataclass(frozen=True)
@@ -323,11 +332,14 @@ def fault_cases(kinds=tuple(KINDS), configs=FAULT_CONFIGS, seeds=REPORTED_SEEDS)
     ]
 
 
+WAYS_ON = {"ids3000": HEALTHY_LARGE_WAYS, "b8": HEALTHY_SMALL_WAYS, "b4x8": HEALTHY_SMALL_WAYS}
+
+
 def healthy_cases(configs=HEALTHY_CONFIGS, seeds=REPORTED_SEEDS) -> list[Case]:
     """The healthy runs: each crosses the Go line within its budget; the rule must stop none of them."""
     return [
         Case(HEALTHY, way, config, seed, {k: EDGE_HEAD_LR[config] if v == EDGE else v for k, v in overrides.items()}, grace)
         for config in configs
-        for way, overrides, grace in (HEALTHY_LARGE_WAYS if config == "ids3000" else HEALTHY_WAYS)
+        for way, overrides, grace in WAYS_ON.get(config, HEALTHY_WAYS)
         for seed in seeds
     ]

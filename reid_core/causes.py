@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from reid_core.chance import DEFAULT_CHANCE_MARGIN, go_line
+from reid_core.levels import DEFAULT_CHANCE_MARGIN, go_line
 from reid_core.evidence import Evidence, smoothed_ce_floor
 
 # Thresholds, calibrated on 150-step runs of the embedded default (pretrained reid-tiny, 400 ids, CE only,
@@ -116,7 +116,9 @@ HEAD_NOT_IN_OPTIMIZER = Cause(
     "add the classifier and BNNeck parameters to an optimizer parameter group",
     "gradient reaches the classifier but its weights never change",
     lambda e: (
-        f"classifier gradient norm {e.grad_now:.3g} yet its weights unchanged after {e.steps} steps" if e.moved <= STILL else None
+        f"classifier gradient norm {e.grad_now:.3g} yet its weights unchanged after {e.steps} steps"
+        if e.moved <= STILL and not e.lr_zero_always  # a group holding the head at LR 0 from the start: lr_too_low
+        else None
     ),
     lambda e: f"the head moved {e.moved:.1f}x",
 )
@@ -156,11 +158,12 @@ LR_ZEROED = dataclasses.replace(
     LR_TOO_LOW,
     variant="zeroed",
     doc="the LR applied to the head has been 0 for the last tenth of the run (a schedule zeroed it), however far "
-    "the head moved before",
+    "the head moved before, or from the first step (a group holds the head at LR 0)",
     test=lambda e: (
-        f"the head's applied LR has been 0 since step {e.lr_zero_since} (a schedule zeroed it) at {e.lrs}; "
-        f"the head moved {e.moved:.2g}x its initial norm"
-        if e.lr_peak > 0 and e.lr_zero_tail >= e.recent_rows
+        f"the head's applied LR has been 0 since step {e.lr_zero_since} ("
+        + ("its optimizer group's LR is 0" if e.lr_zero_always else "a schedule zeroed it")
+        + f") at {e.lrs}; the head moved {e.moved:.2g}x its initial norm"
+        if (e.lr_peak > 0 or e.lr_zero_always) and e.lr_zero_tail >= e.recent_rows
         else None
     ),
     against=lambda e: "the head's applied LR was not held at 0"

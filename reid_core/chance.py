@@ -11,6 +11,10 @@ downward trend. `ChanceLevelRule` reads a run's results one at a time:
   window. A flat run near chance stops as ``stuck_at_chance`` at the first result past the
   window; a slow learner (head LR 1.5e-4 on the random-init default: ce_ema 5.79 and falling at
   the window) goes on, and is stopped later only if its fall slows before it reaches the line;
+* before the window, the early verdict (`reid_core.early`): a run whose head statistics say it cannot reach the
+  Go line by its budget (a wiring fault; a head whose LR cannot move it far enough) stops as ``stuck_at_chance``
+  at once, the cause and evidence kept in ``rule.early``; ``verdict="window"`` turns it off (the seed's
+  Go/No-Go exactly);
 * a run that changes its own head LR (the counts ``head_guard_firings`` or ``head_lr_raises``
   grow, `reid_core.head_lr`) starts a new grace window there, its trend forgotten: it is judged on
   the LR it now trains at, not stopped for the flat curve that made the raise.
@@ -27,16 +31,12 @@ import math
 from bisect import bisect_left, bisect_right
 from typing import Any, Iterable, Optional
 
+from reid_core.early import EarlyJudge, EarlyVerdict
 from reid_core.ending import diverged
+from reid_core.levels import DEFAULT_CHANCE_MARGIN, DEFAULT_GRACE_STEPS, go_line  # noqa: F401  (importable from here)
 from reid_core.schema import DIVERGED, HEAD_LR_COUNTS, STUCK
 
-DEFAULT_GRACE_STEPS = 300  # the seed team's smoke window, optimizer steps at accumulation 1
-DEFAULT_CHANCE_MARGIN = 0.39  # Go line = log(C) - 0.39: 5.6 for 400 identities, the seed's number
-
-
-def go_line(chance_ce: float, margin: float = DEFAULT_CHANCE_MARGIN) -> float:
-    """The CE a run must reach to count as learning: ``log(C) - margin``."""
-    return chance_ce - margin
+EARLY, WINDOW = VERDICTS = ("early", "window")  # when the rule may say stuck: from the evidence, or at the window only
 
 
 class ChanceLevelRule:
@@ -45,8 +45,23 @@ class ChanceLevelRule:
     # class defaults too: a rule pickled before head-LR changes existed (a restored search) unpickles with them
     _grace_start = 0.0
     _lr_changes = 0
+    _judge: Optional[EarlyJudge] = None
+    _head_rows: list = []
+    early: Optional[EarlyVerdict] = None  # the early verdict's cause and evidence, when it stopped the run
 
-    def __init__(self, grace_samples: float, margin: float = DEFAULT_CHANCE_MARGIN, trend_samples: Optional[float] = None):
+    def __init__(
+        self,
+        grace_samples: float,
+        margin: float = DEFAULT_CHANCE_MARGIN,
+        trend_samples: Optional[float] = None,
+        *,
+        verdict: str = EARLY,
+        budget_samples: Optional[float] = None,
+        calibrated: bool = True,
+        lr_fixed: bool = True,
+    ):
+        """``verdict``: `EARLY` (the early verdict, then the window) or `WINDOW`; ``budget_samples``: the images the
+        run will see (the early LR projection needs it); ``calibrated``, ``lr_fixed``: `reid_core.early.scope`."""
         if not grace_samples > 0:
             raise ValueError(f"The value of `grace_samples` is {grace_samples}, but must be `grace_samples > 0`.")
         if not margin > 0:
@@ -56,8 +71,14 @@ class ChanceLevelRule:
             raise ValueError(
                 f"The value of `trend_samples` is {trend_samples}, but must be `0 < trend_samples <= grace_samples`."
             )
+        if verdict not in VERDICTS:
+            raise ValueError(f"The value of `verdict` is {verdict!r}, but must be one of {VERDICTS}.")
         self.grace_samples = grace_samples
         self.margin = margin
+        self.verdict = verdict
+        self._judge = EarlyJudge(margin, budget_samples, calibrated, lr_fixed) if verdict == EARLY else None
+        self._head_rows = []  # the rows with head metrics since the grace window began (the early judge's)
+        self.early = None
         self.trend_samples = trend_samples
         self._grace_start = 0.0  # samples at which the current grace window began (a head-LR change restarts it)
         self._lr_changes = 0  # head_guard_firings + head_lr_raises at the last result
@@ -82,9 +103,10 @@ class ChanceLevelRule:
         if lr_changes != self._lr_changes:  # the trend forgets what came before (`_reference`)
             self._lr_changes, self._grace_start = lr_changes, samples
         self._remember(samples, ce_ema)
-        # Too early to judge: the seed's smoke window (since the start, or the last head-LR change) has not passed.
         if samples - self._grace_start < self.grace_samples:
-            return None
+            # Before the seed's smoke window (since the start, or the last head-LR change) has passed: only a
+            # confident early verdict, judged at each new head measurement.
+            return self._judge_early(result)
         # Below the Go line: learning.
         gap = ce_ema - go_line(result["chance_ce"], self.margin)
         if gap <= 0:
@@ -97,11 +119,25 @@ class ChanceLevelRule:
         # Above the line and flat (or rising): stuck at chance.
         return STUCK
 
+    def _judge_early(self, result: dict[str, Any]) -> Optional[str]:
+        if self._judge is None or "head_grad_norm" not in result:
+            return None
+        rows = self._head_rows
+        while rows and rows[0]["samples"] < self._grace_start:  # a head-LR change: judge the new LR's rows only
+            rows.pop(0)
+        rows.append({k: v for k, v in result.items() if isinstance(v, (int, float))})
+        if result.get("head_measured_step", result["step"]) != result["step"]:
+            return None  # between measurements the head statistics repeat: nothing new to judge
+        self.early = self._judge.judge(rows)
+        return STUCK if self.early is not None else None
+
     def _rewind(self, samples: float) -> None:
         """A run restored from an earlier checkpoint (a retry; PBT's exploit) reports images seen again: the rule
         forgets what came after the restore point, as the tables' reading of the curve does, so the live verdict
         and the replayed one agree. (Hence the whole history, not only the trend window: ~80 bytes a step.)"""
         cut = bisect_left(self._samples, samples)
+        if self._head_rows and self._head_rows[-1]["samples"] >= samples:
+            self._head_rows = [r for r in self._head_rows if r["samples"] < samples]
         if cut < len(self._samples):
             del self._samples[cut:], self._ce_emas[cut:], self._states[cut:]
             self._lr_changes, self._grace_start = self._states[-1] if self._states else (0, 0.0)
@@ -120,13 +156,22 @@ class ChanceLevelRule:
 
 
 def first_verdict(
-    rows: Iterable[dict[str, Any]], grace_samples: float, margin: float = DEFAULT_CHANCE_MARGIN
+    rows: Iterable[dict[str, Any]], grace_samples: float, margin: float = DEFAULT_CHANCE_MARGIN, **judge: Any
 ) -> tuple[Optional[str], Optional[dict[str, Any]]]:
     """Replay a recorded curve through a fresh rule: ``(verdict, the row it was reached at)``, or
-    ``(None, None)`` if the rule never stopped it."""
-    rule = ChanceLevelRule(grace_samples, margin)
+    ``(None, None)`` if the rule never stopped it. ``judge``: `ChanceLevelRule`'s keywords (``verdict``,
+    ``budget_samples``, ``calibrated``, ``lr_fixed``), as the live run had them."""
+    verdict, row, _ = replay(rows, grace_samples, margin, **judge)
+    return verdict, row
+
+
+def replay(
+    rows: Iterable[dict[str, Any]], grace_samples: float, margin: float = DEFAULT_CHANCE_MARGIN, **judge: Any
+) -> tuple[Optional[str], Optional[dict[str, Any]], Optional[EarlyVerdict]]:
+    """`first_verdict`, with the early verdict's cause and evidence when it was the early rule that stopped it."""
+    rule = ChanceLevelRule(grace_samples, margin, **judge)
     for row in rows:
         verdict = rule(row)
         if verdict is not None:
-            return verdict, row
-    return None, None
+            return verdict, row, rule.early
+    return None, None, None

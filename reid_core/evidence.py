@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-from reid_core.chance import DEFAULT_CHANCE_MARGIN, go_line
+from reid_core.levels import DEFAULT_CHANCE_MARGIN, go_line
 from reid_core.schema import GUARD_FIRINGS
 
 NAN = math.nan
@@ -40,6 +40,7 @@ class Evidence:
     moved: float  # head_weight_change at the last row: distance from the start over the initial norm
     guard_firings: float  # times the head guard lowered the head LR
     lr_peak: float  # the largest head_lr_applied (0 when not reported)
+    lr_zero_always: bool  # every row reports an applied head LR of exactly 0: a group holds the head, at LR 0
     lr_zero_tail: int  # trailing rows whose applied head LR is 0
     lr_zero_since: Optional[int]  # the step from which it has been 0 (None when it is not 0 at the end)
     lrs: str  # the configured and applied LRs, as the evidence quotes them
@@ -67,7 +68,8 @@ class Evidence:
         first, last = rows[0], rows[-1]
         chance = last["chance_ce"]
         recent = max(3, len(rows) // 10)
-        applied = [r.get("head_lr_applied", 0.0) for r in rows]
+        reported = [r["head_lr_applied"] for r in rows if "head_lr_applied" in r]
+        applied = [lr if math.isfinite(lr) else 0.0 for lr in (r.get("head_lr_applied", 0.0) for r in rows)]  # NaN: not held
         since = len(applied)
         while since > 0 and applied[since - 1] == 0:
             since -= 1
@@ -95,6 +97,7 @@ class Evidence:
             moved=last.get("head_weight_change", NAN),
             guard_firings=last.get(GUARD_FIRINGS) or 0,
             lr_peak=max(applied),
+            lr_zero_always=bool(reported) and len(reported) == len(rows) and all(lr == 0 for lr in reported),
             lr_zero_tail=len(applied) - since,
             lr_zero_since=rows[since]["step"] if since < len(rows) else None,
             lrs=lr_text(rows, head_lr, backbone_lr),
@@ -145,7 +148,7 @@ def smoothed_ce_floor(label_smoothing: float, classes: int) -> float:
 
 def lr_text(rows: Sequence[dict[str, Any]], head_lr: Optional[float], backbone_lr: Optional[float]) -> str:
     """The configured LRs (where known) and the ones the optimizer applied: peak and at the last step."""
-    applied = [r["head_lr_applied"] for r in rows if "head_lr_applied" in r]
+    applied = [r["head_lr_applied"] for r in rows if math.isfinite(r.get("head_lr_applied", math.nan))]
     parts = [f"head_lr {head_lr:.2g}"] if head_lr is not None else []
     if applied:
         parts.append(f"head_lr_applied peak {max(applied):.2g}, last {applied[-1]:.2g}")

@@ -54,6 +54,8 @@ training function that reports them at its first step gets the search's pre-flig
 
 from __future__ import annotations
 
+import math
+
 from typing import Any, Optional
 
 import torch
@@ -199,7 +201,7 @@ class HeadMonitor:
         evidence, self._evidence = self._evidence, {}  # the first step's pre-flight keys, once
         return {
             **evidence,
-            "head_lr_applied": 0.0 if lr is None else lr,
+            "head_lr_applied": math.nan if lr is None else lr,  # NaN: no optimizer group holds the head (0.0: one does, at LR 0)
             "head_in_optimizer": lr is not None,
             **self._measured,
             "loss_scale": scaler.get_scale() if scaled else 1.0,

@@ -26,9 +26,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from reid_core.chance import DEFAULT_CHANCE_MARGIN, DEFAULT_GRACE_STEPS, ChanceLevelRule, go_line
+from reid_core.chance import DEFAULT_CHANCE_MARGIN, DEFAULT_GRACE_STEPS, EARLY, VERDICTS, WINDOW, ChanceLevelRule, go_line
 from reid_core.config import TrainConfig
 from reid_core.contract import BudgetSpent, Reporter, call
+from reid_core.early import scope
 from reid_core.dashboards import Dashboards, MlflowLog, WandbLog, add_mlflow_argument, add_wandb_argument, check_wandb, wandb_folder, wandb_note
 from reid_core.diagnostics import DIAGNOSED_KEYS, Diagnosis, configured_lrs, diagnose
 from reid_core.ending import end_reason
@@ -62,11 +63,13 @@ class RunWriter:
         log_every_s: float = 5.0,
         stream=None,
         dashboard: Optional[Callable[[dict[str, Any]], None]] = None,
+        judge: Optional[Mapping[str, Any]] = None,
     ):
+        """``judge``: the rule's keywords (verdict, budget_samples, calibrated, lr_fixed), as the search has them."""
         self.out, self.log_every_s, self.max_steps = out, log_every_s, max_steps
         self.stream = stream or sys.stdout  # read now: a captured or redirected stdout
         self.config = config.to_dict() if isinstance(config, TrainConfig) else dict(config)  # what config.json holds
-        self.rule = ChanceLevelRule(grace_samples, chance_margin)
+        self.rule = ChanceLevelRule(grace_samples, chance_margin, **(judge or {}))
         self.verdict: Optional[str] = None  # the rule's first verdict: what the search would have ended the trial as
         self.verdict_step: Optional[int] = None
         self.dashboard = dashboard
@@ -110,10 +113,11 @@ class RunWriter:
 
     def say_stuck(self) -> None:
         """The seed team's Go/No-Go look: above the Go line and not clearly falling, and the likely cause."""
-        last = self.rows[-1]
+        last, early = self.rows[-1], self.rule.early
+        how = early.line(self.rule.grace_samples) if early else "not clearly falling after the grace window"
         print(
             f"stuck at chance after {last['step']} steps (the search would stop this trial here): ce_ema "
-            f"{last['ce_ema']:.3f}, Go line {go_line(last['chance_ce'], self.rule.margin):.2f}, not clearly falling; "
+            f"{last['ce_ema']:.3f}, Go line {go_line(last['chance_ce'], self.rule.margin):.2f}; {how}; "
             f"likely cause: {self.diagnosis().block()}",
             file=self.stream,
             flush=True,
@@ -146,10 +150,12 @@ class PlainRun:
 
     def __init__(self, config: dict[str, Any], out: Path, *, search: Mapping[str, Any], grace_steps: Optional[int],
                  max_steps: Optional[int], chance_margin: float, stop_when_stuck: bool, log_every_s: float,
-                 dashboard: Optional[Callable[[dict[str, Any]], None]] = None):  # fmt: skip
+                 dashboard: Optional[Callable[[dict[str, Any]], None]] = None, verdict: str = EARLY,
+                 trainable: bool = False):  # fmt: skip
         self.config, self.out, self.search = config, out, search
         self.grace_steps, self.max_steps, self.chance_margin = grace_steps, max_steps, chance_margin
         self.stop_when_stuck, self.log_every_s, self.dashboard = stop_when_stuck, log_every_s, dashboard
+        self.verdict, self.trainable = verdict, trainable  # the rule's verdict; a user's function (the early scope)
         self.writer: Optional[RunWriter] = None
         self.reporter = Reporter(self._forward, log=print)
         self.stopped: Optional[str] = None  # the verdict that ended the run here (diverged; stuck with --stop-when-stuck)
@@ -163,6 +169,7 @@ class PlainRun:
             self.writer = RunWriter(
                 self.config, self.out, grace_samples=grace, chance_margin=self.chance_margin, log_every_s=self.log_every_s,
                 max_steps=math.ceil(budget / per_step) if budget else self.config.get("max_steps"), dashboard=self.dashboard,
+                judge={"verdict": self.verdict, "budget_samples": budget, **scope(self.config, self.trainable)},
             )  # fmt: skip
         self.writer(metrics)
         if self.writer.verdict == DIVERGED or (self.writer.verdict == STUCK and self.stop_when_stuck):
@@ -188,6 +195,9 @@ class PlainRun:
             "chance_verdict": STUCK if stuck else None,
             "chance_verdict_step": writer.verdict_step if stuck else None,
             "stuck_cause": writer.diagnosis().cause if stuck else None,
+            # how the rule decided: early (reid_core.early: the verdict's line) or at the grace window
+            "chance_verdict_basis": (EARLY if writer.rule.early else WINDOW) if stuck else None,
+            "early_verdict": writer.rule.early.line(writer.rule.grace_samples) if stuck and writer.rule.early else None,
         }
         write_json_atomic(self.out / "summary.json", summary)
         return summary
@@ -206,6 +216,8 @@ def build_parser(prog: str = "python -m reid_core.runner") -> ArgumentParser:
     p.add_argument("--max-steps", type=int, help="end after this many optimizer steps (default: the search's budget, else the function's own end)")
     p.add_argument("--grace-steps", type=int, help=f"the chance-level rule's grace window in optimizer steps (default: the search's, else {DEFAULT_GRACE_STEPS})")
     p.add_argument("--chance-margin", type=float, help=f"Go line = log(C) - margin (default: the search's, else the config's chance_margin, else {DEFAULT_CHANCE_MARGIN})")
+    p.add_argument("--verdict", choices=VERDICTS, help="early: the chance-level rule may stop a run before the grace window "
+                   "on confident evidence (reid_core.early); window: the seed's Go/No-Go at the window only (default: the search's, else early)")
     p.add_argument("--threads", type=int, help="torch threads (default: the search trial's, else the config's, else 1)")
     p.add_argument("--log-every", type=float, default=5.0, metavar="SECONDS", help="progress line interval")
     p.add_argument("--preflight", action="store_true", help="run the search's pre-flight checks first")
@@ -269,6 +281,7 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
         runner = PlainRun(
             config, out, search=search, grace_steps=args.grace_steps, max_steps=args.max_steps, chance_margin=margin,
             stop_when_stuck=args.stop_when_stuck, log_every_s=args.log_every, dashboard=dashboard,
+            verdict=args.verdict or search.get("verdict", EARLY), trainable=bool(job.exported()),
         )  # fmt: skip
         summary = None
         try:

@@ -5,6 +5,7 @@
     reid-tune train [...]    # = python -m reid_core.train: the plain run, no Ray (our function by default)
     reid-tune run [...]      # = the same command, where --trainable names your own function
     reid-tune simulate [...] # = python -m tuner.simulate (plan a search of thousands of trials)
+    reid-tune diagnose RUN   # = python -m tuner.diagnose (the verdict a search would give a finished run)
 
 Each subcommand takes the same flags as its ``python -m`` form; its module is imported only
 when asked for, so ``reid-tune report`` loads neither Ray nor torch.
@@ -21,6 +22,7 @@ COMMANDS = {
     "search": ("tuner.search", "search head LR, accumulation and CE-only phase; stop trials stuck at chance"),
     "report": ("tuner.report", "tables, compute account and pictures of an experiment folder (no Ray needed)"),
     "train": ("reid_core.runner", "the plain run, no Ray: re-run a best_config.json (our function, or the one it names)"),
+    "diagnose": ("tuner.diagnose", "the verdict, step and cause a search would give a finished run (a folder or a log)"),
     "simulate": ("tuner.simulate", "replay learning curves through the scheduler, stopping rule and searcher, no training"),
     "run": ("reid_core.runner", "the same plain run, for your own function (--trainable package.module:function)"),
 }

@@ -43,7 +43,7 @@ def replayed_end_reason(trial: Trial, settings: SearchSettings) -> str:
     """Why the trial ended, worked out from its files alone: the rule replayed over its curve."""
     # Ray keeps error.txt after a retry that then succeeded: its status, when known, decides.
     failed = trial.status == "ERROR" or (trial.error is not None and trial.status != "TERMINATED")
-    verdict, at = first_verdict(trial.rows, settings.grace_samples, settings.chance_margin)
+    verdict, at = first_verdict(trial.rows, settings.grace_samples, settings.chance_margin, **settings.rule_keywords(trial.sampled))
     return end_reason(
         failed=failed,
         verdict=verdict if at is not None and at is trial.rows[-1] else None,  # the rule stopped it there

@@ -21,7 +21,7 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
-from reid_core.chance import DEFAULT_CHANCE_MARGIN, DEFAULT_GRACE_STEPS
+from reid_core.chance import DEFAULT_CHANCE_MARGIN, DEFAULT_GRACE_STEPS, EARLY, VERDICTS
 from reid_core.dashboards import add_mlflow_argument, add_wandb_argument, check_wandb, require_mlflow
 from reid_core.errors import INTERRUPTED, UserError, cli_exit
 from reid_core.flags import ArgumentParser, add_config_arguments, add_shortcut_arguments, parse_args, shortcut_values
@@ -84,6 +84,8 @@ def build_parser() -> ArgumentParser:
         default=DEFAULT_CHANCE_MARGIN,
         help=f"Go line = log(C) - margin (default {DEFAULT_CHANCE_MARGIN}: 5.6 for 400 ids)",
     )
+    b.add_argument("--verdict", choices=VERDICTS, default=EARLY, help="early (default): a trial whose evidence says it cannot reach the "
+                   "Go line by its budget stops before the grace window (docs/causes.md); window: the seed's Go/No-Go at the window only")
     b.add_argument("--reduction-factor", type=float, default=2.0, help="ASHA reduction factor (default 2)")
     b.add_argument(
         "--scheduler",
@@ -342,6 +344,7 @@ def run_search(args, job: Job) -> int:
         mode=args.mode,
         grace_samples=round(args.grace_steps * per_step),
         chance_margin=args.chance_margin,
+        verdict=args.verdict,
         max_samples=round(args.max_steps * per_step),
         num_trials=args.num_trials,
         reduction_factor=args.reduction_factor,

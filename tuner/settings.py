@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Mapping, Optional
 
-from reid_core.chance import go_line
+from reid_core.chance import WINDOW, go_line
+from reid_core.early import scope
 from reid_core.errors import UserError
 from reid_core.job import Job, job_for
 from reid_core.schema import EVAL_METRICS
@@ -59,6 +60,9 @@ class SearchSettings:
     # --optuna-storage: the database URL (password hidden) holding the search's Optuna study, named after the
     # experiment (tuner.optuna_storage); None: the study lived in the driver's memory only
     optuna_study: Optional[str] = None
+    # when the chance-level rule may say stuck: 'early' (reid_core.early, from the evidence; the default of searches
+    # since 0.5) or 'window' (the seed's window only: every experiment written before, which was judged so)
+    verdict: str = WINDOW
 
     @cached_property
     def job(self) -> Job:
@@ -73,13 +77,21 @@ class SearchSettings:
         """A trial's searched values (Ray's params.json) under the config's names of today."""
         return {self.job.key(k): v for k, v in values.items()}
 
+    def rule_keywords(self, config: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+        """`reid_core.chance.ChanceLevelRule`'s keywords for a trial of ``config`` (default: the base config): the
+        verdict, the budget, and the early verdict's scope (our function on a calibrated model, an LR not meant to
+        change)."""
+        full = {**self.base, **(config or {})}
+        return {"verdict": self.verdict, "budget_samples": self.max_samples, **scope(full, trainable=self.trainable is not None)}
+
     def rerun_command(self, config_file: str | Location = "best_config.json") -> str:
         return self.job.rerun_command(config_file)
 
     def rerun_settings(self) -> dict[str, Any]:
         """What a plain re-run needs besides the config (best_config.json keeps it): which function, and the
         search's budget, grace window and margin in images, so it is judged where its trial was."""
-        budget = {"max_samples": self.max_samples, "grace_samples": self.grace_samples, "chance_margin": self.chance_margin}
+        budget = {"max_samples": self.max_samples, "grace_samples": self.grace_samples, "chance_margin": self.chance_margin,
+                  "verdict": self.verdict}  # fmt: skip
         return {**self.job.exported(), "search": {**budget, "threads": self.threads}}
 
     @property

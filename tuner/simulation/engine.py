@@ -178,7 +178,8 @@ def replay(
         trial = SimpleNamespace(trial_id=tid)
         if scheduler is not None:
             scheduler.on_trial_add(None, trial)
-        rule = ChanceLevelRule(settings.grace_samples, settings.chance_margin) if policy.chance else None
+        # the search's rule; a curve of ce alone gives the early verdict nothing to read: judged at the window
+        rule = ChanceLevelRule(settings.grace_samples, settings.chance_margin, budget_samples=settings.max_samples) if policy.chance else None
         last = len(curve.samples) - 1
         first = min(every - 1, last)
         # the trial's state: index of its next result, and what reading a result needs, looked up once
