@@ -82,7 +82,8 @@ END_REASON_TERMS = (
     Term(COMPLETED, "trained its whole budget"),
     Term(ASHA, "cut at a rung by the ASHA scheduler (ranked below its peers)"),
     Term(PBT, "stopped by the PBT scheduler"),
-    Term(STUCK, "the chance-level rule: above the Go line and not clearly falling after the grace window"),
+    Term(STUCK, "the chance-level rule: above the Go line and not clearly falling after the grace window, or before it when "
+         "the early verdict's evidence says it cannot reach the line by its budget (docs/verdicts.md)"),
     Term(DIVERGED, "the loss became NaN/inf"),
     Term(ERROR, "the trial raised"),
     Term(UNFINISHED, "still running, or interrupted"),

@@ -38,7 +38,9 @@ FIX = f"run `{generate.COMMAND}`"
 OTHER_NAMES = {
     # results.csv columns (tuner/results.py)
     "trial_id", "end_reason", "stuck_cause", "steps", "final_ce_ema", "best_ce_ema", "go_samples", "sdm_start_step",
-    "wall_s", "node_ids", "damage", "trial_dir", "perturbations", "samples_trained",
+    "wall_s", "node_ids", "damage", "trial_dir", "perturbations", "samples_trained", "verdict",
+    # the chance-level rule's verdicts (reid_core/chance.py) and the plain job's record of it
+    "early", "window", "chance_verdict_basis", "early_verdict",
     # summary.json keys (reid_core/train.py, tuner/run.py) and the PBT export (tuner/results.py)
     "message", "final", "chance_verdict", "chance_verdict_step", "head_lr_events", "trainable", "pbt_lineage",
     # the pre-flight's own causes (reid_core/preflight.py)
@@ -51,7 +53,7 @@ OTHER_NAMES = {
     "optuna_study",
 }
 # Flags of other programs that the docs name in backticks (the benchmark scripts)
-FOREIGN_FLAGS = {"--rediagnose": "benchmarks/diagnosis.py", "--save-rows": "benchmarks/diagnosis.py"}
+FOREIGN_FLAGS = {"--rediagnose": "benchmarks/diagnosis.py", "--save-rows": "benchmarks/diagnosis.py", "--rejudge": "benchmarks/diagnosis.py"}
 COMMAND_CALL = re.compile(r"(?:reid-tune (\w+)|python -m ([\w.]+))")
 
 

@@ -151,7 +151,7 @@ def judge(source: Source, grace_steps: Optional[int], max_steps: Optional[int], 
 
 def build_parser(prog: str = "python -m tuner.diagnose") -> ArgumentParser:
     p = ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    p.add_argument("run", help="a plain run's folder, a trial's folder, a metrics.csv, or a JSON-lines log")
+    p.add_argument("run", metavar="RUN", help="a plain run's folder, a trial's folder, a metrics.csv, or a JSON-lines log")
     p.add_argument("--grace-steps", type=int, help=f"the grace window in optimizer steps (default: the trial's search's, else {DEFAULT_GRACE_STEPS})")
     p.add_argument("--max-steps", type=int, help="the run's budget in optimizer steps (default: the search's, else the config's max_steps)")
     p.add_argument("--chance-margin", type=float, help=f"Go line = log(C) - margin (default: the search's, else {DEFAULT_CHANCE_MARGIN})")

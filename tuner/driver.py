@@ -211,7 +211,7 @@ def _fit(exp: Experiment, resources: Resources, space, points, resume: bool, qui
         ),
         {"cpu": resources.cpus_per_trial, "gpu": gpus},
     )
-    stopper = ChanceLevelStopper(settings.grace_samples, settings.chance_margin, keywords=settings.rule_keywords)
+    stopper = ChanceLevelStopper(settings.grace_samples, settings.chance_margin, keywords=settings.rule_keywords_of())
     recorder = EndReasonRecorder(stopper, exp)
     kept = KEPT_PBT if settings.scheduler == PBT else KEPT_ASHA  # checkpoints of a running trial: why in tuner.disk
     janitor = CheckpointJanitor(recorder, exp, kept, keep=settings.keep_checkpoints)  # after the recorder: it reads why a trial ended

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import pandas as pd
 
-from reid_core.chance import first_verdict
+from reid_core.chance import EARLY, WINDOW, first_verdict, replay
 from reid_core.diagnostics import UNKNOWN, stuck_cause
 from reid_core.ending import end_reason
 from reid_core.errors import UserError
@@ -78,6 +78,8 @@ def trial_row(trial: Trial, settings: SearchSettings, lineage: Optional[dict[str
     cause = stuck_cause(trial.rows, settings.chance_margin, trial_config_or_none(trial, settings)) if row["end_reason"] == STUCK else None
     # `unknown` when nothing fits (or a damaged curve ends below the Go line): no evidence, no guess
     row["stuck_cause"] = (cause.cause if cause else UNKNOWN) if row["end_reason"] == STUCK else None
+    # how the rule decided it: `early` (reid_core.early: before the grace window, on the head's evidence) or `window`
+    row["verdict"] = _verdict_basis(trial, settings) if row["end_reason"] == STUCK else None
     rows = trial.rows
     last = rows[-1] if rows else {}
     ce_emas = [r["ce_ema"] for r in rows if math.isfinite(r["ce_ema"])]
@@ -116,6 +118,11 @@ def trial_row(trial: Trial, settings: SearchSettings, lineage: Optional[dict[str
             row[PERTURBABLE[key]] = schedule_text(entry, key)
         row["samples_trained"] = trial.samples_trained
     return row
+
+
+def _verdict_basis(trial: Trial, settings: SearchSettings) -> str:
+    _, _, early = replay(trial.rows, settings.grace_samples, settings.chance_margin, **settings.rule_keywords(trial.sampled))
+    return EARLY if early is not None else WINDOW
 
 
 def trial_config_or_none(trial: Trial, settings: SearchSettings) -> Any:

@@ -10,10 +10,11 @@ the flags say now), the result tables and pictures. What depends on the training
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from reid_core.chance import WINDOW, go_line
 from reid_core.early import scope
@@ -28,6 +29,12 @@ SCHEDULERS = ("asha", PBT)  # --scheduler: the default, and tuner.pbt; also the 
 SEARCHERS = ("optuna", "random")  # --searcher: TPE (the default under asha), or random draws (under pbt)
 RENAMED_SETTINGS = {"num_samples": "num_trials"}  # keys of experiments written before 0.2
 DROPPED_SETTINGS = ("trend_samples",)  # always None then; the rule's trend window is half the grace window
+
+
+def rule_keywords(base: Mapping[str, Any], verdict: str, budget_samples: float, trainable: bool,
+                  config: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:  # fmt: skip
+    """The chance-level rule's keywords for a trial of ``config`` over ``base``: `SearchSettings.rule_keywords`."""
+    return {"verdict": verdict, "budget_samples": budget_samples, **scope({**base, **(config or {})}, trainable=trainable)}
 
 
 @dataclass(frozen=True)
@@ -81,8 +88,11 @@ class SearchSettings:
         """`reid_core.chance.ChanceLevelRule`'s keywords for a trial of ``config`` (default: the base config): the
         verdict, the budget, and the early verdict's scope (our function on a calibrated model, an LR not meant to
         change)."""
-        full = {**self.base, **(config or {})}
-        return {"verdict": self.verdict, "budget_samples": self.max_samples, **scope(full, trainable=self.trainable is not None)}
+        return self.rule_keywords_of()(config)
+
+    def rule_keywords_of(self) -> Callable[[Optional[Mapping[str, Any]]], dict[str, Any]]:
+        """`rule_keywords` as a picklable function of a trial's config (for the stopper Ray ships to its workers)."""
+        return functools.partial(rule_keywords, self.base, self.verdict, self.max_samples, self.trainable is not None)
 
     def rerun_command(self, config_file: str | Location = "best_config.json") -> str:
         return self.job.rerun_command(config_file)

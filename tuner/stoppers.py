@@ -27,8 +27,8 @@ class ChanceLevelStopper(Stopper):
     ):
         """``keywords``: the rule's keywords for a trial's config (`tuner.settings.SearchSettings.rule_keywords`:
         the verdict, the budget, the early verdict's scope); none: the rule's defaults."""
-        self._keywords = keywords or (lambda config: {})
-        ChanceLevelRule(grace_samples, margin, trend_samples, **self._keywords(None))  # validate now, in the driver
+        self._keywords = keywords  # picklable: Ray ships the stopper
+        ChanceLevelRule(grace_samples, margin, trend_samples, **self._rule_keywords(None))  # validate now, in the driver
         self._grace_samples = grace_samples
         self._margin = margin
         self._trend_samples = trend_samples
@@ -39,7 +39,7 @@ class ChanceLevelStopper(Stopper):
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
         rule = self._rules.get(trial_id)
         if rule is None:
-            keywords = self._keywords(result.get("config"))
+            keywords = self._rule_keywords(result.get("config"))
             rule = self._rules[trial_id] = ChanceLevelRule(self._grace_samples, self._margin, self._trend_samples, **keywords)
         reason = rule(result)
         if reason is None:
@@ -49,6 +49,9 @@ class ChanceLevelStopper(Stopper):
             self.early[trial_id] = rule.early
         self._rules.pop(trial_id, None)  # the trial is over; free its history
         return True
+
+    def _rule_keywords(self, config: Optional[Mapping[str, Any]]) -> dict[str, Any]:
+        return self._keywords(config) if self._keywords is not None else {}
 
     def stop_all(self) -> bool:
         return False

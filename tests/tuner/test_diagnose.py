@@ -62,7 +62,7 @@ def test_the_search_stopper_the_plain_job_and_the_tables_stop_one_recorded_curve
     settings = SearchSettings(base=cfg.to_dict(), space={}, metric="ce_ema", mode="min", grace_samples=GRACE * BATCH,
                               chance_margin=0.39, max_samples=BUDGET * BATCH, num_trials=1, reduction_factor=2,
                               verdict="early")  # fmt: skip
-    stopper = ChanceLevelStopper(settings.grace_samples, settings.chance_margin, keywords=settings.rule_keywords)
+    stopper = ChanceLevelStopper(settings.grace_samples, settings.chance_margin, keywords=settings.rule_keywords_of())
     live = next(r["step"] for r in rows if stopper("t1", {**r, "config": {"head_lr": 1e-6}}))
     _, replayed = first_verdict(rows, settings.grace_samples, settings.chance_margin, **settings.rule_keywords({"head_lr": 1e-6}))
     writer = RunWriter(cfg, tmp_path / "plain", grace_samples=GRACE * BATCH, stream=io.StringIO(),
