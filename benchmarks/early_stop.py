@@ -61,6 +61,9 @@ def search_argv(args, name: str) -> list[str]:
         "--num-trials", str(args.num_trials),
         "--max-steps", str(args.max_steps),
         "--grace-steps", str(grace),
+        # (a) stops nothing early: the rule at its last step only; (b) as a user runs it (the early verdict by default)
+        "--verdict", "window" if name == "no-early-stop" else args.verdict,
+        *(["--first-rung-steps", str(args.first_rung_steps)] if args.first_rung_steps and name == "early-stop" else []),
         "--reduction-factor", str(args.reduction_factor),
         "--seed", str(args.seed),
         *(["--max-concurrent", str(args.max_concurrent)] if args.max_concurrent else []),
@@ -146,6 +149,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--max-steps", type=int, default=2400, help="budget per trial in steps at accumulation 1 (default 2400)")
     parser.add_argument("--grace-steps", type=int, default=200, help="(b)'s grace window in steps at accumulation 1 (default 200)")
     parser.add_argument("--reduction-factor", type=float, default=2.0, help="(b)'s ASHA reduction factor (default 2)")
+    parser.add_argument("--first-rung-steps", type=int, help="(b)'s first ASHA rung in steps at accumulation 1 (default: its grace window)")
+    parser.add_argument("--verdict", choices=("early", "window"), default="early", help="(b)'s chance-level verdict (default early)")
     parser.add_argument("--seed", type=int, default=0, help="Optuna's seed, the same in both runs (default 0)")
     parser.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: what resources allow)")
     parser.add_argument("--keep", metavar="DIR", help="keep both experiments under DIR (default: removed)")

@@ -199,7 +199,7 @@ def _fit(exp: Experiment, resources: Resources, space, points, resume: bool, qui
         "max_samples": settings.max_samples,
         "threads": settings.threads,
         "metric": settings.metric,
-        "eval_at_samples": rung_milestones(settings.grace_samples, settings.max_samples, settings.reduction_factor)
+        "eval_at_samples": rung_milestones(settings.rung_samples, settings.max_samples, settings.reduction_factor)
         if settings.evaluates_at_rungs and not pbt
         else (),
         # PBT looks at a trial where it checkpoints (and evaluates, for a retrieval metric): tuner.lineage
@@ -312,7 +312,7 @@ def _search_and_scheduler(
         )
     scheduler = RecheckingASHA(
         time_attr="samples",  # images seen: trials with different accumulation compare at equal compute
-        grace_period=settings.grace_samples,
+        grace_period=settings.rung_samples,
         max_t=settings.max_samples,
         reduction_factor=settings.reduction_factor,
     )

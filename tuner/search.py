@@ -84,6 +84,8 @@ def build_parser() -> ArgumentParser:
         default=DEFAULT_CHANCE_MARGIN,
         help=f"Go line = log(C) - margin (default {DEFAULT_CHANCE_MARGIN}: 5.6 for 400 ids)",
     )
+    b.add_argument("--first-rung-steps", type=int, help="ASHA's first rung, counted as --max-steps is (default: the grace window); "
+                   "earlier cuts the worse trials sooner (benchmarks/early_stop.py measures what it risks)")
     b.add_argument("--verdict", choices=VERDICTS, default=EARLY, help="early (default): a trial whose evidence says it cannot reach the "
                    "Go line by its budget stops before the grace window (docs/causes.md); window: the seed's Go/No-Go at the window only")
     b.add_argument("--reduction-factor", type=float, default=2.0, help="ASHA reduction factor (default 2)")
@@ -193,6 +195,7 @@ def _check_args(args, job: Job) -> None:
     positive("--num-trials", args.num_trials)
     positive("--max-steps", args.max_steps)
     positive("--grace-steps", args.grace_steps)
+    positive("--first-rung-steps", args.first_rung_steps)
     positive("--chance-margin", args.chance_margin)
     positive("--cpus-per-trial", args.cpus_per_trial)
     positive("--gpus-per-trial", args.gpus_per_trial, allow_zero=True)
@@ -207,6 +210,8 @@ def _check_args(args, job: Job) -> None:
         raise UserError(f"--optuna-storage keeps the Optuna study the trials are proposed from, and {why}: there is no study; drop --optuna-storage")
     if args.reduction_factor <= 1:
         raise UserError(f"--reduction-factor is {args.reduction_factor}, but must be > 1")
+    if (args.first_rung_steps or 0) > args.max_steps:
+        raise UserError(f"--first-rung-steps {args.first_rung_steps} exceeds --max-steps {args.max_steps}; lower it")
     if args.grace_steps > args.max_steps:
         raise UserError(
             f"--grace-steps {args.grace_steps} exceeds --max-steps {args.max_steps}: the chance-level rule would "
@@ -345,6 +350,7 @@ def run_search(args, job: Job) -> int:
         grace_samples=round(args.grace_steps * per_step),
         chance_margin=args.chance_margin,
         verdict=args.verdict,
+        first_rung_samples=round(args.first_rung_steps * per_step) if args.first_rung_steps else 0,
         max_samples=round(args.max_steps * per_step),
         num_trials=args.num_trials,
         reduction_factor=args.reduction_factor,

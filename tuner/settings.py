@@ -70,6 +70,12 @@ class SearchSettings:
     # when the chance-level rule may say stuck: 'early' (reid_core.early, from the evidence; the default of searches
     # since 0.5) or 'window' (the seed's window only: every experiment written before, which was judged so)
     verdict: str = WINDOW
+    first_rung_samples: int = 0  # ASHA's first rung, images (--first-rung-steps); 0: at the grace window
+
+    @property
+    def rung_samples(self) -> int:
+        """Images seen at ASHA's first rung: the grace window unless --first-rung-steps moved it."""
+        return self.first_rung_samples or self.grace_samples
 
     @cached_property
     def job(self) -> Job:

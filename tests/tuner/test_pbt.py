@@ -37,12 +37,12 @@ def pbt_search(ray_session, tmp_path_factory):
 pytestmark = pytest.mark.ray
 
 
-def test_the_stuck_trial_is_still_stopped_at_the_grace_window_and_named(pbt_search):
+def test_the_stuck_trial_is_still_stopped_by_the_grace_window_and_named(pbt_search):
     code, _, table, _ = pbt_search
     assert code == 0
     stuck = table[table.trial_id.str.endswith("00003")].iloc[0]  # head_lr 1e-6: never copied over, a stuck trial is stopped first
     assert stuck.end_reason == "stuck_at_chance" and stuck.stuck_cause == "lr_too_low"
-    assert stuck.steps == GRACE_STEPS and stuck.perturbations == 0
+    assert stuck.steps <= GRACE_STEPS and stuck.perturbations == 0
     assert (table.end_reason == "completed").sum() == 3
 
 

@@ -20,14 +20,20 @@ def test_search_exits_0_and_writes_one_results_row_per_trial(learner_and_stuck):
     assert {"trial_id", "head_lr", "end_reason", "steps", "samples", "final_ce_ema", "best_ce_ema", "go_samples", "wall_s", "sdm_start_step"} <= set(table.columns)
 
 
-def test_head_lr_1e_6_is_stopped_at_chance_within_one_report_of_the_grace_window(learner_and_stuck):
+def test_head_lr_1e_6_is_stopped_at_chance_early_by_its_head_evidence_and_named(learner_and_stuck):
     _, _, table = learner_and_stuck
     stuck = table[table.head_lr == 1e-6].iloc[0]
-    assert stuck.end_reason == "stuck_at_chance"
+    assert stuck.end_reason == "stuck_at_chance" and stuck.verdict == "early"
     assert stuck.stuck_cause == "lr_too_low"  # named from the diagnostics the trial reported
-    grace = GRACE_STEPS * BATCH
-    assert grace <= stuck.samples <= grace + BATCH
+    assert stuck.samples < GRACE_STEPS * BATCH  # before the seed's window
     assert pd.isna(stuck.go_samples)
+
+
+def test_verdict_window_stops_the_same_trial_within_one_report_of_the_grace_window(ray_session, tmp_path):
+    code, exp = run_search(tmp_path, "window", [{"head_lr": 1e-6}], extra=["--verdict", "window"])
+    stuck = pd.read_csv(exp / "results.csv", dtype={"trial_id": str}).iloc[0]
+    assert code == 0 and stuck.end_reason == "stuck_at_chance" and stuck.verdict == "window"
+    assert stuck.steps == GRACE_STEPS  # the first result past the window is the verdict, and the last
 
 
 def test_head_lr_1e_2_completes_below_the_go_line(learner_and_stuck):
@@ -59,7 +65,7 @@ def test_every_step_is_one_result_and_the_stuck_trial_keeps_none_past_its_verdic
         lines = (exp / row.trial_dir / "result.json").read_text().splitlines()
         assert [json.loads(line)["step"] for line in lines] == list(range(1, row.steps + 1))
     stuck = table[table.head_lr == 1e-6].iloc[0]
-    assert stuck.steps == GRACE_STEPS  # the first result past the window is the verdict, and the last
+    assert stuck.steps < GRACE_STEPS  # the early verdict's result is the last
     # One logger: result.json. Ray's progress.csv and TensorBoard events only with --tensorboard.
     assert not list(exp.glob("*/progress.csv")) and not list(exp.glob("*/events.out.tfevents*"))
 
