@@ -62,7 +62,7 @@ def rule_for(case: Case, verdict: str) -> ChanceLevelRule:
     cfg = case.config()
     return ChanceLevelRule(
         case.grace_samples, DEFAULT_CHANCE_MARGIN, verdict=verdict, budget_samples=cfg.max_steps * cfg.images_per_step,
-        **scope(cfg.to_dict()),
+        scope=scope(cfg.to_dict()),
     )  # fmt: skip
 
 
@@ -281,7 +281,7 @@ def summarise(outcomes: list[Outcome], catches: list, args, wall: float) -> None
     wrong = sum(o.named not in (o.case.expected, UNKNOWN, NOT_STOPPED) for o in faults)
     unknown = sum(o.named == UNKNOWN and o.case.expected != UNKNOWN for o in faults)
     missed = sum(o.named == NOT_STOPPED for o in faults)
-    bad_healthy = [o for o in healthy if o.named != NOT_STOPPED]
+    bad_healthy = [o for o in healthy if o.named != NOT_STOPPED and o.go_step is not None]  # learners stopped
     never = sum(o.go_step is None for o in healthy)
     n = max(len(faults), 1)
     print(f"\nverdict step per kind ({args.verdict} verdict), in grace windows and steps: median, 90th percentile")
@@ -292,7 +292,7 @@ def summarise(outcomes: list[Outcome], catches: list, args, wall: float) -> None
     print(f"  {'wiring kinds':22s} " + _spread([o for o in faults if o.case.expected in EARLY_WIRING]))
     print(f"\n{len(faults)} fault runs ({len({o.case.kind for o in faults})} kinds), {len(healthy)} healthy runs, seeds {args.seeds}")
     print(f"fault runs not stopped: {missed}; detection at {_quantile(_windows(faults), 0.5):.2f} grace windows (median)")
-    print(f"healthy runs that never crossed the Go line within the budget: {never}")
+    print(f"healthy runs that never crossed the Go line within the budget (not counted as healthy): {never}")
     for o in bad_healthy:
         print(f"  healthy run stopped: {o.case.way} {o.case.config_name} seed {o.case.seed} at step {o.step} ({o.named}); Go line at {o.go_step}")
     learners = len(healthy) - never

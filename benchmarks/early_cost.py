@@ -33,7 +33,7 @@ TARGET = 0.005  # of a step
 
 def rule_seconds(rows: list[dict], verdict: str, budget: float, cfg: TrainConfig) -> float:
     """CPU seconds the rule takes over ``rows``, fed one result at a time as the stopper is."""
-    rule = ChanceLevelRule(len(rows) * cfg.batch_size + 1, verdict=verdict, budget_samples=budget, **scope(cfg.to_dict()))
+    rule = ChanceLevelRule(len(rows) * cfg.batch_size + 1, verdict=verdict, budget_samples=budget, scope=scope(cfg.to_dict()))
     started = time.thread_time()
     for row in rows:
         if rule(row) is not None:

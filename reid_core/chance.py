@@ -31,7 +31,7 @@ import math
 from bisect import bisect_left, bisect_right
 from typing import Any, Iterable, Optional
 
-from reid_core.early import EarlyJudge, EarlyVerdict
+from reid_core.early import EarlyJudge, EarlyVerdict, Scope
 from reid_core.ending import diverged
 from reid_core.levels import DEFAULT_CHANCE_MARGIN, DEFAULT_GRACE_STEPS, go_line  # noqa: F401  (importable from here)
 from reid_core.schema import DIVERGED, HEAD_LR_COUNTS, STUCK
@@ -57,11 +57,11 @@ class ChanceLevelRule:
         *,
         verdict: str = EARLY,
         budget_samples: Optional[float] = None,
-        calibrated: bool = True,
-        lr_fixed: bool = True,
+        scope: Scope = Scope(),
     ):
         """``verdict``: `EARLY` (the early verdict, then the window) or `WINDOW`; ``budget_samples``: the images the
-        run will see (the early LR projection needs it); ``calibrated``, ``lr_fixed``: `reid_core.early.scope`."""
+        run will see (the early LR projection needs it); ``scope``: what the early verdict may read of this run
+        (`reid_core.early.scope` of its config)."""
         if not grace_samples > 0:
             raise ValueError(f"The value of `grace_samples` is {grace_samples}, but must be `grace_samples > 0`.")
         if not margin > 0:
@@ -76,7 +76,7 @@ class ChanceLevelRule:
         self.grace_samples = grace_samples
         self.margin = margin
         self.verdict = verdict
-        self._judge = EarlyJudge(margin, budget_samples, calibrated, lr_fixed) if verdict == EARLY else None
+        self._judge = EarlyJudge(margin, budget_samples, scope) if verdict == EARLY else None
         self._head_rows = []  # the rows with head metrics since the grace window began (the early judge's)
         self.early = None
         self.trend_samples = trend_samples
@@ -160,7 +160,7 @@ def first_verdict(
 ) -> tuple[Optional[str], Optional[dict[str, Any]]]:
     """Replay a recorded curve through a fresh rule: ``(verdict, the row it was reached at)``, or
     ``(None, None)`` if the rule never stopped it. ``judge``: `ChanceLevelRule`'s keywords (``verdict``,
-    ``budget_samples``, ``calibrated``, ``lr_fixed``), as the live run had them."""
+    ``budget_samples``, ``scope``), as the live run had them."""
     verdict, row, _ = replay(rows, grace_samples, margin, **judge)
     return verdict, row
 

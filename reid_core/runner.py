@@ -169,7 +169,7 @@ class PlainRun:
             self.writer = RunWriter(
                 self.config, self.out, grace_samples=grace, chance_margin=self.chance_margin, log_every_s=self.log_every_s,
                 max_steps=math.ceil(budget / per_step) if budget else self.config.get("max_steps"), dashboard=self.dashboard,
-                judge={"verdict": self.verdict, "budget_samples": budget, **scope(self.config, self.trainable)},
+                judge={"verdict": self.verdict, "budget_samples": budget, "scope": scope(self.config, self.trainable)},
             )  # fmt: skip
         self.writer(metrics)
         if self.writer.verdict == DIVERGED or (self.writer.verdict == STUCK and self.stop_when_stuck):

@@ -126,7 +126,7 @@ def judge(source: Source, grace_steps: Optional[int], max_steps: Optional[int], 
         grace = (grace_steps or DEFAULT_GRACE_STEPS) * per_step
         steps = max_steps or config.get("max_steps")
         budget = steps * per_step if isinstance(steps, (int, float)) else None
-        keywords = {"verdict": verdict or EARLY, "budget_samples": budget, **scope(config or None, source.trainable)}
+        keywords = {"verdict": verdict or EARLY, "budget_samples": budget, "scope": scope(config or None, source.trainable)}
     said, at, early = replay(rows, grace, margin, **keywords)
     budget = keywords.get("budget_samples")
     terms = (
@@ -135,7 +135,7 @@ def judge(source: Source, grace_steps: Optional[int], max_steps: Optional[int], 
         + (f"{budget:,.0f} images" if budget else "unknown (pass --max-steps)")
         + f", {keywords['verdict']} verdict"
         + (" (the early verdict's thresholds were calibrated on reid-tiny runs; this run is judged early only on exact "
-           "wiring evidence)" if keywords["verdict"] == EARLY and not keywords.get("calibrated") else "")
+           "wiring evidence)" if keywords["verdict"] == EARLY and not keywords["scope"].calibrated else "")
     )  # fmt: skip
     if said is None:
         last = rows[-1]

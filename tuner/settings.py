@@ -34,7 +34,7 @@ DROPPED_SETTINGS = ("trend_samples",)  # always None then; the rule's trend wind
 def rule_keywords(base: Mapping[str, Any], verdict: str, budget_samples: float, trainable: bool,
                   config: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:  # fmt: skip
     """The chance-level rule's keywords for a trial of ``config`` over ``base``: `SearchSettings.rule_keywords`."""
-    return {"verdict": verdict, "budget_samples": budget_samples, **scope({**base, **(config or {})}, trainable=trainable)}
+    return {"verdict": verdict, "budget_samples": budget_samples, "scope": scope({**base, **(config or {})}, trainable=trainable)}
 
 
 @dataclass(frozen=True)

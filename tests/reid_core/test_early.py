@@ -11,7 +11,7 @@ import pytest
 from reid_core.chance import EARLY, WINDOW, ChanceLevelRule, first_verdict, replay
 from reid_core.config import TrainConfig
 from reid_core.diagnostics import stuck_cause
-from reid_core.early import scope
+from reid_core.early import Scope, scope
 from reid_core.schema import STUCK
 from reid_core.trainer import Trainer
 
@@ -27,7 +27,7 @@ def train(steps: int, plant=None, **overrides) -> tuple[TrainConfig, list[dict]]
 
 
 def keywords(cfg: TrainConfig, verdict: str = EARLY) -> dict:
-    return {"verdict": verdict, "budget_samples": BUDGET_STEPS * BATCH, **scope(cfg.to_dict())}
+    return {"verdict": verdict, "budget_samples": BUDGET_STEPS * BATCH, "scope": scope(cfg.to_dict())}
 
 
 def judged(cfg: TrainConfig, rows: list[dict], verdict: str = EARLY):
@@ -76,19 +76,19 @@ def test_a_warm_up_longer_than_the_early_window_at_a_healthy_lr_is_not_stopped_e
 
 def test_a_run_meant_to_raise_its_head_lr_is_not_judged_on_its_lr_early():
     cfg = TrainConfig(head_lr_raise=10.0)
-    assert scope(cfg.to_dict()) == {"calibrated": True, "lr_fixed": False}
+    assert scope(cfg.to_dict()).lr_fixed is False and scope(cfg.to_dict()).calibrated is True
     _, rows = train(60, head_lr=1e-6)
-    rule = ChanceLevelRule(GRACE_STEPS * BATCH, budget_samples=BUDGET_STEPS * BATCH, lr_fixed=False)
+    rule = ChanceLevelRule(GRACE_STEPS * BATCH, budget_samples=BUDGET_STEPS * BATCH, scope=Scope(lr_fixed=False))
     assert all(rule(r) is None for r in rows)  # the raise decides first; the window is the backstop
 
 
 def test_a_users_function_is_judged_early_only_on_exact_wiring_evidence():
-    assert scope({"lr": 1e-3}, trainable=True)["calibrated"] is False
+    assert scope({"lr": 1e-3}, trainable=True).calibrated is False
     cfg, rows = train(60, head_lr=1e-6)
-    rule = ChanceLevelRule(GRACE_STEPS * BATCH, budget_samples=BUDGET_STEPS * BATCH, calibrated=False)
+    rule = ChanceLevelRule(GRACE_STEPS * BATCH, budget_samples=BUDGET_STEPS * BATCH, scope=Scope(calibrated=False))
     assert all(rule(r) is None for r in rows)
     cfg, rows = train(20, freeze_head)
-    said, at, early = replay(rows, GRACE_STEPS * BATCH, budget_samples=BUDGET_STEPS * BATCH, calibrated=False)
+    said, at, early = replay(rows, GRACE_STEPS * BATCH, budget_samples=BUDGET_STEPS * BATCH, scope=Scope(calibrated=False))
     assert said == STUCK and early.cause == "no_gradient"
 
 

@@ -66,7 +66,7 @@ def test_the_search_stopper_the_plain_job_and_the_tables_stop_one_recorded_curve
     live = next(r["step"] for r in rows if stopper("t1", {**r, "config": {"head_lr": 1e-6}}))
     _, replayed = first_verdict(rows, settings.grace_samples, settings.chance_margin, **settings.rule_keywords({"head_lr": 1e-6}))
     writer = RunWriter(cfg, tmp_path / "plain", grace_samples=GRACE * BATCH, stream=io.StringIO(),
-                       judge={"verdict": "early", "budget_samples": BUDGET * BATCH, **scope(cfg.to_dict())})  # fmt: skip
+                       judge={"verdict": "early", "budget_samples": BUDGET * BATCH, "scope": scope(cfg.to_dict())})  # fmt: skip
     for r in rows:
         writer(r)
     writer.close()
