@@ -72,6 +72,15 @@ def search_argv(args, name: str) -> list[str]:
     ]  # fmt: skip
 
 
+def kept_argv(search, args) -> list[str]:
+    """The (a) argv that a kept (a) experiment's settings stand for (what --against checks)."""
+    import argparse
+
+    steps = round(search.max_samples / search.images_per_step)
+    kept = argparse.Namespace(**{**vars(args), "num_trials": search.num_trials, "max_steps": steps, "seed": search.seed})
+    return search_argv(kept, "no-early-stop")
+
+
 def _key(sampled: dict[str, Any], space: Sequence[str]) -> tuple:
     """A trial's sampled values, rounded so that the same draw in both runs compares equal."""
     return tuple(round(v, 12) if isinstance(v, float) else v for v in (sampled.get(k) for k in space))
@@ -155,6 +164,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: what resources allow)")
     parser.add_argument("--keep", metavar="DIR", help="keep both experiments under DIR (default: removed)")
     parser.add_argument("--from", dest="source", metavar="DIR", help="compare the two experiments a --keep run left in DIR")
+    parser.add_argument("--against", metavar="DIR", help="run (b) only, against the (a) a --keep run left in DIR (same flags but (b)'s): "
+                        "another first rung or verdict for the price of (b)")
     args = parser.parse_args(argv)
     if not 0 < args.grace_steps < args.max_steps or args.num_trials < 1:
         parser.error(
@@ -181,8 +192,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             )
         print(f"early-stop efficiency: {setup}\non {machine()}", flush=True)
         if not args.source:
-            runs = [(name, title, search_argv(args, name)) for name, title in RUNS]
-            results = run_searches(runs, Path(args.keep).resolve() if args.keep else None)
+            kept_a = read_searches(Path(args.against), ["no-early-stop"]) if args.against else {}
+            if kept_a and search_argv(args, "no-early-stop")[:-2] != kept_argv(kept_a["no-early-stop"]["search"], args)[:-2]:
+                raise UserError(f"--against '{args.against}': its (a) was run with other flags; pass the same --space, --num-trials, "
+                                "--max-steps, --seed and --set")  # fmt: skip
+            runs = [(name, title, search_argv(args, name)) for name, title in RUNS if name not in kept_a]
+            results = {**kept_a, **run_searches(runs, Path(args.keep).resolve() if args.keep else None)}
     except UserError as err:
         return cli_exit(err, parser.prog)
     share = compare(results, space)

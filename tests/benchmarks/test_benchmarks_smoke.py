@@ -35,6 +35,7 @@ SMOKES = {
     "pbt": ["--num-trials", "2", "--max-steps", "6", "--grace-steps", "3", "--perturbation-interval", "1", "--max-concurrent", "1", *TINY],
     "diagnosis": ["--seeds", "1", "--configs", "b32", "--kinds", "lr_too_low", "--max-steps", "8", "--grace-steps", "4", *TINY],
     "head_lr": ["--seeds", "1", "--steps", "4", *TINY],
+    "early_cost": ["--steps", "20", "--repeats", "1"],
 }
 
 RATIO_LINES = {
@@ -47,7 +48,8 @@ RATIO_LINES = {
     "monitor_cost": r"monitor share of a step: -?\d+\.\d{4}",
     "pbt": r"PBT vs ASHA\+TPE: best ce_ema ([+-]\d+\.\d{3}|[+-]?nan), images spent ratio \d+\.\d{3}",
     "diagnosis": r"top-1 \d\.\d{3}, wrong-cause \d\.\d{3}, unknown \d\.\d{3}, healthy stopped or named \d+ of \d+, "
-    r"pre-flight wiring \d+ of \d+, median detection step (\d+|nan), wall \d+ s",
+    r"pre-flight wiring \d+ of \d+, verdict at (\d+\.\d\d|nan) / (\d+\.\d\d|nan) grace windows \(median / p90\), wall \d+ s",
+    "early_cost": r"early verdict share of a step: -?\d+\.\d{4}",
     "head_lr": r"guard: runaways caught \d+ of \d+, below the Go line \d+ of \d+ \(without: \d+\); raise: too-low runs below "
     r"the Go line \d+ of \d+ \(without: \d+\); healthy runs the guard fired on \d+ of \d+ \(peak ce_ema \d+\.\d{3}x chance\), raised \d+ of \d+; wall \d+ s",
 }

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from reid_core.train import main as train_main
+from tuner.diagnose import main as diagnose_main
 
 pytestmark = pytest.mark.ray
 
@@ -100,3 +101,11 @@ def test_trials_report_the_applied_lrs_under_the_fields_names(learner_and_stuck)
         first = json.loads((exp / trial_dir / "result.json").read_text().splitlines()[0])
         assert {"head_lr_applied", "backbone_lr_applied"} <= set(first)
         assert not {"lr_head", "lr_backbone"} & set(first)
+
+
+def test_diagnose_on_the_stuck_trials_folder_gives_the_step_and_cause_the_search_recorded(learner_and_stuck, capsys):
+    _, exp, table = learner_and_stuck
+    stuck = table[table.head_lr == 1e-6].iloc[0]
+    assert diagnose_main([str(exp / stuck.trial_dir)]) == 0
+    said = capsys.readouterr().out
+    assert f"stuck_at_chance at step {stuck.steps};" in said and f"cause: {stuck.stuck_cause}" in said
