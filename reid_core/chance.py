@@ -4,17 +4,18 @@ The seed's rule has two halves: by steps 200-300, CE <= 5.6 (for 400 identities)
 downward trend. `ChanceLevelRule` reads a run's results one at a time:
 
 * any time: a non-finite ``ce``, ``ce_ema`` or ``loss`` ends the run as ``diverged`` (`reid_core.ending.diverged`);
-* before the grace window (``grace_samples`` images seen): no verdict;
+* before the grace window (``grace_samples`` images seen): only the early verdict (below);
 * after it: a run whose ``ce_ema`` is at or below the Go line ``chance_ce - margin`` goes on;
 * a run above the line goes on only while it is *clearly falling*: at the rate ``ce_ema`` fell
   over the last ``trend_samples`` images, it would reach the Go line within another grace
   window. A flat run near chance stops as ``stuck_at_chance`` at the first result past the
   window; a slow learner (head LR 1.5e-4 on the random-init default: ce_ema 5.79 and falling at
   the window) goes on, and is stopped later only if its fall slows before it reaches the line;
-* before the window, the early verdict (`reid_core.early`): a run whose head statistics say it cannot reach the
-  Go line by its budget (a wiring fault; a head whose LR cannot move it far enough) stops as ``stuck_at_chance``
-  at once, the cause and evidence kept in ``rule.early``; ``verdict="window"`` turns it off (the seed's
-  Go/No-Go exactly);
+* before the window, the early verdict (`reid_core.early`): at each new head measurement, a run whose head
+  statistics say it cannot reach the Go line by its budget (a wiring fault; a head whose movement or logit
+  spread, projected to the budget, falls short) stops as ``stuck_at_chance`` at once, the cause and evidence
+  kept in ``rule.early``. A curve without head metrics gets none. ``verdict="window"`` turns it off (the
+  seed's Go/No-Go exactly);
 * a run that changes its own head LR (the counts ``head_guard_firings`` or ``head_lr_raises``
   grow, `reid_core.head_lr`) starts a new grace window there, its trend forgotten: it is judged on
   the LR it now trains at, not stopped for the flat curve that made the raise.

@@ -63,7 +63,7 @@ SPREAD_AT_GO = 0.179  # ... and the least logit_std (0.179-0.183)
 # its window was 4.34 (movement) and 0.209 (spread), 1.95x above the lines this draws (2.22 and 0.107)
 NEEDED_SHARE = 0.6
 PACE = 1.0  # a margin on the pace the projections assume (1: the later half's own)
-LR_BOUND_MIN_STEPS = 20  # the projections need this many steps of an LR that is no longer rising
+LR_BOUND_MIN_STEPS = 10  # the projections need this many steps of an LR that is no longer rising (20: the same verdicts, 10 steps later)
 # bounded logits before the window: also the classifier's gradient at a tenth of its first value or less (planted
 # cosine heads 0.01-0.12 from step 5-10; a random-init head that then learns fits the bounded test at 0.41-0.53)
 BOUNDED_GRAD_EARLY = 0.1
