@@ -58,6 +58,7 @@ def run_stuck_search(args, folder: Path) -> Path:
         "--num-trials", str(args.num_trials),
         "--max-steps", str(2 * args.grace_steps),
         "--grace-steps", str(args.grace_steps),
+        "--verdict", "window",  # the window's latency: the early verdict stops these trials before it (section 12)
         "--skip-preflight",
         "--storage-path", str(folder / "results"),
         "--name", "stuck",
@@ -80,9 +81,9 @@ def latencies(exp: Path) -> tuple[dict, list[dict]]:
             continue
         rows = trial.rows
         per_report = rows[0]["samples"] / rows[0]["step"]  # images per optimizer step
-        rule = ChanceLevelRule(grace, search.chance_margin)
+        rule = ChanceLevelRule(grace, search.chance_margin, **search.rule_keywords(trial.sampled))
         verdict = next(r for r in rows if rule(r) is not None)  # end_reason says there is one
-        first_past = next(r for r in rows if r["samples"] >= grace)
+        first_past = next((r for r in rows if r["samples"] >= grace), None)  # none: stopped early, before the window
         out.append(
             {
                 "trial_id": trial.trial_id,
@@ -93,6 +94,7 @@ def latencies(exp: Path) -> tuple[dict, list[dict]]:
                 "past_grace": (rows[-1]["samples"] - grace) / per_report,
                 "after_verdict": (rows[-1]["samples"] - verdict["samples"]) / per_report,
                 "at_window": verdict is first_past,  # stuck at the window, not a slow learner stopped later
+                "early": first_past is None,  # the early verdict stopped it before the window
             }
         )
     return search, out
@@ -121,7 +123,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"stuck-detection latency: {source}; grace window {search.grace_samples:,} images\non {machine()}")
     print(f"{'trial':<10} {'accum':>5} {'head_lr':>8} {'img/report':>10} {'stopped at':>10} {'past grace':>10} {'after verdict':>13}")
     for t in sorted(stuck, key=lambda t: (not t["at_window"], t["grad_accum_steps"])):
-        note = "" if t["at_window"] else "  falling at the window; stopped when its fall stalled"
+        note = "" if t["at_window"] else "  early verdict, before the window" if t["early"] else "  falling at the window; stopped when its fall stalled"
         print(
             f"{t['trial_id']:<10} {t['grad_accum_steps']:>5} {t['head_lr']:>8.2g} {t['images_per_report']:>10.0f} "
             f"{t['stopped_at']:>10,} {t['past_grace']:>10.2f} {t['after_verdict']:>13.2f}{note}"

@@ -81,15 +81,18 @@ class EarlyVerdict:
     step: int
     samples: float
     basis: str  # "wiring" or "projection"
-    confidence: float  # how far past the line the evidence is (>= 1): needed / projected movement, or 1 for wiring
-    evidence: str
+    confidence: float  # how far short the projection is (needed / projected), 1 for wiring
+    evidence: str  # the cause's evidence
+    short: str = ""  # the projection that fell short ("" for wiring)
+
+    def when(self, grace_samples: float) -> str:
+        """How early and why then, without the cause's evidence (printed beside it by the diagnosis)."""
+        windows = self.samples / grace_samples if grace_samples else math.nan
+        why = self.short or "a wiring fault: no LR and no time repairs it"
+        return f"early verdict at step {self.step} ({windows:.2f} of the grace window): {why}"
 
     def line(self, grace_samples: float) -> str:
-        windows = self.samples / grace_samples if grace_samples else math.nan
-        return (
-            f"early verdict at step {self.step} ({windows:.2f} of the grace window), {self.basis}: {self.cause}; "
-            f"{self.evidence}"
-        )
+        return f"{self.when(grace_samples)}; {self.cause}: {self.evidence}"
 
 
 @dataclass(frozen=True)
@@ -198,9 +201,9 @@ class EarlyJudge:
             if reach is not None and reach < needed:
                 confidence = needed / max(reach, 1e-12)
                 return EarlyVerdict(
-                    cause.name, last["step"], last["samples"], "projection", confidence,
-                    f"{text}; at its pace the head would have {what} {reach:.2g} by the budget ({self.budget_samples:,.0f} "
-                    f"images), under {needed:.2g} ({NEEDED_SHARE:g} of the least any learning run of the calibration set "
-                    f"had when it crossed the Go line, {at_go:g}): {confidence:.1f}x short",
+                    cause.name, last["step"], last["samples"], "projection", confidence, text,
+                    f"at its pace the head would have {what} {reach:.2g} by the budget ({self.budget_samples:,.0f} images), "
+                    f"under {needed:.2g} ({NEEDED_SHARE:g} of the least any learning run of the calibration set had when it "
+                    f"crossed the Go line, {at_go:g}): {confidence:.1f}x short",
                 )  # fmt: skip
         return None

@@ -114,7 +114,7 @@ class RunWriter:
     def say_stuck(self) -> None:
         """The seed team's Go/No-Go look: above the Go line and not clearly falling, and the likely cause."""
         last, early = self.rows[-1], self.rule.early
-        how = early.line(self.rule.grace_samples) if early else "not clearly falling after the grace window"
+        how = early.when(self.rule.grace_samples) if early else "not clearly falling after the grace window"
         print(
             f"stuck at chance after {last['step']} steps (the search would stop this trial here): ce_ema "
             f"{last['ce_ema']:.3f}, Go line {go_line(last['chance_ce'], self.rule.margin):.2f}; {how}; "

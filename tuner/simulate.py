@@ -113,6 +113,8 @@ def plan(args) -> tuple[ReplaySettings, int, Callable[[int, dict], Curve], Calla
             report_every=args.report_every,
             metric=search.metric,
             mode=search.mode,
+            verdict=search.verdict,
+            scope=search.rule_keywords()["scope"],
         )
         if settings.metric != "ce_ema":
             raise UserError(f"--from: the search optimised {settings.metric}; the simulation replays ce_ema searches only")

@@ -45,7 +45,7 @@ def test_a_head_lr_of_1e_6_is_stopped_by_step_60_as_lr_too_low_with_its_projecti
     assert early.basis == "projection" and early.cause == "lr_too_low" and early.confidence > 1
     # the cause the search prints (stuck_cause on the rows up to the verdict) is the one the early verdict read
     assert stuck_cause(rows[: at["step"]], config=cfg).cause == "lr_too_low"
-    assert "by the budget" in early.evidence
+    assert "by the budget" in early.short and "lr_too_low" in early.line(GRACE_STEPS * BATCH)
 
 
 def test_a_head_with_no_gradient_is_stopped_within_20_steps():

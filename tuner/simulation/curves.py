@@ -25,6 +25,10 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 import numpy as np
 
 from reid_core.errors import UserError
+from reid_core.schema import HEAD_LR_COUNTS, STEP_METRICS
+
+# what the early verdict reads of a recorded row beside samples and CE (reid_core.early): the step and the head's metrics
+HEAD_KEYS = tuple(k for k in STEP_METRICS if k not in ("samples", "ce", "ce_ema", "chance_ce")) + HEAD_LR_COUNTS
 
 if TYPE_CHECKING:
     from tuner.settings import SearchSettings
@@ -46,6 +50,7 @@ class Curve:
     trial_id: Optional[str] = None  # a recorded trial's id
     end: Optional[str] = None  # a recorded trial's end reason in the live search
     started: float = 0.0  # a recorded trial's wall-clock start (Unix seconds)
+    head: Optional[list[dict[str, float]]] = None  # a recorded trial's step and head metrics per row: the early verdict reads them
 
 
 @dataclass(frozen=True)
@@ -155,6 +160,7 @@ def recorded_curves(exp_dir: str | Path) -> tuple["SearchSettings", list[Curve]]
                 trial_id=trial.trial_id,
                 end=ends.get(trial.trial_id),
                 started=rows[0]["timestamp"] - rows[0].get("time_total_s", 0.0),
+                head=[{k: r[k] for k in HEAD_KEYS if k in r} for r in rows] if "head_grad_norm" in rows[0] else None,
             )
         )
     if not curves:

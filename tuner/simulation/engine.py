@@ -22,7 +22,8 @@ from typing import Any, Callable, Optional, Sequence
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from reid_core.chance import ChanceLevelRule
+from reid_core.chance import EARLY, ChanceLevelRule
+from reid_core.early import Scope
 from reid_core.ending import end_reason
 from reid_core.schema import ASHA as CUT
 from reid_core.schema import COMPLETED, STUCK, UNFINISHED
@@ -61,6 +62,8 @@ class ReplaySettings:
     report_every: int = 1  # replay every k-th step of a curve (and its last)
     metric: str = "ce_ema"
     mode: str = "min"
+    verdict: str = EARLY  # the chance-level rule's (a recorded curve with head metrics gets the early verdict)
+    scope: Scope = Scope()  # ... and what it may read of the runs (the recorded search's base config)
 
 
 @dataclass
@@ -178,8 +181,13 @@ def replay(
         trial = SimpleNamespace(trial_id=tid)
         if scheduler is not None:
             scheduler.on_trial_add(None, trial)
-        # the search's rule; a curve of ce alone gives the early verdict nothing to read: judged at the window
-        rule = ChanceLevelRule(settings.grace_samples, settings.chance_margin, budget_samples=settings.max_samples) if policy.chance else None
+        # the search's rule; a curve of ce alone (a modelled one) gives the early verdict nothing to read: the window
+        rule = (
+            ChanceLevelRule(settings.grace_samples, settings.chance_margin, verdict=settings.verdict, budget_samples=settings.max_samples,
+                            scope=settings.scope)
+            if policy.chance
+            else None
+        )  # fmt: skip
         last = len(curve.samples) - 1
         first = min(every - 1, last)
         # the trial's state: index of its next result, and what reading a result needs, looked up once
@@ -199,6 +207,8 @@ def replay(
             "chance_ce": curve.chance_ce,
             "training_iteration": i + 1,
         }
+        if curve.head is not None:
+            result.update(curve.head[i])
         run.results += 1
         verdict = rule(result) if rule is not None else None
         stopped = False
