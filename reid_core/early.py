@@ -1,26 +1,27 @@
 """The early verdict: a trial that cannot reach the Go line by its budget, stopped before the grace window.
 
-The seed's window (300 steps) is a backstop, not the earliest the evidence allows. From the first steps
-`EarlyJudge` reads the rows a run reports and asks the diagnosis (`reid_core.causes.WALK`, on
-`reid_core.evidence.Evidence`) what holds the head back, then whether that can still change by the budget:
+The seed's window (300 steps) is a backstop, not the earliest the evidence allows. At each new head measurement
+`EarlyJudge` asks the diagnosis (`reid_core.causes.walk` on `reid_core.evidence.Evidence`, as the search names a
+stuck trial's cause) what holds the head back, then whether that can still change by the budget:
 
 * **wiring** (`WIRING`: no gradient, a head the optimizer does not hold, collapsed features, bounded logits,
-  labels with no signal, AMP skipping the steps): no value of the LR or time repairs them, so the verdict
-  comes as soon as the diagnosis fits on at least `WIRING_MIN_MEASURED` head measurements (step 10 at the
-  monitor's default every 5). Outside the calibrated family only the exact tests (a gradient of exactly 0,
-  weights exactly unchanged, skipped steps) are trusted this early;
-* **LR-bound** (`LR_BOUND`: the LR too low, a gradient too small for AdamW, weight decay holding the head):
-  the head's movement is projected to the budget at its pace over the later half of the rows, per LR-image
-  (applied LR x images), at the LR it trains at now (`projected_movement`), and the run stops when even that
-  reach is below `NEEDED_SHARE` x the least movement any learning run of the calibration set had made when it
-  crossed the Go line (`MOVED_AT_GO`), and the CE's own trend does not reach the line by the budget either.
-  This needs the budget, an LR that has stopped rising (warm-up over) and is not meant to change
-  (``lr_fixed``: no ``head_lr_raise``, no ``head_lr_schedule``), and a run inside the family the thresholds
-  were measured on (``calibrated``): otherwise the run waits for the window.
+  labels with no signal, AMP skipping the steps, a label smoothing whose CE floor is above the Go line): no LR
+  and no time repairs them, so the verdict comes as soon as the cause fits on `WIRING_MIN_MEASURED` head
+  measurements (step 10 at the monitor's default). Outside the calibrated family (`Scope.calibrated`) only the
+  exact tests (`EXACT`: a gradient of exactly 0, weights exactly unchanged, skipped steps, the config's floor)
+  are trusted this early;
+* **held back** (`LR_BOUND`: the LR too low, a gradient too small for AdamW, weight decay; and `unknown`, on its
+  logits only): the head's movement and its logits' spread are projected to the budget at their pace over the
+  later half of the rows, per LR-image, at the LR applied now (`projected`); the run stops when either falls
+  under `NEEDED_SHARE` of the least a learning run of the calibration set had when it crossed the Go line
+  (`MOVED_AT_GO`, `SPREAD_AT_GO`) and the CE's own trend does not reach the line by the budget either. This
+  needs the budget, an LR no longer rising (a warm-up over) and not meant to change (`Scope.lr_fixed`), and a
+  calibrated run.
 
-Where the evidence is ambiguous the judge says nothing and the window decides, as before. Pure Python: the
-search's stopper, the plain job, the tables' replay, the simulator and ``reid-tune diagnose`` all call it
-through `reid_core.chance.ChanceLevelRule`.
+Where the evidence is ambiguous the judge says nothing and the window decides, as before. The thresholds and
+what each was measured on are below; BENCHMARKS.md section 12 has the calibration and the reported set. Pure
+Python: the search's stopper, the plain job, the tables' replay, the simulator and ``reid-tune diagnose`` all
+call it through `reid_core.chance.ChanceLevelRule`.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
 from reid_core.causes import (
-    UNKNOWN,
     AMP_SKIPPED_STEPS,
     BOUNDED_LOGITS,
     FEATURES_COLLAPSED,
@@ -40,6 +40,7 @@ from reid_core.causes import (
     LABELS_NO_SIGNAL,
     LR_TOO_LOW,
     NO_GRADIENT,
+    UNKNOWN,
     WEIGHT_DECAY_TOO_HIGH,
     walk,
 )
@@ -71,6 +72,10 @@ BOUNDED_GRAD_EARLY = 0.1
 # this; planted low LRs 1.26-1.46): a head weight decay pulls back reads as lr_too_low until its path passes
 # HELD_BACK (4), e.g. 3.6 at step 30, 5.4 at step 50
 STRAIGHT_PATH = 2.0
+# labels_no_signal before the window: also a CE never more than this above chance (labels shuffled, rolled or
+# images without identity: at most +0.62 in their first 80 steps; a head at LR 30 runs away to +3.2 by step 15,
+# moving as freely: an LR too high, which the head guard, when on, answers first)
+RUNAWAY = 1.0
 CALIBRATED_MODELS = ("reid-tiny",)  # the family the thresholds were measured on
 CALIBRATED_MAX_CLASSES = 3000  # ... at 400 to 3,000 identities
 
@@ -101,7 +106,7 @@ class Scope:
 
     calibrated: bool = True  # our function on a model the thresholds were measured on
     pretrained: bool = True  # the backbone starts from weights (random init: labels_no_signal waits for the window)
-    lr_fixed: bool = True  # the head LR is not meant to change (no head_lr_raise, no head_lr_schedule)
+    lr_fixed: bool = True  # the head LR is not meant to change (no head_lr_raise, head_lr_schedule or head_guard)
     label_smoothing: Optional[float] = None  # the configured one (the reported ce is the smoothed loss)
 
 
@@ -114,7 +119,7 @@ def scope(config: Optional[Mapping[str, Any]], trainable: bool = False) -> Scope
     return Scope(
         calibrated=not trainable and get("model", "reid-tiny") in CALIBRATED_MODELS,
         pretrained=get("pretrained", "auto") not in (None, "none", "None"),
-        lr_fixed=not raise_on and not get("head_lr_schedule"),
+        lr_fixed=not raise_on and not get("head_lr_schedule") and not get("head_guard"),
         label_smoothing=float(smoothing) if isinstance(smoothing, (int, float)) and not isinstance(smoothing, bool) else None,
     )
 
@@ -181,8 +186,10 @@ class EarlyJudge:
         calibrated = self.scope.calibrated and last["chance_ce"] <= math.log(CALIBRATED_MAX_CLASSES) + 1e-9
         evidence = Evidence.from_rows(rows, margin=self.margin, label_smoothing=self.scope.label_smoothing)
         cause, text = walk(evidence)
-        if cause.name == LABELS_NO_SIGNAL.name and not self.scope.pretrained:
-            return None  # a random-init backbone's head overshoots chance as a noise-fitting one does, then learns
+        if cause.name == LABELS_NO_SIGNAL.name and not (
+            self.scope.pretrained and self.scope.lr_fixed and evidence.ce_ema_peak <= evidence.chance + RUNAWAY
+        ):
+            return None  # a random-init head overshoots chance as a noise-fitting one does, then learns; one far above it runs away
         if cause.name == BOUNDED_LOGITS.name and not evidence.grad_ratio <= BOUNDED_GRAD_EARLY:
             return None  # ... and on its way down its logits' spread per unit weight falls as a bounded head's does
         if cause.name in WIRING and (calibrated or cause.name in EXACT):

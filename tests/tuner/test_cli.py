@@ -29,7 +29,7 @@ def test_each_command_has_its_help_under_its_own_name(command, flag):
 def test_an_unknown_command_is_one_line_and_exit_2():
     done = reid_tune("serch")
     assert done.returncode == 2 and done.stdout == ""
-    assert done.stderr.strip().splitlines() == ["reid-tune: error: unknown command 'serch'; use one of search, report, train, simulate, run"]
+    assert done.stderr.strip().splitlines() == ["reid-tune: error: unknown command 'serch'; use one of search, report, train, diagnose, simulate, run"]
 
 
 def test_a_bad_flag_names_the_command_it_was_given_to():

@@ -59,6 +59,9 @@ def both(ray_session, tmp_path_factory):
         "--space", str(tmp / "space.yaml"), "--points-to-evaluate", str(tmp / "points.json"), "--num-trials", "3",
         "--max-concurrent", "1", "--max-steps", "60", "--grace-steps", "30", "--skip-preflight", "--seed", "0",
         "--storage-path", str(tmp / "results"), "--chance-margin", "0.5",
+        # the window verdict: the early one reads our function's head at once but a user's function only on exact
+        # wiring evidence (docs/verdicts.md), which would stop the two differently by design
+        "--verdict", "window",
     ]  # fmt: skip
     ours = cli_main(["search", *common, "--name", "ours", "--set", "ce_only_steps=1000", f"batch_size={BATCH}"])
     # the user's copy of the same base config: what the first search wrote, as their own YAML file
