@@ -76,6 +76,11 @@ STRAIGHT_PATH = 2.0
 # images without identity: at most +0.62 in their first 80 steps; a head at LR 30 runs away to +3.2 by step 15,
 # moving as freely: an LR too high, which the head guard, when on, answers first)
 RUNAWAY = 1.0
+# the logits' spread is projected only for a head that has moved at least its own initial norm: before that the
+# init's logits dominate and their spread grows faster later (a head LR 2.1e-5 with a 76,800-image budget: moved
+# 0.13x at step 20, spread projected to 0.009, crossed the Go line at 29,792 images); heads stopped on their spread
+# here had moved 4.5x or more (a logit scale of 1e-4 or 3e-5, a second softmax)
+OWN_LOGITS = 1.0
 CALIBRATED_MODELS = ("reid-tiny",)  # the family the thresholds were measured on
 CALIBRATED_MAX_CLASSES = 3000  # ... at 400 to 3,000 identities
 
@@ -204,6 +209,8 @@ class EarlyJudge:
         for key, at_go, what in (("head_weight_change", MOVED_AT_GO, "moved"), ("logit_std", SPREAD_AT_GO, "spread its logits")):
             if key == "head_weight_change" and cause.name == UNKNOWN:
                 continue  # a head that moved freely and fits no cause: only its logits' spread is read
+            if key == "logit_std" and not evidence.moved >= OWN_LOGITS:
+                continue  # its logits are still its init's: their spread grows faster once the head has moved
             reach, needed = projected(rows, self.budget_samples, key), NEEDED_SHARE * at_go
             if reach is not None and reach < needed:
                 confidence = needed / max(reach, 1e-12)

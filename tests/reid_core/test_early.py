@@ -108,3 +108,11 @@ def test_a_curve_without_head_metrics_waits_for_the_window():
     bare = [{k: r[k] for k in ("step", "samples", "ce", "ce_ema", "chance_ce")} for r in rows]
     said, at = first_verdict(bare, GRACE_STEPS * BATCH, **keywords(cfg))
     assert said == STUCK and at["step"] == 300
+
+
+def test_a_slow_head_with_a_long_budget_is_not_stopped_on_the_spread_of_its_inits_logits():
+    # head LR 2.1e-5 with a 2,400-step budget crosses the Go line near step 930 (benchmarks/early_stop.py, seed 0):
+    # at step 20 it has moved 0.13x its norm, its logits are still its init's and spread slowly
+    cfg, rows = train(40, head_lr=2.1e-5)
+    said, _, _ = replay(rows, GRACE_STEPS * BATCH, verdict=EARLY, budget_samples=2400 * BATCH, scope=scope(cfg.to_dict()))
+    assert said is None
