@@ -12,6 +12,7 @@ import pytest
 from reid_core.train import main as train_main
 from tests.reid_core.tiny_datasets import write_cuhk
 from tuner.report import main as report_main
+from tuner.diagnose import main as diagnose_main
 from tuner.search import main as search_main
 from tuner.settings import SearchSettings
 
@@ -79,6 +80,8 @@ CASES: dict[str, tuple[Callable, Callable[[Path], list[str]], str]] = {
     "key outside TrainConfig": (search_main, lambda t: ["--space", text(t, "s.yaml", "lr: {choice: [1]}")], "unknown config key 'lr'"),
     "bad domain": (search_main, lambda t: ["--space", text(t, "s.yaml", "head_lr: {loguniform: [0, 1]}")], "low > 0"),
     "negative budget": (search_main, lambda t: ["--max-steps", "-1"], "--max-steps is -1"),
+    "first rung past the budget": (search_main, lambda t: ["--first-rung-steps", "9999"], "--first-rung-steps 9999 exceeds --max-steps"),
+    "unknown verdict": (search_main, lambda t: ["--verdict", "sometimes"], "invalid choice: 'sometimes'"),
     "unreachable cluster": (search_main, lambda t: ["--address", "127.0.0.1:1"], "cannot reach the Ray cluster"),
     "resume of a non-experiment": (search_main, lambda t: ["--resume", "--name", "nothing"], "holds no reid-tune experiment"),
     "missing data set": (search_main, lambda t: ["--data", str(t / "no-data")], "data"),
@@ -88,6 +91,9 @@ CASES: dict[str, tuple[Callable, Callable[[Path], list[str]], str]] = {
     "Optuna study name taken": (search_main, lambda t: ["--optuna-storage", study_named_exp(t)], "already holds a study named 'exp'"),
     "Optuna storage with random draws": (search_main, lambda t: ["--searcher", "random", "--optuna-storage"], "there is no study"),
     "Optuna storage under PBT": (search_main, lambda t: ["--scheduler", "pbt", "--optuna-storage"], "there is no study"),
+    # python -m tuner.diagnose
+    "diagnose of a missing run": (diagnose_main, lambda t: [str(t / "none")], "does not exist"),
+    "diagnose of a log without the contract's keys": (diagnose_main, lambda t: [text(t, "l.jsonl", '{"step": 1}')], "lacks samples, ce"),
     # python -m tuner.report
     "report of a non-experiment": (report_main, lambda t: [experiment(t)], "is not a reid-tune experiment"),
     "report of a missing folder": (report_main, lambda t: [str(t / "none")], "does not exist"),
