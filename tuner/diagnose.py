@@ -26,6 +26,7 @@ from reid_core.errors import UserError, cli_exit
 from reid_core.flags import ArgumentParser
 from reid_core.levels import go_line
 from reid_core.schema import DIVERGED, STUCK
+from tuner.ray_files import curve_of
 
 NEEDED = ("step", "samples", "ce", "ce_ema", "chance_ce")  # the contract's keys the rule reads
 
@@ -55,17 +56,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     missing = [k for k in NEEDED if k not in rows[0]]
     if missing:
         raise UserError(f"'{path}' lacks {', '.join(missing)} in its rows; report the contract's keys ({', '.join(NEEDED)})")
-    return _curve(rows)
-
-
-def _curve(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows in images-seen order, a restore's repeated reports replacing the ones they undo (as the tables read)."""
-    curve: list[dict[str, Any]] = []
-    for row in rows:
-        while curve and curve[-1]["samples"] >= row["samples"]:
-            curve.pop()
-        curve.append(row)
-    return curve
+    return curve_of(rows)  # a restore's repeated reports replace the ones they undo, as the tables read them
 
 
 class Source:
