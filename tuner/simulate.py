@@ -23,6 +23,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from reid_core.flags import ArgumentParser
 from reid_core.errors import UserError, cli_exit
+from reid_core.chance import EARLY, VERDICTS
 from tuner.simulation.curves import Curve, Family, recorded_curves
 from tuner.simulation.engine import LEGEND, POLICIES, RASHA, Policy, ReplaySettings, Run, format_table, make_searcher, replay, summarise
 
@@ -38,7 +39,9 @@ def build_parser(prog: str = PROG) -> ArgumentParser:
     p.add_argument("--space", default="default", help="search space name or YAML file (default: default)")
     p.add_argument("--max-steps", type=int, help="budget in optimizer steps of --batch-size images (default 1200)")
     p.add_argument("--grace-steps", type=int, help="grace window and first rung, in steps as --max-steps; with --from, of the search's base config (default 300)")
+    p.add_argument("--first-rung-steps", type=int, help="ASHA's first rung, in steps as --grace-steps (default: the grace window; with --from: the search's)")
     p.add_argument("--reduction-factor", type=float, help="ASHA reduction factor (default 2)")
+    p.add_argument("--verdict", choices=VERDICTS, help="the chance-level rule's verdict: early or window (default: the recorded search's; early for curves)")
     p.add_argument("--chance-margin", type=float, help="Go line = log(C) - margin (default 0.39)")
     p.add_argument("--batch-size", type=int, default=32, help="images per micro-batch of the parametric curves (default 32)")
     p.add_argument("--report-every", type=int, default=1, help="replay every k-th step of each curve (default 1: all)")
@@ -94,7 +97,7 @@ class RecordedOrder:
 
 def plan(args) -> tuple[ReplaySettings, int, Callable[[int, dict], Curve], Callable[[Policy], tuple[str, Any]], str]:
     """``(settings, trials, new_curve, searcher_for(policy) -> (name, searcher), description)`` from the flags."""
-    for flag in ("trials", "workers", "max_steps", "grace_steps", "chance_margin", "batch_size", "report_every"):
+    for flag in ("trials", "workers", "max_steps", "grace_steps", "first_rung_steps", "chance_margin", "batch_size", "report_every"):
         _positive("--" + flag.replace("_", "-"), getattr(args, flag))
     if args.reduction_factor is not None and not args.reduction_factor > 1:
         raise UserError(f"--reduction-factor is {args.reduction_factor}, but must be > 1")
@@ -113,9 +116,12 @@ def plan(args) -> tuple[ReplaySettings, int, Callable[[int, dict], Curve], Calla
             report_every=args.report_every,
             metric=search.metric,
             mode=search.mode,
-            verdict=search.verdict,
+            verdict=args.verdict or search.verdict,
             scope=search.rule_keywords()["scope"],
+            first_rung_samples=args.first_rung_steps * per_step if args.first_rung_steps else search.first_rung_samples,
         )
+        if settings.rung_samples > settings.max_samples:
+            raise UserError(f"--first-rung-steps {args.first_rung_steps} is past the search's budget; lower it")
         if settings.metric != "ce_ema":
             raise UserError(f"--from: the search optimised {settings.metric}; the simulation replays ce_ema searches only")
         what = f"{len(curves)} recorded trials of {args.source}"
@@ -126,11 +132,15 @@ def plan(args) -> tuple[ReplaySettings, int, Callable[[int, dict], Curve], Calla
     max_steps, grace_steps = args.max_steps or 1200, args.grace_steps or 300
     if grace_steps > max_steps:
         raise UserError(f"--grace-steps {grace_steps} exceeds --max-steps {max_steps}; lower --grace-steps or raise --max-steps")
+    if (args.first_rung_steps or 0) > max_steps:
+        raise UserError(f"--first-rung-steps {args.first_rung_steps} exceeds --max-steps {max_steps}; lower it")
     family = Family(batch_size=args.batch_size, margin=args.chance_margin or 0.39)
     settings = ReplaySettings(
         grace_samples=grace_steps * args.batch_size,
         max_samples=max_steps * args.batch_size,
         reduction_factor=args.reduction_factor or 2.0,
+        first_rung_samples=(args.first_rung_steps or 0) * args.batch_size,
+        verdict=args.verdict or EARLY,
         chance_margin=args.chance_margin or 0.39,
         workers=args.workers or 16,
         report_every=args.report_every,
@@ -162,7 +172,7 @@ def simulate(args, out: Callable[[str], None] = print, time_decisions: bool = Fa
     every = "every step of every curve" if settings.report_every == 1 else f"every {settings.report_every}th step of each curve (and its last)"
     out(f"{what}; {settings.workers} workers; {every} replayed")
     out(
-        f"grace window {settings.grace_samples:g} images, budget {settings.max_samples:g}, reduction factor "
+        f"grace window {settings.grace_samples:g} images, first rung {settings.rung_samples:g}, budget {settings.max_samples:g}, reduction factor "
         f"{settings.reduction_factor:g}, chance margin {settings.chance_margin:g}"
     )
     runs = []
@@ -175,7 +185,7 @@ def simulate(args, out: Callable[[str], None] = print, time_decisions: bool = Fa
     censored = sum(r["censored"] for r in rows)
     if censored:
         out(f"{censored} trial-runs reached the end of a recorded curve the live search had stopped (censored)")
-    unchanged = not (args.grace_steps or args.reduction_factor or args.chance_margin)
+    unchanged = not (args.grace_steps or args.first_rung_steps or args.verdict or args.reduction_factor or args.chance_margin)
     if args.source is not None and unchanged:  # the live search's own settings: the replay should match it
         agree, total, agree_free, free = live_agreement(settings, recorded_curves(args.source)[1])
         out(

@@ -170,3 +170,16 @@ def test_bad_counts_exit_2(scripts, name, argv, capsys):
         scripts[name].main(argv)
     assert exit_.value.code == 2
     assert len(capsys.readouterr().err.splitlines()) == 1
+
+
+def test_rung_orders_names_a_folder_without_a_kept_experiment(tmp_path, capsys):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        rung_orders = importlib.import_module("rung_orders")
+        assert rung_orders.main([str(tmp_path)]) == 2
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+        for name in ("rung_orders", "common"):
+            sys.modules.pop(name, None)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and str(tmp_path) in err[0] and "early_stop.py --keep" in err[0]

@@ -56,6 +56,15 @@ def test_the_command_prints_the_table_and_trials_per_second_last(capsys):
     assert out[-1].endswith("trials/s")
 
 
+def test_an_earlier_first_rung_cuts_learners_sooner_and_the_window_still_judges_stuck_curves(runs):
+    earlier = {r.policy.name: r for r in simulate(build_parser().parse_args(SMALL + ["--first-rung-steps", "15", "--policies", "rasha,rasha+chance"]), out=lambda line: None)}
+    first_cut = lambda run: min(e.samples for e in run.ended if e.reason == "asha")  # noqa: E731
+    assert first_cut(earlier["rasha"]) < first_cut(runs["rasha"]) and first_cut(earlier["rasha"]) >= 15 * 32
+    assert sum(e.samples for e in earlier["rasha"].ended) < sum(e.samples for e in runs["rasha"].ended)
+    stuck = lambda run: {e.config["head_lr"] for e in run.ended if e.reason == "stuck_at_chance"}  # noqa: E731
+    assert stuck(earlier["rasha+chance"]) and stuck(earlier["rasha+chance"]) <= stuck(runs["rasha+chance"]) | {e.config["head_lr"] for e in runs["rasha+chance"].ended if e.reason == "asha"}
+
+
 @pytest.mark.parametrize(
     "argv, words",
     [
@@ -63,6 +72,8 @@ def test_the_command_prints_the_table_and_trials_per_second_last(capsys):
         (["--policies", "asha,fifo"], "unknown policy 'fifo'"),
         (["--grace-steps", "500", "--max-steps", "100"], "--grace-steps 500 exceeds --max-steps 100"),
         (["--reduction-factor", "1"], "--reduction-factor is 1.0"),
+        (["--first-rung-steps", "500", "--grace-steps", "50", "--max-steps", "100"], "--first-rung-steps 500 exceeds --max-steps 100"),
+        (["--first-rung-steps", "0"], "--first-rung-steps is 0"),
         (["--from", "/nonexistent/exp"], "not a folder"),
         (["--space", "nope"], "unknown search space 'nope'"),
         (["--searcher", "grid"], "invalid choice"),

@@ -64,6 +64,11 @@ class ReplaySettings:
     mode: str = "min"
     verdict: str = EARLY  # the chance-level rule's (a recorded curve with head metrics gets the early verdict)
     scope: Scope = Scope()  # ... and what it may read of the runs (the recorded search's base config)
+    first_rung_samples: float = 0  # ASHA's first rung, in images; 0: at the grace window (--first-rung-steps)
+
+    @property
+    def rung_samples(self) -> float:
+        return self.first_rung_samples or self.grace_samples
 
 
 @dataclass
@@ -145,7 +150,7 @@ def _scheduler(policy: Policy, settings: ReplaySettings) -> Any:
         time_attr="samples",
         metric=settings.metric,
         mode=settings.mode,
-        grace_period=settings.grace_samples,
+        grace_period=settings.rung_samples,
         max_t=settings.max_samples,
         reduction_factor=settings.reduction_factor,
     )
