@@ -9,6 +9,7 @@ A run's results stream ends for one of these reasons (the vocabulary is `reid_co
   itself at a NaN loss, as ours does);
 - ``completed``: it saw its budget of images, or the function returned by itself;
 - stopped by the scheduler: named for the scheduler that stopped it (``asha``, ``pbt``);
+- ``halted``: stopped with the whole search, whose stuck trials agreed on a cause no searched value fixes;
 - ``unfinished``: none of these yet (still running, or interrupted).
 
 Pure: no torch, no Ray.
@@ -20,7 +21,7 @@ import math
 import numbers
 from typing import Any, Mapping, Optional
 
-from reid_core.schema import ASHA, COMPLETED, DIVERGED, ERROR, UNFINISHED
+from reid_core.schema import ASHA, COMPLETED, DIVERGED, ERROR, HALTED, UNFINISHED
 
 LOSS_KEYS = ("ce", "ce_ema", "loss")  # a result whose reported value of any of these is NaN/inf has diverged
 
@@ -43,13 +44,15 @@ def end_reason(
     returned: bool = False,
     stopped: bool = False,
     scheduler: str = ASHA,
+    halted: bool = False,
 ) -> str:
     """Why a run ended.
 
     ``failed``: it raised; ``verdict``: the chance-level rule's reason, if the rule stopped it; ``last``: its
     last result; ``max_samples``: its budget in images (None: none was set); ``returned``: the function
     ended by itself (the plain job); ``stopped``: something outside it ended it (Ray: stopped or done),
-    which, when none of the reasons above holds, is its ``scheduler`` (``asha``, ``pbt``).
+    which, when none of the reasons above holds, is its ``scheduler`` (``asha``, ``pbt``), or ``halted`` when the
+    search had stopped every trial (``halted``: `reid_core.actions`).
     """
     if failed:
         return ERROR
@@ -62,4 +65,6 @@ def end_reason(
         return COMPLETED
     if returned:
         return COMPLETED
-    return scheduler if stopped else UNFINISHED
+    if not stopped:
+        return UNFINISHED
+    return HALTED if halted else scheduler

@@ -38,6 +38,8 @@ from reid_core.flags import ArgumentParser, add_config_arguments, add_shortcut_a
 from reid_core.io import write_json_atomic
 from reid_core.job import Job, job_for
 from reid_core.pace import LoaderWatch
+from reid_core.actions import stuck_message
+from reid_core.repair import fix_args, fix_for
 from reid_core.schema import COMPLETED, DIVERGED, METRIC_COLUMNS, STEP_METRICS, STUCK
 
 
@@ -181,6 +183,9 @@ class PlainRun:
         returned = call(fn, self.config, self.reporter, threads)
         writer, last = self.writer, self.reporter.last
         stuck = writer.verdict == STUCK
+        found = writer.diagnosis() if stuck else None
+        per_step = last["samples"] / max(last["step"], 1)
+        fix = fix_for(found.cause, writer.rows, self.config, writer.rule.grace_samples / per_step) if found else None
         ce_emas = [r["ce_ema"] for r in writer.rows if math.isfinite(r["ce_ema"])]
         summary = {
             **returned,  # what the function returned, under the harness's keys
@@ -194,7 +199,11 @@ class PlainRun:
             "wall_s": time.perf_counter() - started,
             "chance_verdict": STUCK if stuck else None,
             "chance_verdict_step": writer.verdict_step if stuck else None,
-            "stuck_cause": writer.diagnosis().cause if stuck else None,
+            "stuck_cause": found.cause if found else None,
+            "stuck_evidence": found.evidence if found else None,
+            "stuck_fix": found.fix if found else None,
+            "fix": fix.changes if fix else None,  # the config change that applies the fix (reid_core.repair), sized from the run
+            "fix_why": fix.why if fix else None,
             # how the rule decided: early (reid_core.early: the verdict's line) or at the grace window
             "chance_verdict_basis": (EARLY if writer.rule.early else WINDOW) if stuck else None,
             "early_verdict": writer.rule.early.line(writer.rule.grace_samples) if stuck and writer.rule.early else None,
@@ -299,6 +308,12 @@ def main(argv: Optional[Sequence[str]] = None, prog: Optional[str] = None) -> in
         + (f"; {STUCK} since step {summary['chance_verdict_step']} ({summary['stuck_cause']})" if summary["chance_verdict"] else "")
     )
     print(f"wrote {out}/metrics.csv, {out}/summary.json, {out}/config.json")
+    if summary["chance_verdict"]:  # the one line a search prints when it stops on this cause, and the re-run that applies the fix
+        fix = summary["fix"]
+        trainable = f"--trainable {job.exported()['trainable']} " if job.exported().get("trainable") else ""
+        flags = "".join(f"--{f.replace('_', '-')} {getattr(args, f)} " for f in ("max_steps", "grace_steps") if getattr(args, f))
+        rerun = f"reid-tune {command} {trainable}--config {out}/config.json {flags}--set {fix_args(fix)}" if fix else None
+        print(stuck_message(summary["stuck_cause"], summary["stuck_evidence"], summary["stuck_fix"], summary["chance_verdict_step"], rerun))
     return 0 if summary["end_reason"] == COMPLETED else 1
 
 

@@ -78,6 +78,7 @@ STUCK = "stuck_at_chance"
 DIVERGED = "diverged"
 ERROR = "error"
 UNFINISHED = "unfinished"
+HALTED = "halted"
 END_REASON_TERMS = (
     Term(COMPLETED, "trained its whole budget"),
     Term(ASHA, "cut at a rung by the ASHA scheduler (ranked below its peers)"),
@@ -86,6 +87,8 @@ END_REASON_TERMS = (
          "the early verdict's evidence says it cannot reach the line by its budget (docs/verdicts.md)"),
     Term(DIVERGED, "the loss became NaN/inf"),
     Term(ERROR, "the trial raised"),
+    Term(HALTED, "stopped with the whole search when its stuck trials agreed on a cause no searched value fixes "
+         "(docs/verdicts.md; --keep-going turns that off)"),
     Term(UNFINISHED, "still running, or interrupted"),
 )
 END_REASONS = names(END_REASON_TERMS)

@@ -15,6 +15,7 @@ import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from reid_core.config import TrainConfig
+from reid_core import faults
 from reid_core.contract import BudgetSpent, Reporter
 from reid_core.ending import diverged as is_diverged, end_reason
 from reid_core.head_lr import GUARD, RAISE
@@ -62,6 +63,7 @@ def train(
         log = report.log if log is None else log
     log = log or (lambda line: None)
     trainer = Trainer(cfg)
+    faults.apply(trainer)  # a testing hook: nothing unless --inject-fault plant:KIND
     if resume is not None:
         trainer.load_state_dict(resume)
     data = trainer.data

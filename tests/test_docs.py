@@ -43,6 +43,7 @@ OTHER_NAMES = {
     "early", "window", "chance_verdict_basis", "early_verdict",
     # summary.json keys (reid_core/train.py, tuner/run.py) and the PBT export (tuner/results.py)
     "message", "final", "chance_verdict", "chance_verdict_step", "head_lr_events", "trainable", "pbt_lineage",
+    "fix", "fix_why", "stuck_evidence", "stuck_fix",
     # the pre-flight's own causes (reid_core/preflight.py)
     "labels_out_of_range", "cannot_overfit",
     # values and words of the code: pretrained=auto, W&B modes and settings, the optimizer's base_lr, the

@@ -178,6 +178,7 @@ def _fit(exp: Experiment, resources: Resources, space, points, resume: bool, qui
     import torch
     from ray import tune
 
+    from reid_core.actions import Agreement
     from tuner.checkpoints import CheckpointJanitor
     from tuner.disk import KEPT_ASHA, KEPT_PBT
     from tuner.progress import EndReasonRecorder, ProgressPrinter, summarise
@@ -211,7 +212,10 @@ def _fit(exp: Experiment, resources: Resources, space, points, resume: bool, qui
         ),
         {"cpu": resources.cpus_per_trial, "gpu": gpus},
     )
-    stopper = ChanceLevelStopper(settings.grace_samples, settings.chance_margin, keywords=settings.rule_keywords_of())
+    agreement = None if settings.keep_going else Agreement(list(settings.space))  # stop the search on a cause none of it fixes
+    stopper = ChanceLevelStopper(
+        settings.grace_samples, settings.chance_margin, keywords=settings.rule_keywords_of(), agreement=agreement, base=settings.base
+    )
     recorder = EndReasonRecorder(stopper, exp)
     kept = KEPT_PBT if settings.scheduler == PBT else KEPT_ASHA  # checkpoints of a running trial: why in tuner.disk
     janitor = CheckpointJanitor(recorder, exp, kept, keep=settings.keep_checkpoints)  # after the recorder: it reads why a trial ended
@@ -267,7 +271,7 @@ def _fit(exp: Experiment, resources: Resources, space, points, resume: bool, qui
 
             print(wandb_note(loggers.wandb_mode, loggers.wandb, wandb_folder(exp_dir)), flush=True)
     tuner.fit()
-    return summarise(exp, time.perf_counter() - t0, janitor)
+    return summarise(exp, time.perf_counter() - t0, janitor, halt=stopper.halt_line())
 
 
 def _search_and_scheduler(

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import math
 import shlex
+import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 from ray.tune import Callback
 
+from reid_core.actions import HALT_EXIT
 from reid_core.ending import end_reason
 from reid_core.errors import INTERRUPTED
 from reid_core.pace import LoaderWatch
-from reid_core.schema import ERROR, UNFINISHED
+from reid_core.schema import ERROR, HALTED, UNFINISHED
 from tuner.checkpoints import CheckpointJanitor, disk_line
 from tuner.experiment import Experiment
 from tuner.importance import FILE as IMPORTANCE_FILE
@@ -50,11 +52,22 @@ class EndReasonRecorder(Callback):
             max_samples=self._settings.max_samples,
             stopped=True,
             scheduler=self._settings.scheduler,
+            halted=self._stopper.stop_all(),
         )
+        self._stopper.forget(trial.trial_id)
         self._record(trial, reason)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._record(trial, ERROR)
+
+    def on_experiment_end(self, trials, **info):
+        """The trials a halted search stopped before they ended by themselves (Ray reports no end for them)."""
+        if not self._stopper.stop_all():
+            return
+        for trial in trials:
+            if trial.trial_id not in self.reasons and trial.status != "ERROR":
+                self._stopper.forget(trial.trial_id)
+                self._record(trial, HALTED)
 
     def _record(self, trial, reason: str) -> None:
         self.reasons[trial.trial_id] = reason
@@ -118,10 +131,11 @@ def resume_line(exp_dir: Location) -> str:
     return f"resume with: reid-tune search --resume --name {exp_dir.name} --storage-path {storage}"
 
 
-def summarise(exp: Experiment, wall_s: float, janitor: Optional[CheckpointJanitor] = None) -> int:
-    """Write the exports, print the summary; exit code 130 when the search was interrupted before every
-    trial ended (Ctrl-C), else 1 when some trials failed, else 0. ``janitor``: the search's, told the winner
-    (its other kept checkpoints go) and asked the disk in use."""
+def summarise(exp: Experiment, wall_s: float, janitor: Optional[CheckpointJanitor] = None, halt: Optional[str] = None) -> int:
+    """Write the exports, print the summary; exit code 3 when the search stopped itself (``halt``: its one line,
+    `reid_core.actions.halt_message`, printed last on stderr), 130 when it was interrupted before every trial
+    ended (Ctrl-C), else 1 when some trials failed, else 0. ``janitor``: the search's, told the winner (its other
+    kept checkpoints go) and asked the disk in use."""
     exp_dir = exp.path
     exports = write_exports(exp)
     frame, settings, best = exports["frame"], exports["settings"], exports["best"]
@@ -145,6 +159,9 @@ def summarise(exp: Experiment, wall_s: float, janitor: Optional[CheckpointJanito
     if exports["best_config"] is not None:
         config = exports["best_config"] if isinstance(exp_dir, Path) else "best_config.json"  # copied from the URI first
         print(f"re-run the winner: {settings.rerun_command(config)}")
+    if halt is not None:
+        print(halt, file=sys.stderr, flush=True)
+        return HALT_EXIT
     unfinished = int((frame["end_reason"] == UNFINISHED).sum()) if not frame.empty else 0
     if unfinished or len(frame) < settings.num_trials:
         print(f"interrupted with {settings.num_trials - len(frame) + unfinished} of {settings.num_trials} trials unfinished; {resume_line(exp_dir)}")

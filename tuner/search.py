@@ -24,6 +24,7 @@ import yaml
 from reid_core.chance import DEFAULT_CHANCE_MARGIN, DEFAULT_GRACE_STEPS, EARLY, VERDICTS
 from reid_core.dashboards import add_mlflow_argument, add_wandb_argument, check_wandb, require_mlflow
 from reid_core.errors import INTERRUPTED, UserError, cli_exit
+from reid_core.faults import parse_fault
 from reid_core.flags import ArgumentParser, add_config_arguments, add_shortcut_arguments, parse_args, shortcut_values
 from reid_core.job import Job, job_for
 from reid_core.schema import EVAL_METRICS
@@ -88,6 +89,8 @@ def build_parser() -> ArgumentParser:
                    "earlier cuts the worse trials sooner (benchmarks/early_stop.py measures what it risks)")
     b.add_argument("--verdict", choices=VERDICTS, default=EARLY, help="early (default): a trial whose evidence says it cannot reach the "
                    "Go line by its budget stops before the grace window (docs/causes.md); window: the seed's Go/No-Go at the window only")
+    b.add_argument("--keep-going", action="store_true", help="run every trial even when the stuck trials agree on a cause no searched "
+                   "value fixes (default: the search stops itself, exit 3; docs/verdicts.md)")
     b.add_argument("--reduction-factor", type=float, default=2.0, help="ASHA reduction factor (default 2)")
     b.add_argument(
         "--scheduler",
@@ -269,17 +272,6 @@ def _experiment_path(args) -> Location:
     return path
 
 
-def _fault(spec: Optional[str], job: Job) -> Optional[dict[str, Any]]:
-    """``STEP:KEY=VALUE`` (testing hook) -> ``{"step", "key", "value"}``, the value typed as the config wants it."""
-    if spec is None:
-        return None
-    step, _, assignment = spec.partition(":")
-    key, _, value = assignment.partition("=")
-    if not step.isdigit() or not key or not value:
-        raise UserError(f"--inject-fault '{spec}' is not STEP:KEY=VALUE")
-    return {"step": int(step), "key": key, "value": job.value(key, yaml.safe_load(value))}
-
-
 def _top(space: dict[str, Domain], key: str) -> Optional[float]:
     """The largest value the space may draw for ``key`` (the pre-flight's most favourable head LR); None if not searched."""
     domain = space.get(key)
@@ -321,7 +313,7 @@ def run_search(args, job: Job) -> int:
         exp.settings.job.check(exp.settings.base, log)  # still importable, its data still there, before Ray starts
         return run(exp, resources, resume=True, quiet=args.quiet, loggers=loggers)
 
-    fault = _fault(args.inject_fault, job)  # a bad spec fails before the minutes of checks below
+    fault = parse_fault(args.inject_fault, job)  # a bad spec fails before the minutes of checks below
     threads = max(1, int(args.cpus_per_trial))  # a trial holds that many CPUs; its torch threads follow
     base = job.read_config(args.config, list(args.overrides), shortcut_values(args))
     explicit_threads = any(o.startswith("threads=") for o in args.overrides)
@@ -350,6 +342,7 @@ def run_search(args, job: Job) -> int:
         grace_samples=round(args.grace_steps * per_step),
         chance_margin=args.chance_margin,
         verdict=args.verdict,
+        keep_going=args.keep_going,
         first_rung_samples=round(args.first_rung_steps * per_step) if args.first_rung_steps else 0,
         max_samples=round(args.max_steps * per_step),
         num_trials=args.num_trials,

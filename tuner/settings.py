@@ -71,6 +71,9 @@ class SearchSettings:
     # since 0.5) or 'window' (the seed's window only: every experiment written before, which was judged so)
     verdict: str = WINDOW
     first_rung_samples: int = 0  # ASHA's first rung, images (--first-rung-steps); 0: at the grace window
+    # run every trial whatever the stuck verdicts say (--keep-going; experiments written before 0.6 ran so); else the
+    # search stops itself once its stuck trials agree on a cause no searched value fixes (reid_core.actions)
+    keep_going: bool = True
 
     @property
     def rung_samples(self) -> int:

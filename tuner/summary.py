@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 import pandas as pd
 
-from reid_core.schema import COMPLETED, DIVERGED, ERROR, STUCK, UNFINISHED
+from reid_core.schema import COMPLETED, DIVERGED, ERROR, HALTED, STUCK, UNFINISHED
 from tuner.importance import Importance
 from tuner.lineage import PERTURBABLE
 from tuner.results import compute_account
@@ -31,6 +31,7 @@ def counts_line(frame: pd.DataFrame, settings: SearchSettings, wall_s: Optional[
         + f"{counts.get(STUCK, 0)} stuck at chance, "
         f"{counts.get(DIVERGED, 0)} diverged, {counts.get(ERROR, 0)} errored"
         + (f", {counts[UNFINISHED]} unfinished" if counts.get(UNFINISHED) else "")
+        + (f", {counts[HALTED]} stopped with the search" if counts.get(HALTED) else "")
     )
 
 

@@ -67,7 +67,11 @@ def train_trial(
     report = with_node_id(tune.report)
     report = carry_evaluation(report) if metric in EVAL_METRICS else report
     resume = _last_checkpoint()
-    if inject_fault and resume is None and sampled.get(inject_fault["key"]) == inject_fault["value"]:
+    if inject_fault and "plant" in inject_fault:
+        from reid_core import faults
+
+        faults.plant(inject_fault["plant"])
+    elif inject_fault and resume is None and sampled.get(inject_fault["key"]) == inject_fault["value"]:
         report = _failing_at(inject_fault["step"], report)
 
     def forward(metrics: dict[str, Any], state: Optional[dict[str, Any]]) -> None:

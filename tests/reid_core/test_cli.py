@@ -164,6 +164,17 @@ def test_stop_when_stuck_ends_the_run_at_the_verdict_with_its_diagnosis(tmp_path
     assert len(read_rows(out / "metrics.csv")) == summary["steps"]
     printed = capsys.readouterr().out
     assert "lr_too_low" in printed and "head_lr 1e-06" in printed and "(healthy " in printed  # the diagnosis, printed
+    # the search's one line for the cause, and the re-run that applies its fix, sized from this run's head
+    line = printed.strip().splitlines()[-1]
+    assert line.startswith(f"stopped: stuck_at_chance at step {summary['steps']} because lr_too_low (")
+    rerun = line.split("re-run with the fix: ", 1)[1]
+    assert rerun.startswith(f"reid-tune train --config {out}/config.json --grace-steps 20 --set head_lr=")
+    assert summary["fix"]["head_lr"] > 100 * 1e-6
+    fixed = tmp_path / "fixed"
+    argv = rerun.split()[2:] + ["--set", "max_steps=120", "--out", str(fixed), "--log-every", "60"]
+    assert run_main(argv) == 0  # the fix learns: the run completes below the Go line
+    last = read_rows(fixed / "metrics.csv")[-1]
+    assert float(last["ce_ema"]) < math.log(400) - 0.39
 
 
 def test_refuses_to_overwrite_a_run(run_dir: Path, capsys):
