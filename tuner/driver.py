@@ -8,6 +8,7 @@ kills trials stuck at chance, `ProgressPrinter` says what happened.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -180,10 +181,11 @@ def _fit(exp: Experiment, resources: Resources, space, points, resume: bool, qui
 
     from reid_core.actions import Agreement
     from tuner.checkpoints import CheckpointJanitor
+    from tuner.repairs import BOOKS, RepairBook, RepairWatch, bounds_of
     from tuner.disk import KEPT_ASHA, KEPT_PBT
     from tuner.progress import EndReasonRecorder, ProgressPrinter, summarise
     from tuner.schedulers import rung_milestones
-    from tuner.stoppers import ChanceLevelStopper
+    from tuner.stoppers import HALTS, ChanceLevelStopper
     from tuner.trainable import train_trial
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created" is not news
@@ -213,9 +215,13 @@ def _fit(exp: Experiment, resources: Resources, space, points, resume: bool, qui
         {"cpu": resources.cpus_per_trial, "gpu": gpus},
     )
     agreement = None if settings.keep_going else Agreement(list(settings.space))  # stop the search on a cause none of it fixes
+    book = None
+    if repairs_on(settings):  # the book before the searcher: a restored searcher finds it by the experiment's path
+        book = BOOKS[str(exp_dir)] = RepairBook(exp_dir)
     stopper = ChanceLevelStopper(
-        settings.grace_samples, settings.chance_margin, keywords=settings.rule_keywords_of(), agreement=agreement, base=settings.base
-    )
+        settings.grace_samples, settings.chance_margin, keywords=settings.rule_keywords_of(), agreement=agreement,
+        base=settings.base, key=str(exp_dir), repairs=book is not None, bounds=bounds_of(settings.space),
+    )  # fmt: skip
     recorder = EndReasonRecorder(stopper, exp)
     kept = KEPT_PBT if settings.scheduler == PBT else KEPT_ASHA  # checkpoints of a running trial: why in tuner.disk
     janitor = CheckpointJanitor(recorder, exp, kept, keep=settings.keep_checkpoints)  # after the recorder: it reads why a trial ended
@@ -224,7 +230,7 @@ def _fit(exp: Experiment, resources: Resources, space, points, resume: bool, qui
         name=exp_dir.name,
         storage_path=str(exp_dir.parent),
         stop=stopper,
-        callbacks=[recorder, janitor, progress, *loggers.callbacks(exp_dir)],
+        callbacks=[recorder, janitor, progress, *([RepairWatch(str(exp_dir))] if book else []), *loggers.callbacks(exp_dir)],
         verbose=0,
         failure_config=tune.FailureConfig(max_failures=settings.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=kept),
@@ -243,7 +249,8 @@ def _fit(exp: Experiment, resources: Resources, space, points, resume: bool, qui
                 mode=settings.mode,
                 search_alg=searcher,
                 scheduler=scheduler,
-                num_samples=settings.num_trials,
+                # repairs come on top of --num-trials (at most one per stuck trial and cause); the searcher finishes itself
+                num_samples=settings.num_trials * (3 if book else 1),
                 # Ray's limit applies to a Searcher (Optuna); random draws take it themselves (below)
                 max_concurrent_trials=resources.max_concurrent if settings.searcher == "optuna" else None,
                 reuse_actors=True,
@@ -271,7 +278,12 @@ def _fit(exp: Experiment, resources: Resources, space, points, resume: bool, qui
 
             print(wandb_note(loggers.wandb_mode, loggers.wandb, wandb_folder(exp_dir)), flush=True)
     tuner.fit()
-    return summarise(exp, time.perf_counter() - t0, janitor, halt=stopper.halt_line())
+    return summarise(exp, time.perf_counter() - t0, janitor, halt=HALTS.pop(str(exp_dir), None))
+
+
+def repairs_on(settings: SearchSettings) -> bool:
+    """Repairs need a searcher that can be told a config (Optuna) and a scheduler that stops (ASHA, not PBT)."""
+    return settings.repair and settings.searcher == "optuna" and settings.scheduler != PBT
 
 
 def _search_and_scheduler(
@@ -305,7 +317,12 @@ def _search_and_scheduler(
 
             every = INTERMEDIATE_EVERY_STEPS * settings.images_per_step
             kept = {"storage": open_storage(optuna_storage), "study_name": exp_dir.name, "report_every": every}
-        searcher = PruningOptunaSearch(  # early-stopped trials reach TPE as pruned, not as completed
+        kind = PruningOptunaSearch
+        if repairs_on(settings):  # proposes a stuck trial's repair before the next draw (tuner.repairs)
+            from tuner.repairs import RepairingOptunaSearch
+
+            kind = functools.partial(RepairingOptunaSearch, book_key=str(exp_dir), num_trials=settings.num_trials)
+        searcher = kind(  # early-stopped trials reach TPE as pruned, not as completed
             metric=settings.metric,
             mode=settings.mode,
             points_to_evaluate=points or None,

@@ -42,19 +42,26 @@ class EndReasonRecorder(Callback):
         self.latest: dict[str, dict[str, Any]] = {}  # trial_id -> its last result
         self.reasons: dict[str, str] = {}  # trial_id -> why it ended, for the trials that have
 
+    @property
+    def _live(self):
+        """The stopper Ray runs (on --resume not the one pickled with this callback: `tuner.stoppers.live`)."""
+        from tuner.stoppers import live
+
+        return live(self._stopper, str(self._exp_dir))
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.latest[trial.trial_id] = result
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         reason = end_reason(
-            verdict=self._stopper.reasons.get(trial.trial_id),
+            verdict=self._live.reasons.get(trial.trial_id),
             last=self.latest.get(trial.trial_id, {}),
             max_samples=self._settings.max_samples,
             stopped=True,
             scheduler=self._settings.scheduler,
-            halted=self._stopper.stop_all(),
+            halted=self._live.stop_all(),
         )
-        self._stopper.forget(trial.trial_id)
+        self._live.forget(trial.trial_id)
         self._record(trial, reason)
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -62,11 +69,11 @@ class EndReasonRecorder(Callback):
 
     def on_experiment_end(self, trials, **info):
         """The trials a halted search stopped before they ended by themselves (Ray reports no end for them)."""
-        if not self._stopper.stop_all():
+        if not self._live.stop_all():
             return
         for trial in trials:
             if trial.trial_id not in self.reasons and trial.status != "ERROR":
-                self._stopper.forget(trial.trial_id)
+                self._live.forget(trial.trial_id)
                 self._record(trial, HALTED)
 
     def _record(self, trial, reason: str) -> None:

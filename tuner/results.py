@@ -10,6 +10,7 @@ so the answer does not depend on the driver having survived.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any, Optional
 
@@ -19,6 +20,7 @@ from reid_core.chance import EARLY, WINDOW, first_verdict, replay
 from reid_core.diagnostics import UNKNOWN, stuck_cause
 from reid_core.ending import end_reason
 from reid_core.errors import UserError
+from reid_core.repair import fix_args
 from reid_core.schema import COMPLETED, END_REASONS, ERROR, HEAD_LR_COUNTS, STUCK
 from tuner.experiment import Experiment
 from tuner.lineage import PERTURBABLE, exploits_into, rerun_overrides, schedule_text, segments
@@ -157,11 +159,39 @@ def read_experiment(
     exp = opened(exp)
     settings, trials, lineage = exp.settings, exp.trials(notes), exp.lineage()
     frame = pd.DataFrame([trial_row(t, settings, lineage) for t in trials])
+    if settings.repair and not frame.empty:
+        add_repairs(frame, read_repairs(exp.path))
     if not frame.empty:
         col = objective_column(settings)
         frame = frame.sort_values(col, ascending=settings.mode == "min", na_position="last", kind="stable")
         frame = frame.reset_index(drop=True)
     return settings, trials, frame
+
+
+REPAIRS_FILE = "repairs.json"  # a repairing search's record, as repairs-TIME.json (tuner.repairs.RepairBook)
+
+
+def read_repairs(exp_dir: Location) -> list[dict[str, Any]]:
+    """The repairs a search decided, from its newest ``repairs-TIME.json`` (one a driver session, `tuner.repairs`);
+    ``[]`` for none, or for a file a crash left unreadable."""
+    stem = REPAIRS_FILE.removesuffix(".json")
+    files = sorted(exp_dir.glob(f"{stem}-*.json"), key=lambda p: p.name, reverse=True) if exp_dir.exists() else []
+    for path in files:
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+    return []
+
+
+def add_repairs(frame: pd.DataFrame, repairs: list[dict[str, Any]]) -> None:
+    """Columns ``repair_of`` (the stuck trial a repair was made for), ``repair`` (its change and the cause it fixes)
+    and ``repair_note`` (a value beyond the searched space, say) on the repaired trials' rows."""
+    by_trial = {e["trial"]: e for e in repairs if e.get("trial")}
+    entry = [by_trial.get(t) for t in frame["trial_id"]]
+    frame["repair_of"] = [e["of"] if e else None for e in entry]
+    frame["repair"] = [f"{fix_args(e['changes'])} for {e['cause']}" if e else None for e in entry]
+    frame["repair_note"] = [(e.get("note") or None) if e else None for e in entry]
 
 
 def results_frame(exp_dir: Experiment | str | Location) -> pd.DataFrame:

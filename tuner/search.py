@@ -91,6 +91,8 @@ def build_parser() -> ArgumentParser:
                    "Go line by its budget stops before the grace window (docs/causes.md); window: the seed's Go/No-Go at the window only")
     b.add_argument("--keep-going", action="store_true", help="run every trial even when the stuck trials agree on a cause no searched "
                    "value fixes (default: the search stops itself, exit 3; docs/verdicts.md)")
+    b.add_argument("--repair", action=argparse.BooleanOptionalAction, default=False, help="a trial stopped as stuck for a cause a "
+                   "config value fixes (head LR too low, ...) comes back with the fix, sized from its head (default: off; docs/verdicts.md)")
     b.add_argument("--reduction-factor", type=float, default=2.0, help="ASHA reduction factor (default 2)")
     b.add_argument(
         "--scheduler",
@@ -211,6 +213,8 @@ def _check_args(args, job: Job) -> None:
     if args.optuna_storage is not None and not args.resume and (args.scheduler == PBT or args.searcher == "random"):
         why = "--scheduler pbt draws its trials at random" if args.scheduler == PBT else "--searcher random draws the trials"
         raise UserError(f"--optuna-storage keeps the Optuna study the trials are proposed from, and {why}: there is no study; drop --optuna-storage")
+    if args.repair and not args.resume and (args.scheduler == PBT or args.searcher == "random"):
+        raise UserError("--repair proposes each repair to the Optuna study under ASHA; drop --repair or --scheduler pbt / --searcher random")
     if args.reduction_factor <= 1:
         raise UserError(f"--reduction-factor is {args.reduction_factor}, but must be > 1")
     if (args.first_rung_steps or 0) > args.max_steps:
@@ -343,6 +347,7 @@ def run_search(args, job: Job) -> int:
         chance_margin=args.chance_margin,
         verdict=args.verdict,
         keep_going=args.keep_going,
+        repair=args.repair,
         first_rung_samples=round(args.first_rung_steps * per_step) if args.first_rung_steps else 0,
         max_samples=round(args.max_steps * per_step),
         num_trials=args.num_trials,

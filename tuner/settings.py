@@ -74,6 +74,9 @@ class SearchSettings:
     # run every trial whatever the stuck verdicts say (--keep-going; experiments written before 0.6 ran so); else the
     # search stops itself once its stuck trials agree on a cause no searched value fixes (reid_core.actions)
     keep_going: bool = True
+    # a trial stopped as stuck for a cause a config value fixes gets a repaired sibling (--repair; tuner.repairs);
+    # Optuna searches under ASHA only
+    repair: bool = False
 
     @property
     def rung_samples(self) -> int:

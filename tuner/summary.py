@@ -43,6 +43,12 @@ def summary_lines(
     causes = frame["stuck_cause"].dropna().value_counts().to_dict() if not frame.empty else {}
     if causes:
         lines.append("stuck at chance because: " + ", ".join(f"{cause} x{n}" for cause, n in causes.items()))
+    if "repair_of" in frame and frame["repair_of"].notna().any():
+        repaired = frame[frame["repair_of"].notna()]
+        crossed = int(repaired["go_samples"].notna().sum())
+        beyond = int(repaired["repair_note"].notna().sum())
+        notes = f"; {beyond} beyond the searched space (repair_note: the whole range is too low for this run)" if beyond else ""
+        lines.append(f"repairs: {crossed} of {len(repaired)} crossed the Go line (results.csv: repair_of, repair){notes}")
     if best is not None:
         params = ", ".join(f"{k}={fmt(best[k])}" for k in settings.space)
         metric = settings.metric
