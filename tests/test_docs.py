@@ -38,7 +38,7 @@ FIX = f"run `{generate.COMMAND}`"
 OTHER_NAMES = {
     # results.csv columns (tuner/results.py)
     "trial_id", "end_reason", "stuck_cause", "steps", "final_ce_ema", "best_ce_ema", "go_samples", "sdm_start_step",
-    "wall_s", "node_ids", "damage", "trial_dir", "perturbations", "samples_trained", "verdict",
+    "wall_s", "node_ids", "damage", "trial_dir", "perturbations", "samples_trained", "verdict", "repair_of", "repair", "repair_note",
     # the chance-level rule's verdicts (reid_core/chance.py) and the plain job's record of it
     "early", "window", "chance_verdict_basis", "early_verdict",
     # summary.json keys (reid_core/train.py, tuner/run.py) and the PBT export (tuner/results.py)
