@@ -53,6 +53,14 @@ def _labels(fn: Callable) -> Plant:
     return plant
 
 
+def _permuted_ids(seed: int) -> Plant:  # an annotation join gone wrong: each training image keeps one wrong id
+    def plant(t: Trainer) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        t.data.labels = t.data.labels[torch.randperm(len(t.data.labels), generator=gen)]  # once, not per batch
+
+    return plant
+
+
 def _images(fn: Callable) -> Plant:  # an augmentation or loader bug: what the backbone is shown
     def plant(t: Trainer) -> None:
         inner, gen = t.stream, torch.Generator().manual_seed(2)
@@ -190,6 +198,11 @@ KINDS: dict[str, Kind] = {
             ("randperm", {}, _labels(lambda y, g: y[torch.randperm(len(y), generator=g)])),
             ("rolled", {}, _labels(lambda y, g: y.roll(1))),
         ),
+    ),
+    # the ids permuted among the training images once: the head memorises them, ce falls, unseen_ce stays at chance
+    "labels_memorised": Kind(
+        "labels_memorised",
+        (("ids permuted once", {}, _permuted_ids(1)), ("ids permuted once, head_lr=3e-3", {"head_lr": 3e-3}, _permuted_ids(2))),
     ),
     "amp_skipped_steps": Kind("amp_skipped_steps", (("inf grads", {}, _grad_hook(float("inf"))), ("nan grads", {}, _grad_hook(float("nan"))))),
     "head_lr_zeroed": Kind(
