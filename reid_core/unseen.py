@@ -17,7 +17,7 @@ forward, backward and RNG are untouched, so a run's curve is the same with or wi
     unseen = UnseenCE(images, labels, every=50)        # a fixed batch of images the loop never trains on
     ...
     if unseen.due(step):                               # after the optimizer step
-        unseen.measure(model, lambda x: model.classifier(model.bn_neck(model.backbone(x))))
+        unseen.measure(model, lambda x: identity_logits(model, x))   # your forward to the identity logits
     report({..., "unseen_ce": unseen.last})            # the last measurement, repeated between
 
 No Ray; numpy and torch only.
