@@ -21,7 +21,8 @@ downward trend. `ChanceLevelRule` reads a run's results one at a time:
   is `reid_core.causes.MEMORISED_GAP` below its ``unseen_ce`` (now and when it was measured) while ``unseen_ce`` has
   never been below the Go line (`reid_core.causes.memorising`) stops as ``stuck_at_chance`` (cause
   ``labels_memorised``): it memorises its images and learns nothing that carries to another image of the same
-  person; before the window the early verdict may say so (calibrated runs);
+  person; before the window the early verdict may say so (calibrated runs). The other way round, a run above the
+  line whose latest ``unseen_ce`` is at or below it is learning (what it learns carries to new images): not stopped;
 * a run that changes its own head LR (the counts ``head_guard_firings`` or ``head_lr_raises``
   grow, `reid_core.head_lr`) starts a new grace window there, its trend forgotten: it is judged on
   the LR it now trains at, not stopped for the flat curve that made the raise.
@@ -121,8 +122,12 @@ class ChanceLevelRule:
         # Below the Go line: learning, unless the CE on images it never trained on stayed at chance (memorising).
         line = go_line(result["chance_ce"], self.margin)
         gap = ce_ema - line
+        unseen_now, unseen_best, ce_ema_at_unseen = unseen_trace(self._ce_emas, self._unseen_values())
         if gap <= 0:
-            return STUCK if memorising(ce_ema, *unseen_trace(self._ce_emas, self._unseen_values()), line) else None
+            return STUCK if memorising(ce_ema, unseen_now, unseen_best, ce_ema_at_unseen, line) else None
+        # Above the line on its training images but at or below it on held-out ones: what it learns carries over.
+        if unseen_now <= line:
+            return None
         # Above the line but falling fast enough to cross it within another grace window: a slow learner.
         then_samples, then_ce_ema = self._reference(samples)
         drop_per_sample = (then_ce_ema - ce_ema) / max(samples - then_samples, 1.0)

@@ -190,8 +190,9 @@ class EarlyJudge:
         last = rows[-1]
         line = go_line(last["chance_ce"], self.margin)
         below = not last["ce_ema"] > line  # learning, unless memorising: only labels_memorised may stop it (below)
-        if below and not math.isfinite(last.get("unseen_ce", math.nan)):
-            return None
+        unseen = last.get("unseen_ce", math.nan)
+        if (below and not math.isfinite(unseen)) or (not below and unseen <= line):
+            return None  # above the line but not on held-out images: what it learns carries over (chance.py)
         measured = {r.get("head_measured_step", r["step"]) for r in rows}
         if len(measured) < WIRING_MIN_MEASURED:
             return None

@@ -111,3 +111,12 @@ def test_the_rule_survives_a_pickle_and_one_pickled_before_unseen_ce_existed(cut
     firsts = [next((r["step"] for r in MEMORISED[cut:] if judge(r) == STUCK), None) for judge in (again, old)]
     expected = GRACE_STEPS if cut < GRACE_STEPS else cut + 1  # past the window: at the next result
     assert firsts == [expected, expected]
+
+
+def test_a_run_above_the_go_line_whose_unseen_ce_is_below_it_is_learning_not_stuck():
+    # training CE flat just above the line (augmentation noise, an LR decayed to 0), held-out CE below it
+    hovering = rows(lambda step: LINE + 0.03, lambda step: LINE - 0.2 - step / 10_000)
+    assert first_verdict(hovering, GRACE_STEPS * BATCH, 0.39, verdict=WINDOW) == (None, None)
+    assert first_verdict(hovering, GRACE_STEPS * BATCH, 0.39, verdict=EARLY, budget_samples=450 * BATCH) == (None, None)
+    without = [{k: v for k, v in r.items() if k != "unseen_ce"} for r in hovering]
+    assert first_verdict(without, GRACE_STEPS * BATCH, 0.39, verdict=WINDOW)[0] == STUCK  # the training CE alone: flat
