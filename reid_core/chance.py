@@ -58,6 +58,7 @@ class ChanceLevelRule:
     _judge: Optional[EarlyJudge] = None
     _head_rows: list = []
     _unseen: Optional[list] = None
+    _trace: Optional[tuple[float, float, float]] = None
     early: Optional[EarlyVerdict] = None  # the early verdict's cause and evidence, when it stopped the run
 
     def __init__(
@@ -99,6 +100,7 @@ class ChanceLevelRule:
         self._ce_emas: list[float] = []
         self._states: list[tuple[int, float]] = []
         self._unseen: Optional[list[float]] = []  # unseen_ce of each result (NaN where not reported)
+        self._trace: Optional[tuple[float, float, float]] = None  # unseen_trace of them, kept up to date (None: to compute)
 
     def __call__(self, result: dict[str, Any]) -> Optional[str]:
         """Return ``None`` to go on, or the reason to stop: ``stuck_at_chance`` or ``diverged``."""
@@ -122,7 +124,7 @@ class ChanceLevelRule:
         # Below the Go line: learning, unless the CE on images it never trained on stayed at chance (memorising).
         line = go_line(result["chance_ce"], self.margin)
         gap = ce_ema - line
-        unseen_now, unseen_best, ce_ema_at_unseen = unseen_trace(self._ce_emas, self._unseen_values())
+        unseen_now, unseen_best, ce_ema_at_unseen = self._unseen_trace()
         if gap <= 0:
             return STUCK if memorising(ce_ema, unseen_now, unseen_best, ce_ema_at_unseen, line) else None
         # Above the line on its training images but at or below it on held-out ones: what it learns carries over.
@@ -157,13 +159,24 @@ class ChanceLevelRule:
             self._head_rows = [r for r in self._head_rows if r["samples"] < samples]
         if cut < len(self._samples):
             del self._samples[cut:], self._ce_emas[cut:], self._states[cut:], self._unseen_values()[cut:]
+            self._trace = None  # recomputed from what is left
             self._lr_changes, self._grace_start = self._states[-1] if self._states else (0, 0.0)
 
     def _remember(self, samples: float, ce_ema: float, unseen: Any) -> None:
-        self._unseen_values().append(unseen if isinstance(unseen, (int, float)) and not isinstance(unseen, bool) else math.nan)
+        unseen = unseen if isinstance(unseen, (int, float)) and not isinstance(unseen, bool) else math.nan
+        trace = self._unseen_trace()
+        if math.isfinite(unseen) and unseen != trace[0]:  # a new measurement (a repeated one keeps its first ce_ema)
+            self._trace = (unseen, min(unseen, trace[1]) if math.isfinite(trace[1]) else unseen, ce_ema)
+        self._unseen_values().append(unseen)
         self._samples.append(samples)
         self._ce_emas.append(ce_ema)
         self._states.append((self._lr_changes, self._grace_start))
+
+    def _unseen_trace(self) -> tuple[float, float, float]:
+        """`reid_core.evidence.unseen_trace` of the results so far, updated per result (not rescanned: a long run)."""
+        if self._trace is None:
+            self._trace = unseen_trace(self._ce_emas, self._unseen_values())
+        return self._trace
 
     def _unseen_values(self) -> list[float]:
         if self._unseen is None:  # a rule pickled before unseen_ce existed (a restored search): none reported so far

@@ -46,7 +46,7 @@ class TrainConfig:
     synthetic_images_per_identity: int = 8  # synthetic only: images rendered per identity
     image_size: tuple[int, int] = (64, 32)  # (height, width) in pixels the images are resized to
     holdout_per_id: int = 1  # images of each training identity that has at least holdout_min_images held out of training (never trained on): the unseen-image CE (unseen_ce) is measured on them; 0 = off
-    holdout_min_images: int = 3  # an identity gives holdout_per_id images only when it has at least this many, so it keeps two or more to train on
+    holdout_min_images: int = 3  # an identity gives holdout_per_id images only when it has at least this many (it keeps the rest: two or more at the defaults); an identity with fewer keeps all its images
     context_length: Optional[int] = None  # caption length in tokens; None = the model's own
 
     # --- model --------------------------------------------------------------
