@@ -199,11 +199,6 @@ KINDS: dict[str, Kind] = {
             ("rolled", {}, _labels(lambda y, g: y.roll(1))),
         ),
     ),
-    # the ids permuted among the training images once: the head memorises them, ce falls, unseen_ce stays at chance
-    "labels_memorised": Kind(
-        "labels_memorised",
-        (("ids permuted once", {}, _permuted_ids(1)), ("ids permuted once, head_lr=3e-3", {"head_lr": 3e-3}, _permuted_ids(2))),
-    ),
     "amp_skipped_steps": Kind("amp_skipped_steps", (("inf grads", {}, _grad_hook(float("inf"))), ("nan grads", {}, _grad_hook(float("nan"))))),
     "head_lr_zeroed": Kind(
         "lr_too_low",
@@ -232,6 +227,14 @@ KINDS: dict[str, Kind] = {
 }
 # Not stuck at the search's grace window here (they learn, slowly), so not scored: run them with --kinds.
 EXTRA_KINDS: dict[str, Kind] = {
+    # The ids permuted among the training images once: the head memorises them, ce falls, unseen_ce stays at chance.
+    # Not scored by default: on the synthetic default (7 images an identity to train on, an epoch of 87 steps at batch
+    # 32) the training CE only falls after the first epoch, and before that the run reads as labels shuffled every
+    # batch, so most plants are stopped first as labels_no_signal (the same fix). BENCHMARKS.md section 13.
+    "labels_memorised": Kind(
+        "labels_memorised",
+        (("ids permuted once", {}, _permuted_ids(1)), ("ids permuted once, head_lr=3e-3", {"head_lr": 3e-3}, _permuted_ids(2))),
+    ),
     "bnneck_eval": Kind(UNKNOWN, (("eval from step 0", RAND, _bnneck_eval_after(0)), ("eval from step 5", RAND, _bnneck_eval_after(5)))),
 }
 # Faults the pre-flight must catch before any trial (wiring), beside the kinds above that are wiring faults.

@@ -209,11 +209,13 @@ WEIGHT_DECAY_TOO_HIGH = Cause(
 
 
 def memorising(ce_ema: float, unseen_ce: float, unseen_best: float, ce_ema_at_unseen: float, line: float) -> bool:
-    """The training CE is `MEMORISED_GAP` below the unseen-image CE, now and when that was measured, and the unseen-image
-    CE has never been below the Go line ``line``. The test of `LABELS_MEMORISED`, and what the chance-level rule reads
-    of a run whose ce_ema is below the line (`reid_core.chance`). False when no unseen_ce was reported."""
+    """The training CE is at or below the Go line ``line`` and `MEMORISED_GAP` below the unseen-image CE, now and when
+    that was measured, and the unseen-image CE has never been below the line. The test of `LABELS_MEMORISED`, and what
+    the chance-level rule reads of a run whose ce_ema is below the line (`reid_core.chance`). False when no unseen_ce
+    was reported."""
     return (
-        math.isfinite(unseen_best)
+        ce_ema <= line  # the training CE fell: a head trained on noise is far off on real held-out images, not memorising
+        and math.isfinite(unseen_best)
         and unseen_best > line
         and ce_ema <= unseen_ce - MEMORISED_GAP
         and ce_ema_at_unseen <= unseen_ce - MEMORISED_GAP
@@ -230,9 +232,9 @@ LABELS_MEMORISED = Cause(
     "each image's id and learns nothing that carries to another image of that person",
     "check that each image's identity is its own (an annotation join that pairs images with the wrong ids, ids "
     "permuted among the images); the held-out slice is holdout_per_id images of each identity",
-    f"the training `ce_ema` is at least {MEMORISED_GAP:g} nats below `unseen_ce` (identity CE on held-out images of the "
-    "training identities, never trained on; at its last measurement and now), which has never been below the Go line: "
-    "the images are memorised with ids that do not belong to them",
+    f"the training `ce_ema` is below the Go line and at least {MEMORISED_GAP:g} nats below `unseen_ce` (identity CE on "
+    "held-out images of the training identities, never trained on; at its last measurement and now), which has never "
+    "been below the Go line: the images are memorised with ids that do not belong to them",
     lambda e: (
         f"ce_ema {e.ce_ema:.3f} on the images it trains on, unseen_ce {e.unseen_ce:.3f} on held-out images of the same "
         f"identities (lowest {e.unseen_best:.3f}, never below the Go line {e.go_line:.2f}; chance {e.chance:.3f})"

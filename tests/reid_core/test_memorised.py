@@ -56,7 +56,8 @@ def rule(verdict: str = WINDOW) -> ChanceLevelRule:
 def test_the_memorisation_test_reads_the_gap_now_and_at_the_measurement_and_a_chance_never_left():
     assert memorising(4.0, 6.2, 6.1, 5.0, LINE)
     assert not memorising(4.0, 6.2, 5.5, 5.0, LINE)  # unseen_ce was below the Go line once: something carried over
-    assert not memorising(6.2 - MEMORISED_GAP + 0.01, 6.2, 6.1, 5.0, LINE)  # a gap under MEMORISED_GAP
+    assert not memorising(5.55, 6.0, 5.9, 5.0, LINE) and 6.0 - 5.55 < MEMORISED_GAP  # a gap under MEMORISED_GAP
+    assert not memorising(5.8, 7.5, 7.0, 5.8, LINE)  # far below unseen_ce, but the training CE never fell (noise images)
     assert not memorising(4.0, 6.2, 6.1, 6.0, LINE)  # measured when ce_ema was at chance too: stale, not a gap
     assert not memorising(4.0, math.nan, math.nan, math.nan, LINE)  # not reported
 
