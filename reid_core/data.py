@@ -235,10 +235,12 @@ def load_data(cfg: TrainConfig, context_length: int) -> ReIDData:
             f"{fmt} has no captions: SDM is off (the text encoder is not trained) and evaluation is "
             "image-to-image (query against gallery, same-identity same-camera gallery images left out)"
         )
-    unseen_labels = torch.from_numpy(np.searchsorted(unique, unseen.pids.numpy())).long() if unseen is not None else None
+    if unseen is None and cfg.holdout_per_id > 0:
+        notes.append(f"no training identity has {cfg.holdout_min_images} images: none held out, no unseen_ce (a memorising "
+                     "run is not told from a learning one); lower holdout_min_images to hold some out")  # fmt: skip
     return ReIDData(
         fmt, train, splits.gallery, labels, num_classes, query=splits.query, notes=notes, image_size=tuple(cfg.image_size),
-        unseen=unseen, unseen_labels=unseen_labels,
+        unseen=unseen, unseen_labels=None if unseen is None else torch.from_numpy(np.searchsorted(unique, unseen.pids.numpy())),
     )  # fmt: skip
 
 

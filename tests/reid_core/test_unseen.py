@@ -50,6 +50,12 @@ def test_held_out_images_are_never_in_the_training_stream_of_a_market_folder(tmp
     assert data.num_classes == 4
 
 
+def test_a_set_with_too_few_images_per_identity_holds_none_out_and_says_so():
+    data = load_data(TrainConfig(synthetic_identities=20, synthetic_images_per_identity=2, batch_size=8), CONTEXT)
+    assert data.unseen is None and len(data.train) == 40
+    assert any("no training identity has 3 images: none held out" in note for note in data.notes)
+
+
 def test_holdout_off_keeps_every_image_and_reports_no_unseen_ce():
     cfg = TrainConfig(synthetic_identities=20, batch_size=8, max_steps=2, holdout_per_id=0, device="cpu")
     trainer = Trainer(cfg)
