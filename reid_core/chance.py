@@ -16,6 +16,13 @@ downward trend. `ChanceLevelRule` reads a run's results one at a time:
   spread, projected to the budget, falls short) stops as ``stuck_at_chance`` at once, the cause and evidence
   kept in ``rule.early``. A curve without head metrics gets none. ``verdict="window"`` turns it off (the
   seed's Go/No-Go exactly);
+* a run at or below the Go line that reports ``unseen_ce`` (the CE on held-out images it never trains on,
+  `reid_core.unseen`) is learning only if that CE has left chance too: past the window, a run whose ``ce_ema``
+  is `reid_core.causes.MEMORISED_GAP` below its ``unseen_ce`` (now and when it was measured) while ``unseen_ce`` has
+  never been below the Go line (`reid_core.causes.memorising`) stops as ``stuck_at_chance`` (cause
+  ``labels_memorised``): it memorises its images and learns nothing that carries to another image of the same
+  person; before the window the early verdict may say so (calibrated runs). The other way round, a run above the
+  line whose latest ``unseen_ce`` is at or below it is learning (what it learns carries to new images): not stopped;
 * a run that changes its own head LR (the counts ``head_guard_firings`` or ``head_lr_raises``
   grow, `reid_core.head_lr`) starts a new grace window there, its trend forgotten: it is judged on
   the LR it now trains at, not stopped for the flat curve that made the raise.
@@ -32,7 +39,9 @@ import math
 from bisect import bisect_left, bisect_right
 from typing import Any, Iterable, Optional
 
+from reid_core.causes import memorising
 from reid_core.early import EarlyJudge, EarlyVerdict, Scope
+from reid_core.evidence import unseen_trace
 from reid_core.ending import diverged
 from reid_core.levels import DEFAULT_CHANCE_MARGIN, DEFAULT_GRACE_STEPS, go_line  # noqa: F401  (importable from here)
 from reid_core.schema import DIVERGED, HEAD_LR_COUNTS, STUCK
@@ -48,6 +57,8 @@ class ChanceLevelRule:
     _lr_changes = 0
     _judge: Optional[EarlyJudge] = None
     _head_rows: list = []
+    _unseen: Optional[list] = None
+    _trace: Optional[tuple[float, float, float]] = None
     early: Optional[EarlyVerdict] = None  # the early verdict's cause and evidence, when it stopped the run
 
     def __init__(
@@ -88,6 +99,8 @@ class ChanceLevelRule:
         self._samples: list[float] = []
         self._ce_emas: list[float] = []
         self._states: list[tuple[int, float]] = []
+        self._unseen: Optional[list[float]] = []  # unseen_ce of each result (NaN where not reported)
+        self._trace: Optional[tuple[float, float, float]] = None  # unseen_trace of them, kept up to date (None: to compute)
 
     def __call__(self, result: dict[str, Any]) -> Optional[str]:
         """Return ``None`` to go on, or the reason to stop: ``stuck_at_chance`` or ``diverged``."""
@@ -103,14 +116,19 @@ class ChanceLevelRule:
         lr_changes = sum(v for v in map(result.get, HEAD_LR_COUNTS) if isinstance(v, (int, float)) and math.isfinite(v))
         if lr_changes != self._lr_changes:  # the trend forgets what came before (`_reference`)
             self._lr_changes, self._grace_start = lr_changes, samples
-        self._remember(samples, ce_ema)
+        self._remember(samples, ce_ema, result.get("unseen_ce"))
         if samples - self._grace_start < self.grace_samples:
             # Before the seed's smoke window (since the start, or the last head-LR change) has passed: only a
             # confident early verdict, judged at each new head measurement.
             return self._judge_early(result)
-        # Below the Go line: learning.
-        gap = ce_ema - go_line(result["chance_ce"], self.margin)
+        # Below the Go line: learning, unless the CE on images it never trained on stayed at chance (memorising).
+        line = go_line(result["chance_ce"], self.margin)
+        gap = ce_ema - line
+        unseen_now, unseen_best, ce_ema_at_unseen = self._unseen_trace()
         if gap <= 0:
+            return STUCK if memorising(ce_ema, unseen_now, unseen_best, ce_ema_at_unseen, line) else None
+        # Above the line on its training images but at or below it on held-out ones: what it learns carries over.
+        if unseen_now <= line:
             return None
         # Above the line but falling fast enough to cross it within another grace window: a slow learner.
         then_samples, then_ce_ema = self._reference(samples)
@@ -140,13 +158,30 @@ class ChanceLevelRule:
         if self._head_rows and self._head_rows[-1]["samples"] >= samples:
             self._head_rows = [r for r in self._head_rows if r["samples"] < samples]
         if cut < len(self._samples):
-            del self._samples[cut:], self._ce_emas[cut:], self._states[cut:]
+            del self._samples[cut:], self._ce_emas[cut:], self._states[cut:], self._unseen_values()[cut:]
+            self._trace = None  # recomputed from what is left
             self._lr_changes, self._grace_start = self._states[-1] if self._states else (0, 0.0)
 
-    def _remember(self, samples: float, ce_ema: float) -> None:
+    def _remember(self, samples: float, ce_ema: float, unseen: Any) -> None:
+        unseen = unseen if isinstance(unseen, (int, float)) and not isinstance(unseen, bool) else math.nan
+        trace = self._unseen_trace()
+        if math.isfinite(unseen) and unseen != trace[0]:  # a new measurement (a repeated one keeps its first ce_ema)
+            self._trace = (unseen, min(unseen, trace[1]) if math.isfinite(trace[1]) else unseen, ce_ema)
+        self._unseen_values().append(unseen)
         self._samples.append(samples)
         self._ce_emas.append(ce_ema)
         self._states.append((self._lr_changes, self._grace_start))
+
+    def _unseen_trace(self) -> tuple[float, float, float]:
+        """`reid_core.evidence.unseen_trace` of the results so far, updated per result (not rescanned: a long run)."""
+        if self._trace is None:
+            self._trace = unseen_trace(self._ce_emas, self._unseen_values())
+        return self._trace
+
+    def _unseen_values(self) -> list[float]:
+        if self._unseen is None:  # a rule pickled before unseen_ce existed (a restored search): none reported so far
+            self._unseen = [math.nan] * len(self._samples)
+        return self._unseen
 
     def _reference(self, samples: float) -> tuple[float, float]:
         """The trend's reference: the newest point at least ``trend_samples`` old, else the oldest, within the

@@ -45,6 +45,8 @@ class TrainConfig:
     synthetic_identities: int = 400  # synthetic only: training identities (= classes); test identities are a quarter more
     synthetic_images_per_identity: int = 8  # synthetic only: images rendered per identity
     image_size: tuple[int, int] = (64, 32)  # (height, width) in pixels the images are resized to
+    holdout_per_id: int = 1  # images of each training identity that has at least holdout_min_images held out of training (never trained on): the unseen-image CE (unseen_ce) is measured on them; 0 = off
+    holdout_min_images: int = 3  # an identity gives holdout_per_id images only when it has at least this many (it keeps the rest: two or more at the defaults); an identity with fewer keeps all its images
     context_length: Optional[int] = None  # caption length in tokens; None = the model's own
 
     # --- model --------------------------------------------------------------
@@ -84,6 +86,7 @@ class TrainConfig:
 
     # --- evaluation ------------------------------------------------------------
     eval_every: int = 0  # optimizer steps between retrieval evaluations; 0 = only at the end of the run
+    unseen_every: int = 50  # unseen_ce (identity CE on a fixed batch of held-out images, no grad, eval mode) is measured every this many steps, repeated between, NaN before the first (a forward of up to 32 images, about a third of a training step on the tiny CPU model: ~0.6% of a step at 50, benchmarks/unseen_cost.py)
     monitor_every: int = 5  # the head's tensor statistics (weight norm and change, gradient norm, logit std, feature norm) are measured at step 1 and every this many steps, repeated between; 1 = every step (~2% of a tiny CPU step)
 
     # --- runtime ---------------------------------------------------------------
@@ -351,6 +354,13 @@ def _problems(cfg: TrainConfig):
         rule("loader_workers", cfg.loader_workers is None or cfg.loader_workers >= 0, ">= 0 or unset"),
         rule("threads", cfg.threads >= 0, ">= 0 (0 keeps torch's default)"),
         rule("num_classes", cfg.num_classes is None or cfg.num_classes >= 2, ">= 2 or unset"),
+        rule("holdout_per_id", cfg.holdout_per_id >= 0, ">= 0 (0 holds no images out: no unseen_ce)"),
+        rule(
+            "holdout_min_images",
+            cfg.holdout_min_images >= cfg.holdout_per_id + 1 and cfg.holdout_min_images >= 2,
+            f"at least holdout_per_id + 1 ({cfg.holdout_per_id + 1}) and 2: an identity must keep an image to train on",
+        ),
+        rule("unseen_every", cfg.unseen_every >= 1, ">= 1 (1 measures unseen_ce every step)"),
         rule("synthetic_identities", cfg.synthetic_identities >= 2, ">= 2"),
         rule("synthetic_images_per_identity", cfg.synthetic_images_per_identity >= 2, ">= 2"),
         rule("image_size", min(cfg.image_size) >= 8, "at least 8 pixels on each side"),

@@ -27,6 +27,11 @@ pictures work on that minimum:
   ``micro_batches: k`` weighs ``beta**k``, exactly as our Trainer (beta per batch), so ``ce_ema``
   spans the same images at any accumulation; a function reporting its own ``ce_ema`` keeps it.
 
+Optional, read by the rule: ``unseen_ce``, the identity CE on a fixed batch of images of the training
+identities the function never trains on (NaN before its first measurement; `reid_core.unseen.UnseenCE`
+measures it as our Trainer does). A run whose ``ce_ema`` is far below it while it has never left chance
+memorises its images and is stopped as ``stuck_at_chance``, cause ``labels_memorised``.
+
 Anything else reported is kept (result.json, metrics.csv). The head's diagnostics come from
 `reid_core.monitor.HeadMonitor` (``**monitor.after_step()`` in the report): with them a trial
 stuck at chance gets a named cause; without them its cause is ``unknown`` (no evidence, no guess).

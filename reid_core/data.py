@@ -31,6 +31,7 @@ from reid_core.config import TrainConfig
 from reid_core.errors import UserError
 from reid_core.pace import CUDA_WORKERS
 from reid_core.synthetic import make_synthetic
+from reid_core.unseen import split_off
 
 SYNTHETIC_DATA_SEED = 0  # the synthetic data set is one fixed data set; `seed` varies training only
 EVAL_BATCH = 256  # images or captions per forward pass at evaluation
@@ -70,6 +71,8 @@ class ReIDData:
     query: Optional[Split] = None  # image queries against the gallery (image ReID); None = text-to-image retrieval
     notes: list[str] = field(default_factory=list)  # said once at the start of a run
     image_size: tuple[int, int] = (64, 32)  # (height, width) images are decoded at
+    unseen: Optional[Split] = None  # held-out images of training identities, never trained on (holdout_per_id); None = none
+    unseen_labels: Optional[torch.Tensor] = None  # their contiguous labels, in the head's classes
 
     @property
     def has_captions(self) -> bool:
@@ -215,10 +218,12 @@ def load_data(cfg: TrainConfig, context_length: int) -> ReIDData:
     """Load ``cfg.data``, remap its training ids and check them against ``cfg.num_classes``."""
     fmt = detect_format(cfg)
     splits = FORMATS[fmt](cfg, context_length)
-    train = splits.train
+    # the held-out slice (reid_core.unseen): never trained on, the unseen-image CE is measured on it
+    train, unseen = split_off(splits.train, cfg.holdout_per_id, cfg.holdout_min_images)
     if len(train) < cfg.batch_size:
+        held = f" ({len(unseen)} more held out: holdout_per_id={cfg.holdout_per_id}, or 0 to train on them)" if unseen is not None else ""
         raise UserError(
-            f"the training split has {len(train)} images, fewer than batch_size={cfg.batch_size}; "
+            f"the training split has {len(train)} images{held}, fewer than batch_size={cfg.batch_size}; "
             "lower batch_size or add data"
         )
     labels, unique = remap_ids(train.pids)
@@ -230,9 +235,13 @@ def load_data(cfg: TrainConfig, context_length: int) -> ReIDData:
             f"{fmt} has no captions: SDM is off (the text encoder is not trained) and evaluation is "
             "image-to-image (query against gallery, same-identity same-camera gallery images left out)"
         )
+    if unseen is None and cfg.holdout_per_id > 0:
+        notes.append(f"no training identity has {cfg.holdout_min_images} images: none held out, no unseen_ce (a memorising "
+                     "run is not told from a learning one); lower holdout_min_images to hold some out")  # fmt: skip
     return ReIDData(
-        fmt, train, splits.gallery, labels, num_classes, query=splits.query, notes=notes, image_size=tuple(cfg.image_size)
-    )
+        fmt, train, splits.gallery, labels, num_classes, query=splits.query, notes=notes, image_size=tuple(cfg.image_size),
+        unseen=unseen, unseen_labels=None if unseen is None else torch.from_numpy(np.searchsorted(unique, unseen.pids.numpy())),
+    )  # fmt: skip
 
 
 # --- images -------------------------------------------------------------------------------------

@@ -34,6 +34,8 @@ from reid_core.causes import (  # noqa: F401  (the thresholds and declarations, 
     walk,
 )
 from reid_core.chance import DEFAULT_CHANCE_MARGIN, go_line
+from reid_core.causes import memorising
+from reid_core.evidence import unseen_trace
 from reid_core.evidence import Evidence, lr_text, smoothed_ce_floor  # noqa: F401
 
 HEAD_METRICS = ("head_grad_norm", "head_weight_change", "logit_std")  # a row without them carries no evidence
@@ -132,8 +134,14 @@ def reference_line(row: dict[str, Any]) -> str:
 
 def stuck_cause(rows: Sequence[dict[str, Any]], margin: float = DEFAULT_CHANCE_MARGIN, config: Any = None) -> Optional[Diagnosis]:
     """The diagnosis of a run that ended above the Go line (`UNKNOWN` when it reported no head metrics); None
-    only for a run that got below it, or reported nothing. ``config``: the run's config (TrainConfig or
-    mapping), for the configured LRs and label smoothing."""
-    if not rows or rows[-1]["ce_ema"] <= go_line(rows[-1]["chance_ce"], margin):
+    only for a run that got below it without memorising (`reid_core.causes.memorising`: its training CE fell, its
+    unseen-image CE did not), or reported nothing. ``config``: the run's config (TrainConfig or mapping), for the
+    configured LRs and label smoothing."""
+    if not rows:
+        return None
+    line = go_line(rows[-1]["chance_ce"], margin)
+    if rows[-1]["ce_ema"] <= line and not memorising(
+        rows[-1]["ce_ema"], *unseen_trace([r["ce_ema"] for r in rows], [r.get("unseen_ce") for r in rows]), line
+    ):
         return None
     return diagnose(rows, **configured_lrs(config, DIAGNOSED_KEYS), margin=margin)

@@ -5,7 +5,8 @@ The seed's window (300 steps) is a backstop, not the earliest the evidence allow
 stuck trial's cause) what holds the head back, then whether that can still change by the budget:
 
 * **wiring** (`WIRING`: no gradient, a head the optimizer does not hold, collapsed features, bounded logits,
-  labels with no signal, AMP skipping the steps, a label smoothing whose CE floor is above the Go line): no LR
+  labels with no signal, labels memorised (also below the Go line: `reid_core.causes.memorising`), AMP skipping
+  the steps, a label smoothing whose CE floor is above the Go line): no LR
   and no time repairs them, so the verdict comes as soon as the cause fits on `WIRING_MIN_MEASURED` head
   measurements (step 10 at the monitor's default). Outside the calibrated family (`Scope.calibrated`) only the
   exact tests (`EXACT`: a gradient of exactly 0, weights exactly unchanged, skipped steps, the config's floor)
@@ -37,6 +38,7 @@ from reid_core.causes import (
     GRADIENT_TOO_SMALL,
     HEAD_NOT_IN_OPTIMIZER,
     LABEL_SMOOTHING_TOO_HIGH,
+    LABELS_MEMORISED,
     LABELS_NO_SIGNAL,
     LR_TOO_LOW,
     NO_GRADIENT,
@@ -49,8 +51,12 @@ from reid_core.evidence import Evidence
 
 # no LR and no time repairs these: the verdict as soon as the diagnosis fits (label smoothing: the config's own CE floor)
 WIRING = frozenset(
-    c.name for c in (LABEL_SMOOTHING_TOO_HIGH, AMP_SKIPPED_STEPS, FEATURES_COLLAPSED, NO_GRADIENT, HEAD_NOT_IN_OPTIMIZER, BOUNDED_LOGITS, LABELS_NO_SIGNAL)
-)
+    c.name
+    for c in (
+        LABEL_SMOOTHING_TOO_HIGH, AMP_SKIPPED_STEPS, FEATURES_COLLAPSED, NO_GRADIENT, HEAD_NOT_IN_OPTIMIZER, BOUNDED_LOGITS,
+        LABELS_NO_SIGNAL, LABELS_MEMORISED,
+    )
+)  # fmt: skip
 # ... of which these need no threshold measured on a family: trusted early on any run
 EXACT = frozenset(c.name for c in (LABEL_SMOOTHING_TOO_HIGH, AMP_SKIPPED_STEPS, NO_GRADIENT, HEAD_NOT_IN_OPTIMIZER))
 LR_BOUND = frozenset(c.name for c in (LR_TOO_LOW, GRADIENT_TOO_SMALL, WEIGHT_DECAY_TOO_HIGH))
@@ -183,14 +189,18 @@ class EarlyJudge:
             return None
         last = rows[-1]
         line = go_line(last["chance_ce"], self.margin)
-        if not last["ce_ema"] > line:
-            return None
+        below = not last["ce_ema"] > line  # learning, unless memorising: only labels_memorised may stop it (below)
+        unseen = last.get("unseen_ce", math.nan)
+        if (below and not math.isfinite(unseen)) or (not below and unseen <= line):
+            return None  # above the line but not on held-out images: what it learns carries over (chance.py)
         measured = {r.get("head_measured_step", r["step"]) for r in rows}
         if len(measured) < WIRING_MIN_MEASURED:
             return None
         calibrated = self.scope.calibrated and last["chance_ce"] <= math.log(CALIBRATED_MAX_CLASSES) + 1e-9
         evidence = Evidence.from_rows(rows, margin=self.margin, label_smoothing=self.scope.label_smoothing)
         cause, text = walk(evidence)
+        if below and cause.name != LABELS_MEMORISED.name:
+            return None
         if cause.name == LABELS_NO_SIGNAL.name and not (
             self.scope.pretrained and self.scope.lr_fixed and evidence.ce_ema_peak <= evidence.chance + RUNAWAY
         ):

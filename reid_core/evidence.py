@@ -50,6 +50,9 @@ class Evidence:
     logit_std_peak: float
     gain: float  # logit spread per unit weight norm now, over its peak
     grad_ratio: float  # the classifier gradient now over its first value
+    unseen_ce: float = NAN  # the CE on held-out images never trained on (`unseen_ce`) at the last row; NaN when not reported
+    unseen_best: float = NAN  # ... its lowest over the run: has it ever left chance?
+    ce_ema_at_unseen: float = NAN  # ce_ema at the row the last unseen_ce measurement first appeared in (the gap at one time)
 
     @property
     def ce_text(self) -> str:
@@ -77,6 +80,7 @@ class Evidence:
         # logit spread per unit weight norm, now against its peak (a squashing op with a tiny slope at the init's
         # small logits, such as a second softmax, has its peak later than the first step)
         gains = [r.get("logit_std", NAN) / max(r.get("head_weight_norm", NAN), 1e-12) for r in rows]
+        unseen_now, unseen_best, ce_ema_at_unseen = unseen_trace([r["ce_ema"] for r in rows], [r.get("unseen_ce") for r in rows])
         return cls(
             steps=last["step"],
             rows=len(rows),
@@ -107,7 +111,25 @@ class Evidence:
             logit_std_peak=max(r.get("logit_std", NAN) for r in rows),
             gain=_ratio(gains[-1], max(gains)),
             grad_ratio=_ratio(last["head_grad_norm"], first["head_grad_norm"]),
+            unseen_ce=unseen_now,
+            unseen_best=unseen_best,
+            ce_ema_at_unseen=ce_ema_at_unseen,
         )
+
+
+def unseen_trace(ce_emas: Sequence[float], unseen: Sequence[Any]) -> tuple[float, float, float]:
+    """``(unseen_ce now, its lowest, ce_ema where its current value first appeared)`` from a run's ``ce_ema`` and
+    ``unseen_ce`` per row (None or NaN where not reported; NaNs when never). A loop repeats a measurement until the next
+    one, so the gap between the two CEs is also read at the time the unseen one was taken, not only against a ce_ema
+    that moved on since."""
+    finite = [i for i, u in enumerate(unseen) if isinstance(u, (int, float)) and not isinstance(u, bool) and math.isfinite(u)]
+    if not finite:
+        return NAN, NAN, NAN
+    i = finite[-1]
+    now = unseen[i]
+    while i > 0 and unseen[i - 1] == now:
+        i -= 1
+    return now, min(unseen[j] for j in finite), ce_emas[i]
 
 
 def _median(rows: Sequence[dict[str, Any]], key: str) -> Optional[float]:

@@ -116,10 +116,14 @@ class RunWriter:
     def say_stuck(self) -> None:
         """The seed team's Go/No-Go look: above the Go line and not clearly falling, and the likely cause."""
         last, early = self.rows[-1], self.rule.early
-        how = early.when(self.rule.grace_samples) if early else "not clearly falling after the grace window"
+        line = go_line(last["chance_ce"], self.rule.margin)
+        how = early.when(self.rule.grace_samples) if early else (
+            f"after the grace window below the Go line on its training images but not on held-out ones (unseen_ce "
+            f"{last.get('unseen_ce', math.nan):.3f})" if last["ce_ema"] <= line else "not clearly falling after the grace window"
+        )
         print(
             f"stuck at chance after {last['step']} steps (the search would stop this trial here): ce_ema "
-            f"{last['ce_ema']:.3f}, Go line {go_line(last['chance_ce'], self.rule.margin):.2f}; {how}; "
+            f"{last['ce_ema']:.3f}, Go line {line:.2f}; {how}; "
             f"likely cause: {self.diagnosis().block()}",
             file=self.stream,
             flush=True,

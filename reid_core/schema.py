@@ -32,6 +32,9 @@ STEP_METRIC_TERMS = (
     Term("samples", "training images seen (the search's time axis: equal compute whatever the accumulation)"),
     Term("ce", "identity cross-entropy, mean over the step's micro-batches"),
     Term("ce_ema", "exponential moving average of ce: what stopping decisions read"),
+    Term("unseen_ce", "identity CE on a fixed batch of held-out images of the training identities, never trained on (eval "
+         "mode, no grad; every unseen_every steps, repeated between, NaN before the first): falls with ce when the head learns, stays at chance "
+         "when it memorises (labels_memorised)"),
     Term("sdm", "SDM image-text loss (0 while the text encoder is skipped)"),
     Term("loss", "ce + sdm_weight * sdm"),
     Term("sdm_weight", "current SDM weight (0 during the CE-only phase)"),

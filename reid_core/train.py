@@ -68,7 +68,9 @@ def train(
         trainer.load_state_dict(resume)
     data = trainer.data
     log(
-        f"training {cfg.model} ({effective_pretrained(cfg.model, cfg.pretrained) or 'random init'}) on {data.name}: {len(data.labels)} images, {data.num_classes} identities "
+        f"training {cfg.model} ({effective_pretrained(cfg.model, cfg.pretrained) or 'random init'}) on {data.name}: {len(data.labels)} images"
+        + (f" ({len(data.unseen)} more held out, never trained on: unseen_ce)" if data.unseen is not None else "")
+        + f", {data.num_classes} identities "
         f"(chance CE {trainer.chance_ce:.3f}), {cfg.max_steps} steps of {cfg.images_per_step} images "
         f"on {trainer.device}; {data.task} evaluation on {len(data.gallery)} {cfg.eval_split} images"
     )

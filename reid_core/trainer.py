@@ -27,6 +27,7 @@ from reid_core.model import ReIDModel, build_model, context_length, parameter_gr
 from reid_core.monitor import HeadMonitor
 from reid_core.pretrained import check_model, resolve_pretrained
 from reid_core.schedule import ema, lr_factor, scheduled_value, sdm_weight_at
+from reid_core.unseen import UnseenCE, fixed_batch, take
 
 
 # --- runtime setup --------------------------------------------------------------
@@ -129,6 +130,7 @@ class Trainer:
         # the head's diagnostic metrics, as any loop measures them; logits passed explicitly (a planted
         # fault may compute them without the classifier module), optimizer and scaler set each step
         self.monitor = HeadMonitor(self.model.classifier, capture=False, every=cfg.monitor_every)
+        self.unseen = unseen_ce(self.data, cfg.unseen_every, self.device)  # None without a held-out slice
         self.step = 0  # optimizer steps taken
         self.data_wait_s = 0.0  # seconds the step in progress has waited for its batches
         self.ce_ema: Optional[float] = None
@@ -150,6 +152,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "step": self.step,
             "ce_ema": self.ce_ema,
+            "unseen_ce": self.unseen.last if self.unseen is not None else math.nan,  # repeated until the next measurement
             "sdm_start_step": -1 if self.sdm_start_step is None else self.sdm_start_step,
             **self.monitor.state_dict(),  # skipped_steps, head_weight_start
             **self.head_lr_changes.state_dict(),  # the head LR's own changes: they live in base_lr, set again on load
@@ -163,6 +166,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.ce_ema = state["step"], state["ce_ema"]
+        if self.unseen is not None:
+            self.unseen.last = state.get("unseen_ce", math.nan)
         if "sdm_start_step" in state:  # checkpoints from before sdm_start keep the config's own
             self.sdm_start_step = None if state["sdm_start_step"] < 0 else state["sdm_start_step"]
         self.monitor.load_state_dict(state)
@@ -271,11 +276,15 @@ class Trainer:
         capped = cfg.sdm_start_cap is not None and self.step >= cfg.sdm_start_cap
         if self.sdm_start_step is None and (self.ce_ema <= go_line(self.chance_ce, cfg.chance_margin) or capped):
             self.sdm_start_step = self.step  # CE has left chance (or the cap is reached): the ramp starts next step
+        unseen = self.unseen
+        if unseen is not None and unseen.due(self.step):  # after the update: the head as the next step will use it
+            unseen.measure(self.model, lambda x: self.model.identity_logits(self.model.encode_image(x)), self._autocast())
         metrics = {
             "step": self.step,
             "samples": self.step * cfg.images_per_step,
             "ce": ce,
             "ce_ema": self.ce_ema,
+            **({"unseen_ce": unseen.last} if unseen is not None else {}),
             "sdm": sdm,
             "loss": loss,
             "sdm_weight": sdm_weight,
@@ -342,6 +351,15 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         return evaluate(self.model, self.data, self.device, self.dtype, self.workers)
+
+
+def unseen_ce(data: ReIDData, every: int, device: torch.device) -> Optional[UnseenCE]:
+    """The unseen-image CE's fixed batch (`reid_core.unseen`), decoded once; None when nothing is held out."""
+    if data.unseen is None:
+        return None
+    pick = fixed_batch(len(data.unseen))
+    images = torch.cat(list(eval_images(take(data.unseen, pick), data.image_size, device)))
+    return UnseenCE(images, data.unseen_labels[pick], every)
 
 
 def _adamw(groups: list[dict]) -> torch.optim.Optimizer:

@@ -136,7 +136,11 @@ def judge(source: Source, grace_steps: Optional[int], max_steps: Optional[int], 
         return [f"{source.path}: {DIVERGED} at step {at['step']:.0f}: the loss became NaN/inf", terms]
     upto = [r for r in rows if r["samples"] <= at["samples"]]
     found = diagnose(upto, **configured_lrs(config, DIAGNOSED_KEYS), margin=margin)
-    how = early.when(grace) if early else f"at the grace window ({at['samples'] / grace:.2f} of it): above the Go line, not clearly falling"
+    how = early.when(grace) if early else f"at the grace window ({at['samples'] / grace:.2f} of it): " + (
+        "below the Go line on the images it trains on, at chance on held-out ones (memorising)"
+        if at["ce_ema"] <= go_line(at["chance_ce"], margin)
+        else "above the Go line, not clearly falling"
+    )
     return [f"{source.path}: {STUCK} at step {at['step']:.0f}; {how}", f"cause: {found.block()}", terms]
 
 

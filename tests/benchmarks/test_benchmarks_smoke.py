@@ -32,6 +32,7 @@ SMOKES = {
     "simulation_scale": ["--trials", "30", "--workers", "4", "--max-steps", "60", "--grace-steps", "20"],
     "driver_rate": ["--trials", "4", "--max-steps", "10", "--grace-steps", "5"],
     "monitor_cost": ["--steps", "2", "--warmup", "1", *TINY],
+    "unseen_cost": ["--steps", "2", "--warmup", "1", *TINY],
     "pbt": ["--num-trials", "2", "--max-steps", "6", "--grace-steps", "3", "--perturbation-interval", "1", "--max-concurrent", "1", *TINY],
     "diagnosis": ["--seeds", "1", "--configs", "b32", "--kinds", "lr_too_low", "--max-steps", "8", "--grace-steps", "4", *TINY],
     "head_lr": ["--seeds", "1", "--steps", "4", *TINY],
@@ -46,6 +47,7 @@ RATIO_LINES = {
     "simulation_scale": r"\d+ policy runs of \d+ trials in \d+\.\d s: \d+ trials/s",
     "driver_rate": r"\d+ results/s, \d+\.\d trials/s",
     "monitor_cost": r"monitor share of a step: -?\d+\.\d{4}",
+    "unseen_cost": r"unseen_ce share of a step: -?\d+\.\d{4}",
     "pbt": r"PBT vs ASHA\+TPE: best ce_ema ([+-]\d+\.\d{3}|[+-]?nan), images spent ratio \d+\.\d{3}",
     "diagnosis": r"top-1 \d\.\d{3}, wrong-cause \d\.\d{3}, unknown \d\.\d{3}, healthy stopped or named \d+ of \d+, "
     r"pre-flight wiring \d+ of \d+, verdict at (\d+\.\d\d|nan) / (\d+\.\d\d|nan) grace windows \(median / p90\), wall \d+ s",

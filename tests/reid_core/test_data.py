@@ -80,8 +80,10 @@ def test_load_synthetic_derives_num_classes(small_cfg):
     data = load_data(small_cfg, CONTEXT)
     assert data.num_classes == 20
     assert sorted(set(data.labels.tolist())) == list(range(20))
-    assert data.train.images.shape == (160, 3, 64, 32)
-    assert data.train.tokens.shape == (160, CONTEXT)
+    # 8 images per identity, one of each held out (holdout_per_id=1): 140 to train on, 20 never trained on
+    assert data.train.images.shape == (140, 3, 64, 32)
+    assert data.train.tokens.shape == (140, CONTEXT)
+    assert data.unseen.images.shape == (20, 3, 64, 32) and sorted(data.unseen_labels.tolist()) == list(range(20))
     # labels follow the sorted raw ids
     raw_sorted = sorted(set(data.train.pids.tolist()))
     assert [raw_sorted[label] for label in data.labels.tolist()] == data.train.pids.tolist()
@@ -108,7 +110,7 @@ def test_unrecognised_data_path(small_cfg, tmp_path):
 
 
 def test_batch_larger_than_the_data_set(small_cfg):
-    with pytest.raises(UserError, match="160 images, fewer than batch_size=200"):
+    with pytest.raises(UserError, match=r"140 images \(20 more held out: holdout_per_id=1, or 0 to train on them\), fewer than batch_size=200"):
         load_data(dataclasses.replace(small_cfg, batch_size=200), CONTEXT)
 
 
@@ -117,7 +119,7 @@ def test_batch_larger_than_the_data_set(small_cfg):
 
 @pytest.fixture
 def data(small_cfg):
-    return load_data(small_cfg, CONTEXT)
+    return load_data(dataclasses.replace(small_cfg, holdout_per_id=0), CONTEXT)  # the stream of all 160 images
 
 
 def take(stream, n):

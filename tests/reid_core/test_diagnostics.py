@@ -43,6 +43,10 @@ def shuffle_labels(t: Trainer) -> None:
     t.stream = misaligned()
 
 
+def permute_ids(t: Trainer) -> None:  # an annotation join gone wrong: each training image keeps one wrong id
+    t.data.labels = t.data.labels[torch.randperm(len(t.data.labels), generator=torch.Generator().manual_seed(1))]
+
+
 def overflow_fp16(t: Trainer) -> None:
     # An fp16 loss scale with gradients that overflow at every step: GradScaler skips them all.
     t.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
@@ -67,6 +71,8 @@ CASES = {
     # (measured ce_ema 5.29 at step 100, below the Go line; its floor is log(1 + 399 e^-2) = 4.0), so the run is not stuck.
     "bounded_logits": ({"pretrained": None}, cosine_classifier),
     "labels_no_signal": ({}, shuffle_labels),
+    # 50 identities (350 training images, 11 steps an epoch): memorised within 100 steps; unseen_ce measured at 50, 100
+    "labels_memorised": ({"synthetic_identities": 50}, permute_ids),
     "amp_skipped_steps": ({}, overflow_fp16),
     # the head guard (reid_core.head_lr) fires on the runaway at head LR 30 and lowers it a millionfold, to 3e-5:
     # the head moves too little, but raising the LR is not the fix
@@ -93,7 +99,11 @@ def test_every_cause_has_a_planted_fault():
 @pytest.mark.parametrize("cause", list(CASES))
 def test_planted_fault_is_named(cause):
     rows = run(*CASES[cause])
-    assert rows[-1]["ce_ema"] > rows[-1]["chance_ce"] - 0.39, "the planted fault must leave CE at chance"
+    last = rows[-1]
+    if cause == "labels_memorised":  # the training CE falls below the Go line; on images it never trained on it does not
+        assert last["ce_ema"] < last["chance_ce"] - 0.39 < last["unseen_ce"]
+    else:
+        assert last["ce_ema"] > last["chance_ce"] - 0.39, "the planted fault must leave CE at chance"
     found = diagnose(rows, **configured_lrs(TrainConfig(**CASES[cause][0]), DIAGNOSED_KEYS))
     assert found is not None and found.cause == cause, found.line() if found else None
     assert cause in found.line() and "fix:" in found.line()
@@ -103,6 +113,19 @@ def test_healthy_run_gets_no_stuck_cause():
     rows = run({"head_lr": 1e-2}, None, steps=150)
     assert rows[-1]["ce_ema"] < rows[-1]["chance_ce"] - 0.39  # crossed the Go line
     assert stuck_cause(rows, margin=0.39) is None
+
+
+def test_the_same_small_set_with_its_own_ids_learns_on_unseen_images_and_gets_no_cause():
+    rows = run({"synthetic_identities": 50}, None)
+    last = rows[-1]
+    assert last["unseen_ce"] < last["chance_ce"] - 0.39 and last["ce_ema"] < last["chance_ce"] - 0.39
+    assert stuck_cause(rows, margin=0.39) is None
+
+
+def test_a_memorising_run_below_the_go_line_gets_labels_memorised_through_stuck_cause():
+    rows = run(*CASES["labels_memorised"])
+    assert stuck_cause(rows, margin=0.39).cause == "labels_memorised"
+    assert stuck_cause([{k: v for k, v in r.items() if k != "unseen_ce"} for r in rows], margin=0.39) is None  # no evidence
 
 
 def test_a_stuck_run_gets_its_cause_through_stuck_cause():

@@ -87,7 +87,11 @@ def test_caption_formats_load_and_remap_ids(fmt, data_sets):
     raw_sorted = sorted(tiny.TRAIN_IDS)
     assert [raw_sorted[label] for label in data.labels.tolist()] == data.train.pids.tolist()
     assert sorted(set(data.labels.tolist())) == list(range(len(tiny.TRAIN_IDS)))
-    assert data.train.images is None and len(data.train.paths) == len(tiny.TRAIN_IDS) * per_id
+    # one image of each identity held out (holdout_per_id=1, each has 3 >= holdout_min_images), with its captions
+    assert data.train.images is None and len(data.train.paths) == len(tiny.TRAIN_IDS) * (per_id - 1)
+    assert data.train.tokens.shape == (len(tiny.TRAIN_IDS) * (per_id - 1) * captions, CONTEXT)
+    assert sorted(data.unseen.pids.tolist()) == sorted(tiny.TRAIN_IDS) and not set(data.unseen.paths) & set(data.train.paths)
+    assert [raw_sorted[label] for label in data.unseen_labels.tolist()] == data.unseen.pids.tolist()
     # every caption is a text query of the test split, with its image's identity
     assert set(data.gallery.pids.tolist()) == set(tiny.TEST_IDS)
     assert data.gallery.tokens.shape == (len(tiny.TEST_IDS) * per_id * captions, CONTEXT)
@@ -125,7 +129,7 @@ def take(stream, n):
 
 @pytest.fixture(scope="module")
 def cuhk(data_sets):
-    return load_data(cfg_for(data_sets["cuhk-pedes"]), CONTEXT)
+    return load_data(cfg_for(data_sets["cuhk-pedes"], holdout_per_id=0), CONTEXT)  # the stream of all 15 images
 
 
 def test_stream_from_files_is_the_same_with_workers(cuhk):

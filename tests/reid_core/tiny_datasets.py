@@ -97,3 +97,17 @@ def write_market(root: Path) -> Path:
             person_image(max(pid, 0) + 500, shot).save(root / folder / name, quality=95)
     (root / "bounding_box_train" / "Thumbs.db").write_bytes(b"not an image")  # ignored: not an image suffix
     return root
+
+
+def write_cuhk_people(root: Path, identities: int = 40, per_id: int = 4, permuted: bool = False) -> Path:
+    """A CUHK-PEDES-layout set large enough to train on: ``identities`` train ids of ``per_id`` images each (ids
+    from 100), 5 test ids. ``permuted``: the training ids permuted among the training images once (seeded), as an
+    annotation join gone wrong leaves them: every image keeps one wrong id, the same at every visit."""
+    train_ids = list(range(100, 100 + identities))
+    records = caption_records(root, {"train": train_ids, "test": list(range(900, 905))}, per_id=per_id, captions=1)
+    if permuted:
+        train = [r for r in records if r["split"] == "train"]
+        ids = [r["id"] for r in train]
+        for record, pid in zip(train, np.random.default_rng(5).permutation(ids).tolist()):
+            record["id"] = pid
+    return write_json(root / "reid_raw.json", records)
