@@ -155,10 +155,12 @@ class ChanceLevelStopper(Stopper):
 
 
 def learned(result: Mapping[str, Any], margin: float) -> bool:
-    """The result is below the Go line: its trial learns (memorising does not count: an image-level CE on
-    unseen images, when reported, must be below the line too)."""
+    """The result is below the Go line: its trial learns. Memorising does not count: when the run reports the CE on
+    held-out images (``unseen_ce``), that must be below the line too (NaN, not measured yet: not yet)."""
     line = go_line(result["chance_ce"], margin) if "chance_ce" in result else None
     if line is None or not result["ce_ema"] <= line:
         return False
-    unseen = result.get("unseen_ce")
-    return not (isinstance(unseen, (int, float)) and unseen > line)
+    if "unseen_ce" not in result:  # a user's loop that does not measure it: the training CE is all there is
+        return True
+    unseen = result["unseen_ce"]
+    return isinstance(unseen, (int, float)) and unseen <= line  # NaN compares False

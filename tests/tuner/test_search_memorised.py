@@ -7,6 +7,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from reid_core.actions import HALT_EXIT
 from tests.reid_core.tiny_datasets import write_cuhk_people
 from tests.tuner.conftest import run_search
 
@@ -21,9 +22,11 @@ def search(tmp_path, name: str, permuted: bool) -> tuple[int, pd.DataFrame]:
     return code, pd.read_csv(exp / "results.csv", dtype={"trial_id": str})
 
 
-def test_a_search_over_permuted_ids_names_every_trial_labels_memorised(ray_session, tmp_path):
+def test_a_search_over_permuted_ids_names_every_trial_labels_memorised_and_stops_itself(ray_session, tmp_path, capsys):
     code, table = search(tmp_path, "permuted", permuted=True)
-    assert code == 0 and len(table) == len(POINTS)
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == HALT_EXIT and line.startswith("search stopped: 2 trials") and "labels_memorised" in line
+    assert len(table) == len(POINTS)
     assert (table.end_reason == "stuck_at_chance").all(), table[["head_lr", "end_reason", "stuck_cause"]]
     assert (table.stuck_cause == "labels_memorised").all(), table[["head_lr", "end_reason", "stuck_cause"]]
     assert (table.best_ce_ema < table.chance_ce - 0.39).all()  # what used to read as success: below the Go line
