@@ -10,6 +10,7 @@ torch and starting Ray, not computing); the tests then read their outcomes.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import re
 import shutil
@@ -185,3 +186,39 @@ def test_rung_orders_names_a_folder_without_a_kept_experiment(tmp_path, capsys):
             sys.modules.pop(name, None)
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and str(tmp_path) in err[0] and "early_stop.py --keep" in err[0]
+
+
+@pytest.mark.parametrize(
+    "name, argv, message",
+    [("halt", ["/no/such/rows.jsonl"], "cannot read '/no/such/rows.jsonl'"), ("repair", ["--configs", "b99"], "unknown config 'b99'")],
+)
+def test_halt_and_repair_benchmarks_name_a_bad_input(name, argv, message, capsys):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        assert importlib.import_module(name).main(argv) == 2
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+        for module in (name, "common", "diagnosis", "planted"):
+            sys.modules.pop(module, None)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_halt_replays_recorded_runs_through_the_search_rule(tmp_path, capsys):
+    """Two recorded runs of one unfixable kind stop the search; the same runs as a healthy config's learners do not."""
+    def run(kind, named, seed, go=None):
+        rows = [{"step": s, "samples": 32 * s} for s in range(1, 21)]
+        case = {"kind": kind, "way": "w", "config_name": "b32", "seed": seed, "grace_steps": 300}
+        return {"case": case, "named": named, "step": 20 if named != "not_stopped" else None, "go_step": go, "rows": rows}
+
+    rows = [run("labels_no_signal", "labels_no_signal", 3), run("labels_no_signal", "labels_no_signal", 4),
+            run("healthy", "not_stopped", 3, go=15)]  # fmt: skip
+    (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        assert importlib.import_module("halt").main([str(tmp_path / "rows.jsonl")]) == 0
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+        sys.modules.pop("halt", None)
+    out = capsys.readouterr().out
+    assert "1/1 stopped on the right cause" in out and "healthy searches stopped: 0 of 1" in out
