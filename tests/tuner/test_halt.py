@@ -12,7 +12,7 @@ from tests.tuner.conftest import run_search
 
 pytestmark = pytest.mark.ray
 
-FOUR = [{"head_lr": 1e-2}, {"head_lr": 3e-3}, {"head_lr": 2e-2}, {"head_lr": 6e-3}]  # each learns when the labels are right
+THREE = [{"head_lr": 1e-2}, {"head_lr": 3e-3}, {"head_lr": 2e-2}]  # each learns when the labels are right
 
 
 def table(exp) -> pd.DataFrame:
@@ -20,7 +20,7 @@ def table(exp) -> pd.DataFrame:
 
 
 def test_labels_reshuffled_every_batch_stop_the_search_after_two_agreeing_trials(ray_session, tmp_path, capsys):
-    code, exp = run_search(tmp_path, "shuffled", FOUR, extra=["--skip-preflight", "--inject-fault", "plant:shuffled_labels"])
+    code, exp = run_search(tmp_path, "shuffled", THREE, extra=["--skip-preflight", "--inject-fault", "plant:shuffled_labels"])
     out, err = capsys.readouterr()
     assert code == HALT_EXIT
     line = err.strip().splitlines()[-1]
@@ -36,15 +36,14 @@ def test_labels_reshuffled_every_batch_stop_the_search_after_two_agreeing_trials
 
 def test_with_keep_going_every_trial_runs(ray_session, tmp_path, capsys):
     extra = ["--skip-preflight", "--inject-fault", "plant:shuffled_labels", "--keep-going"]
-    code, exp = run_search(tmp_path, "going", FOUR, extra=extra)
+    code, exp = run_search(tmp_path, "going", THREE, extra=extra)
     assert code == 0 and "search stopped" not in capsys.readouterr().err
     frame = table(exp)
-    assert len(frame) == 4 and "halted" not in set(frame.end_reason)
+    assert len(frame) == 3 and "halted" not in set(frame.end_reason)
 
 
 def test_a_head_no_gradient_reaches_stops_the_search_at_its_first_trial(ray_session, tmp_path, capsys):
-    points = [{"head_lr": 1e-2}, {"head_lr": 3e-3}, {"head_lr": 2e-2}]
-    code, exp = run_search(tmp_path, "detached", points, extra=["--skip-preflight", "--inject-fault", "plant:detached_head", "--max-concurrent", "1"])
+    code, exp = run_search(tmp_path, "detached", THREE, extra=["--skip-preflight", "--inject-fault", "plant:detached_head", "--max-concurrent", "1"])
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == HALT_EXIT and line.startswith("search stopped: trial ") and "no_gradient" in line
     reasons = list(table(exp).end_reason)  # the other two never started, or were stopped with the search
@@ -52,6 +51,6 @@ def test_a_head_no_gradient_reaches_stops_the_search_at_its_first_trial(ray_sess
 
 
 def test_a_bad_plant_is_one_line_and_exit_2(tmp_path, capsys):
-    code, _ = run_search(tmp_path, "badplant", FOUR[:1], extra=["--inject-fault", "plant:nope"])
+    code, _ = run_search(tmp_path, "badplant", THREE[:1], extra=["--inject-fault", "plant:nope"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "unknown plant" in err[0]

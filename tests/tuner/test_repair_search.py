@@ -48,7 +48,7 @@ def _proposed(exp) -> int:
 
 def test_a_repairing_search_killed_and_resumed_neither_loses_nor_repeats_a_repair(ray_session, tmp_path):
     points = [{"head_lr": 1e-5}, {"head_lr": 3e-6}]
-    args, storage = sequential_search_args(tmp_path, "resumed", points, extra=["--repair", "--max-steps", "150", "--grace-steps", "60"])
+    args, storage = sequential_search_args(tmp_path, "resumed", points, extra=["--repair", "--max-steps", "90", "--grace-steps", "30"])
     (tmp_path / "space.yaml").write_text(LOW_SPACE)
     exp = storage / "resumed"
     with search_in_subprocess(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as driver:
