@@ -155,3 +155,26 @@ def seconds_per_step(trainer: "Trainer", phase_step: int, warmup: int, steps: in
         trainer.train_step()
     sync()
     return (time.perf_counter() - started) / steps
+
+
+def step_cost_trainer(prog: str, description: str, argv: Optional[Sequence[str]], steps: str, warmup: str):
+    """The step-cost scripts' flags (a config with ``--set``, ``--steps``, ``--warmup``) and the Trainer they time:
+    ``(parser, args, cfg, trainer)``, or the exit code of a bad input (its one line printed)."""
+    from reid_core.errors import UserError, cli_exit
+    from reid_core.flags import ArgumentParser, add_config_arguments
+    from reid_core.train import load_cli_config
+    from reid_core.trainer import Trainer
+
+    parser = ArgumentParser(prog=prog, description=description)
+    add_config_arguments(parser)
+    parser.add_argument("--steps", type=int, default=100, help=steps)
+    parser.add_argument("--warmup", type=int, default=5, help=warmup)
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.warmup < 0:
+        parser.error(f"--steps is {args.steps} and --warmup {args.warmup}, but must be --steps >= 1 and --warmup >= 0")
+    try:
+        cfg = load_cli_config(args.config, args.overrides)
+        return parser, args, cfg, Trainer(cfg)
+    except UserError as err:
+        return cli_exit(err, parser.prog)
+

@@ -30,11 +30,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from common import machine
-from reid_core.errors import UserError, cli_exit
-from reid_core.flags import ArgumentParser, add_config_arguments
-from reid_core.train import load_cli_config
-from reid_core.trainer import HEAD_METRICS, Trainer
+from common import machine, step_cost_trainer
+from reid_core.trainer import HEAD_METRICS
 
 TARGET = 0.01  # of a step
 
@@ -52,18 +49,10 @@ def timed(method, spent: list[float]):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = ArgumentParser(prog="python benchmarks/monitor_cost.py", description=__doc__.split("\n\n")[0])
-    add_config_arguments(parser)
-    parser.add_argument("--steps", type=int, default=100, help="timed optimizer steps")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
-    args = parser.parse_args(argv)
-    if args.steps < 1 or args.warmup < 0:
-        parser.error(f"--steps is {args.steps} and --warmup {args.warmup}, but must be --steps >= 1 and --warmup >= 0")
-    try:
-        cfg = load_cli_config(args.config, args.overrides)
-        trainer = Trainer(cfg)
-    except UserError as err:
-        return cli_exit(err, parser.prog)
+    made = step_cost_trainer("python benchmarks/monitor_cost.py", __doc__.split("\n\n")[0], argv, "timed optimizer steps", "untimed steps first")
+    if isinstance(made, int):
+        return made
+    parser, args, cfg, trainer = made
     spent = [0.0]
     monitor = trainer.monitor
     real = {name: timed(getattr(monitor, name), spent) for name in ("observe", "after_backward", "after_step")}

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from reid_core.chance import DEFAULT_GRACE_STEPS
 from reid_core.config import TrainConfig
 from reid_core.diagnostics import UNKNOWN
+from reid_core.faults import PLANTS
 from reid_core.trainer import Trainer
 
 HEALTHY = "healthy"
@@ -90,9 +91,7 @@ def _frozen_head(t: Trainer) -> None:
     t.model.classifier.weight.requires_grad_(False)
 
 
-def _detached_weight(t: Trainer) -> None:  # logits from weight.detach(): the head gets no gradient
-    m = t.model
-    m.identity_logits = lambda f: F.linear(m.bnneck(f), m.classifier.weight.detach())
+_detached_weight = PLANTS["detached_head"]  # logits from weight.detach(): the head gets no gradient
 
 
 def _cosine(t: Trainer) -> None:

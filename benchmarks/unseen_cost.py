@@ -21,28 +21,17 @@ from typing import Optional, Sequence
 
 import torch
 
-from common import machine
+from common import machine, step_cost_trainer
 from reid_core.errors import UserError, cli_exit
-from reid_core.flags import ArgumentParser, add_config_arguments
-from reid_core.train import load_cli_config
-from reid_core.trainer import Trainer
 
 TARGET = 0.01  # of a step: the head monitor's budget
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = ArgumentParser(prog="python benchmarks/unseen_cost.py", description=__doc__.split("\n\n")[0])
-    add_config_arguments(parser)
-    parser.add_argument("--steps", type=int, default=100, help="timed pairs of optimizer steps")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed pairs first")
-    args = parser.parse_args(argv)
-    if args.steps < 1 or args.warmup < 0:
-        parser.error(f"--steps is {args.steps} and --warmup {args.warmup}, but must be --steps >= 1 and --warmup >= 0")
-    try:
-        cfg = load_cli_config(args.config, args.overrides)
-        trainer = Trainer(cfg)
-    except UserError as err:
-        return cli_exit(err, parser.prog)
+    made = step_cost_trainer("python benchmarks/unseen_cost.py", __doc__.split("\n\n")[0], argv, "timed pairs of optimizer steps", "untimed pairs first")
+    if isinstance(made, int):
+        return made
+    parser, args, cfg, trainer = made
     unseen = trainer.unseen
     if unseen is None:
         return cli_exit(UserError("nothing is held out (holdout_per_id=0, or no identity has holdout_min_images); "

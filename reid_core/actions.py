@@ -22,9 +22,11 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-# Causes no searched value can fix, and the agreeing trials it takes to stop the search on one.
-EXACT_OUTSIDE = {"no_gradient": 1, "head_not_in_optimizer": 1, "label_smoothing_too_high": 1}
-THRESHOLD_OUTSIDE = {"labels_no_signal": 2, "labels_memorised": 2, "features_collapsed": 2, "bounded_logits": 2, "amp_skipped_steps": 2}
+from reid_core.early import EXACT, WIRING
+
+# Causes no searched value can fix are the early verdict's wiring causes (no LR and no time repairs them); one trial
+# settles those of them whose evidence is exact, but for AMP's skip count (an LR that overflows fp16 can cause it).
+ONE_TRIAL = EXACT - {"amp_skipped_steps"}
 # The config key whose search makes a cause fixable by a searched value after all.
 FIXED_BY = {"label_smoothing_too_high": "label_smoothing", "amp_skipped_steps": "amp"}
 
@@ -34,9 +36,9 @@ HALT_EXIT = 3  # exit code of a search that stopped itself on such a cause (0, 1
 def halt_count(cause: str, searched: Iterable[str]) -> Optional[int]:
     """How many stuck trials must agree on ``cause`` before a search over ``searched`` keys stops; None: it
     never stops the search (a searched value may fix it, or it is `unknown`)."""
-    if FIXED_BY.get(cause) in set(searched):
+    if cause not in WIRING or FIXED_BY.get(cause) in set(searched):
         return None
-    return EXACT_OUTSIDE.get(cause) or THRESHOLD_OUTSIDE.get(cause)
+    return 1 if cause in ONE_TRIAL else 2
 
 
 class Agreement:

@@ -21,6 +21,7 @@ import torch
 from ray import tune
 from ray.tune import Checkpoint
 
+from reid_core import faults
 from reid_core.contract import Reporter, call
 from reid_core.errors import UserError
 from reid_core.job import job_for
@@ -67,11 +68,8 @@ def train_trial(
     report = with_node_id(tune.report)
     report = carry_evaluation(report) if metric in EVAL_METRICS else report
     resume = _last_checkpoint()
-    if inject_fault and "plant" in inject_fault:
-        from reid_core import faults
-
-        faults.plant(inject_fault["plant"])
-    elif inject_fault and resume is None and sampled.get(inject_fault["key"]) == inject_fault["value"]:
+    faults.plant((inject_fault or {}).get("plant"))  # none unless this search plants one (a worker may be reused)
+    if inject_fault and "step" in inject_fault and resume is None and sampled.get(inject_fault["key"]) == inject_fault["value"]:
         report = _failing_at(inject_fault["step"], report)
 
     def forward(metrics: dict[str, Any], state: Optional[dict[str, Any]]) -> None:
